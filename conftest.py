@@ -1,0 +1,34 @@
+"""Shared fixtures: offline mode and the tiny FLUX checkpoint (built once per machine, cached on disk)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One thread per pytest worker: the tiny models are latency-bound, and two OpenMP pools per worker on a
+# 2-core machine (pytest -n 2) make each tiny matmul ~1000x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402 - after the environment is set
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux() -> Path:
+    from references.tiny_flux import tiny_flux_checkpoint
+
+    return tiny_flux_checkpoint(seed=0)
+
+
+@pytest.fixture()
+def tiny_flux_copy(tiny_flux: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny checkpoint that a test may corrupt."""
+    target = tmp_path / "flux-copy"
+    shutil.copytree(tiny_flux, target)
+    return target

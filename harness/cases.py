@@ -1,0 +1,70 @@
+"""Parity cases: a named model family + tiny offline checkpoint + default request + reference runner.
+
+`diffparity run CASE` and `pytest cases/` both start here. Reference code (Diffusers) is imported lazily so
+that a usage error is answered without paying the ~5 s import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness.request import GenerationRequest
+from harness.trace import Trace
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class CaseError(Exception):
+    """An unknown case name or a request the case cannot take."""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    family: str
+    description: str
+    build_checkpoint: Callable[[], Path]
+    run_reference: Callable[[Path, GenerationRequest, Trace, ProgressCallback | None], None]
+    default_request: GenerationRequest
+    video: bool = False
+
+    def request(self, **overrides: object) -> GenerationRequest:
+        """The default request with the given non-None fields replaced."""
+        return replace(self.default_request, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _tiny_flux_checkpoint() -> Path:
+    from references.tiny_flux import tiny_flux_checkpoint
+
+    return tiny_flux_checkpoint(seed=0)
+
+
+def _run_flux_reference(
+    checkpoint: Path, request: GenerationRequest, trace: Trace, progress: ProgressCallback | None = None
+) -> None:
+    from references.flux_runner import run_flux_reference
+
+    run_flux_reference(checkpoint, request, trace, progress)
+
+
+CASES: dict[str, Case] = {
+    "flux-tiny": Case(
+        name="flux-tiny",
+        family="flux",
+        description="FLUX.1-dev architecture, tiny random weights (2 double + 2 single blocks, hidden 32)",
+        build_checkpoint=_tiny_flux_checkpoint,
+        run_reference=_run_flux_reference,
+        default_request=GenerationRequest(
+            prompt="a photo of a cat", seed=0, steps=4, height=64, width=64, guidance_scale=3.5,
+            max_sequence_length=128,
+        ),
+    ),
+}
+
+
+def get_case(name: str) -> Case:
+    if name not in CASES:
+        raise CaseError(f"unknown case '{name}'; known cases: {', '.join(sorted(CASES))}")
+    return CASES[name]

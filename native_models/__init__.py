@@ -1,0 +1,1 @@
+"""Native, stage-based diffusion runtime: models written here, loaded from Diffusers-format checkpoints."""

@@ -1,0 +1,75 @@
+"""Which native class builds each component class named in a checkpoint's `model_index.json`.
+
+Model classes are imported lazily, so importing the runtime stays cheap and a family's modules load only when
+a checkpoint needs them. Tokenizers are the one thing taken from transformers (allowed: no numerics).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from native_models.errors import CheckpointError
+from native_models.loader import load_component, read_json
+
+# Diffusers/transformers class name -> "module:NativeClass"
+MODEL_CLASSES: dict[str, str] = {
+    "CLIPTextModel": "native_models.models.clip_text:CLIPTextModel",
+    "T5EncoderModel": "native_models.models.t5_encoder:T5EncoderModel",
+    "FluxTransformer2DModel": "native_models.models.flux_transformer:FluxTransformer2DModel",
+    "AutoencoderKL": "native_models.models.autoencoder_kl:AutoencoderKL",
+}
+SCHEDULER_CLASSES: dict[str, str] = {
+    "FlowMatchEulerDiscreteScheduler": "native_models.schedulers.flow_match_euler:FlowMatchEulerScheduler",
+}
+TOKENIZER_CLASSES = {
+    "CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "AutoTokenizer", "TokenizersBackend",
+}
+
+
+def _import(target: str) -> Any:
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def is_known_class(class_name: str) -> bool:
+    return class_name in MODEL_CLASSES or class_name in SCHEDULER_CLASSES or class_name in TOKENIZER_CLASSES
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """A tokenizer saved in Diffusers layout, loaded offline through transformers."""
+    if not folder.is_dir():
+        raise CheckpointError(f"missing tokenizer folder: {folder}")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
+        raise CheckpointError(f"cannot load tokenizer from {folder} ({str(exc).splitlines()[0]})") from None
+
+
+def load_scheduler(class_name: str, folder: Path) -> Any:
+    config = read_json(folder / "scheduler_config.json")
+    try:
+        return _import(SCHEDULER_CLASSES[class_name]).from_config(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{folder / 'scheduler_config.json'}: {exc}") from None
+
+
+def load_native_component(
+    name: str, class_name: str, checkpoint: Path, dtype: torch.dtype, device: torch.device
+) -> Any:
+    """Build component `name` of a checkpoint with the native class for `class_name`."""
+    folder = checkpoint / name
+    if not folder.is_dir():
+        raise CheckpointError(f"model_index.json names component '{name}' but {folder} does not exist")
+    if class_name in MODEL_CLASSES:
+        return load_component(_import(MODEL_CLASSES[class_name]), folder, dtype=dtype, device=device)
+    if class_name in SCHEDULER_CLASSES:
+        return load_scheduler(class_name, folder)
+    if class_name in TOKENIZER_CLASSES:
+        return load_tokenizer(folder)
+    raise CheckpointError(f"model_index.json names unknown class '{class_name}' for component '{name}'")

@@ -1,0 +1,146 @@
+"""`ComposedPipeline`: a native pipeline is an ordered list of stages over native modules.
+
+The concrete pipeline class for a checkpoint is found from `model_index.json`'s `_class_name`, among the
+`EntryClass` attributes of the modules in `native_models.pipelines` (one module per model family).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from native_models.components import is_known_class, load_native_component
+from native_models.configs import PipelineConfig
+from native_models.errors import CheckpointError
+from native_models.loader import read_json, read_model_index
+from native_models.req import Req
+from native_models.stages.base import PipelineStage
+from native_models.stages.decoding import DecodingStage
+from native_models.stages.denoising import DenoisingStage
+from native_models.stages.latent_preparation import LatentPreparationStage
+from native_models.stages.text_encoding import TextEncodingStage
+from native_models.stages.timestep_preparation import TimestepPreparationStage
+
+
+class ComposedPipeline:
+    """Loads the required native modules of a checkpoint and runs its stages in order.
+
+    Subclasses set `pipeline_name` (the Diffusers pipeline class they mirror), `_required_config_modules`
+    and implement `create_pipeline_stages`.
+    """
+
+    pipeline_name: ClassVar[str] = ""
+    _required_config_modules: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        config: PipelineConfig,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        modules: dict[str, Any] | None = None,
+    ) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.config = config
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.configure(config, self.checkpoint)
+        self.modules: dict[str, Any] = modules if modules is not None else self.load_modules()
+        self.stages: list[tuple[str, PipelineStage]] = []
+        self.create_pipeline_stages()
+
+    @classmethod
+    def configure(cls, config: PipelineConfig, checkpoint: Path) -> None:
+        """Copy static model facts from the components' config.json files into `config` (no weights read).
+
+        Called before any weight loads, so a request the model cannot run is rejected in milliseconds.
+        """
+
+    # ---- modules ----
+    def load_modules(self) -> dict[str, Any]:
+        """Build every required module named in model_index.json with its native class."""
+        components = read_model_index(self.checkpoint)
+        for name, (_, class_name) in components.items():
+            if not is_known_class(class_name):
+                raise CheckpointError(f"model_index.json names unknown class '{class_name}' for component '{name}'")
+        missing = [name for name in self._required_config_modules if name not in components]
+        if missing:
+            raise CheckpointError(
+                f"{self.checkpoint / 'model_index.json'} lacks required component(s) {', '.join(missing)}"
+            )
+        return {
+            name: load_native_component(name, components[name][1], self.checkpoint, self.dtype, self.device)
+            for name in self._required_config_modules
+        }
+
+    def get_module(self, name: str) -> Any:
+        return self.modules[name]
+
+    # ---- stages ----
+    def add_stage(self, name: str, stage: PipelineStage) -> None:
+        if any(existing == name for existing, _ in self.stages):
+            raise ValueError(f"stage name '{name}' is already used in {type(self).__name__}")
+        self.stages.append((name, stage))
+
+    def create_pipeline_stages(self) -> None:
+        raise NotImplementedError
+
+    def add_standard_t2i_stages(self) -> None:
+        """Text encoding, latent preparation, timestep preparation, denoising, decoding."""
+        encoders = [
+            (spec, self.get_module(spec.tokenizer), self.get_module(spec.encoder)) for spec in self.config.text_encoders
+        ]
+        transformer = self.get_module("transformer")
+        vae = self.get_module("vae")
+        scheduler = self.get_module("scheduler")
+        self.add_stage("text_encoding", TextEncodingStage(encoders, self.config))
+        self.add_stage(
+            "latent_preparation", LatentPreparationStage(self.config, vae.vae_scale_factor, self.latent_channels())
+        )
+        self.add_stage("timestep_preparation", TimestepPreparationStage(scheduler, self.config))
+        self.add_stage("denoising", DenoisingStage(transformer, scheduler, self.config))
+        self.add_stage("decoding", DecodingStage(vae, self.config))
+
+    def latent_channels(self) -> int:
+        """Channels of the spatial latent the VAE decodes."""
+        return int(self.get_module("vae").latent_channels)
+
+    def forward(self, batch: Req, on_stage: Callable[[str], None] | None = None) -> Req:
+        self.config.check_request(batch)
+        for name, stage in self.stages:
+            if on_stage is not None:
+                on_stage(name)
+            batch = stage(batch)
+        return batch
+
+
+def discover_pipelines() -> dict[str, type[ComposedPipeline]]:
+    """pipeline_name -> class, from the `EntryClass` of every module in `native_models.pipelines`."""
+    import native_models.pipelines as package
+
+    found: dict[str, type[ComposedPipeline]] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        entries = getattr(module, "EntryClass", None)
+        if entries is None:
+            continue
+        for entry in entries if isinstance(entries, list | tuple) else [entries]:
+            found[entry.pipeline_name] = entry
+    return found
+
+
+def pipeline_class_for(checkpoint: Path) -> type[ComposedPipeline]:
+    """The native pipeline class mirroring the checkpoint's Diffusers pipeline class."""
+    class_name = read_json(checkpoint / "model_index.json").get("_class_name")
+    if not isinstance(class_name, str):
+        raise CheckpointError(f"{checkpoint / 'model_index.json'} has no _class_name")
+    pipelines = discover_pipelines()
+    if class_name not in pipelines:
+        known = ", ".join(sorted(pipelines)) or "none"
+        raise CheckpointError(f"no native pipeline for '{class_name}' (native pipelines: {known})")
+    return pipelines[class_name]

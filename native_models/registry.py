@@ -1,0 +1,51 @@
+"""Maps checkpoints to the `SamplingParams` / `PipelineConfig` classes of their model family.
+
+A family registers once, at import of its pipeline module, with the Hugging Face ids it is known under and
+detectors that recognise it from a path or a pipeline class name (for local folders and renamed copies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from native_models.configs import PipelineConfig, SamplingParams
+from native_models.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    sampling_param_cls: type[SamplingParams]
+    pipeline_config_cls: type[PipelineConfig]
+    hf_model_paths: tuple[str, ...]
+    model_detectors: tuple[Callable[[str], bool], ...]
+
+
+_REGISTRY: list[ConfigEntry] = []
+
+
+def register_configs(
+    sampling_param_cls: type[SamplingParams],
+    pipeline_config_cls: type[PipelineConfig],
+    hf_model_paths: list[str] | tuple[str, ...] = (),
+    model_detectors: list[Callable[[str], bool]] | tuple[Callable[[str], bool], ...] = (),
+) -> None:
+    """Register a model family. Registering the same config class twice replaces the earlier entry."""
+    entry = ConfigEntry(sampling_param_cls, pipeline_config_cls, tuple(hf_model_paths), tuple(model_detectors))
+    _REGISTRY[:] = [e for e in _REGISTRY if e.pipeline_config_cls is not pipeline_config_cls]
+    _REGISTRY.append(entry)
+
+
+def registered_configs() -> list[ConfigEntry]:
+    return list(_REGISTRY)
+
+
+def get_configs(model_path: str, pipeline_class_name: str) -> ConfigEntry:
+    """The entry for a checkpoint: an exact Hugging Face id first, then the detectors on path and class name."""
+    for entry in _REGISTRY:
+        if model_path in entry.hf_model_paths:
+            return entry
+    for entry in _REGISTRY:
+        if any(detect(model_path) or detect(pipeline_class_name) for detect in entry.model_detectors):
+            return entry
+    raise CheckpointError(f"no native model family registered for '{model_path}' ({pipeline_class_name})")

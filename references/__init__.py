@@ -1,0 +1,1 @@
+"""Reference side: runs the HuggingFace Diffusers pipeline with hooks, and builds tiny offline checkpoints."""

@@ -1,0 +1,97 @@
+"""Tokenizers built in memory (no files, no hub), small but shaped like the real CLIP and T5 ones.
+
+Tiny checkpoints need tokenizers whose special-token conventions match the real models, because the
+pipelines depend on them: CLIP pools the hidden state at the first end-of-text token, and T5 pads with id 0
+and ends with id 1. The vocabularies are small so the embedding tables stay tiny.
+"""
+
+from __future__ import annotations
+
+import string
+
+from transformers import CLIPTokenizer, T5Tokenizer
+
+CLIP_MAX_LENGTH = 77
+CLIP_BOS = "<|startoftext|>"
+CLIP_EOS = "<|endoftext|>"
+
+T5_PAD, T5_EOS, T5_UNK = "<pad>", "</s>", "<unk>"
+T5_MAX_LENGTH = 512
+T5_SPACE = "\u2581"  # "▁": SentencePiece's word-boundary marker
+
+# Whole words the T5 vocabulary holds as single pieces, so typical test prompts tokenize into a few ids.
+T5_WORDS = (
+    "a", "an", "the", "of", "and", "with", "in", "on", "at", "to", "is",
+    "photo", "picture", "image", "drawing", "painting", "cat", "dog", "bird", "house", "tree",
+    "red", "green", "blue", "black", "white", "small", "large", "handwritten", "digit", "number",
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "blurry", "noisy", "low", "quality",
+)  # fmt: skip
+
+_CHAR_SCORE = -10.0  # single characters: the fallback segmentation
+_WORD_SCORE = -5.0  # whole words beat any character split (Unigram maximises the summed log-probability)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP's printable stand-ins for the 256 byte values, in the same order as the real CLIP vocab."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    by_byte = dict(zip(printable, codes, strict=True))
+    return [chr(by_byte[b]) for b in range(256)]
+
+
+def clip_vocab() -> dict[str, int]:
+    """Byte-level vocabulary: 256 byte symbols, the same with the end-of-word suffix, then bos and eos.
+
+    With no merges every word splits into single bytes and its last byte carries "</w>", so both variants of
+    every byte are needed; that is also how the real CLIP vocabulary starts.
+    """
+    symbols = _bytes_to_unicode()
+    tokens = symbols + [s + "</w>" for s in symbols] + [CLIP_BOS, CLIP_EOS]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_clip_tokenizer() -> CLIPTokenizer:
+    """A byte-level BPE CLIP tokenizer without merges; pad is end-of-text, as in FLUX.1's CLIP tokenizer."""
+    return CLIPTokenizer(
+        vocab=clip_vocab(),
+        merges=[],
+        unk_token=CLIP_EOS,
+        bos_token=CLIP_BOS,
+        eos_token=CLIP_EOS,
+        pad_token=CLIP_EOS,
+        model_max_length=CLIP_MAX_LENGTH,
+    )
+
+
+def t5_vocab() -> list[tuple[str, float]]:
+    """Unigram pieces with scores: pad/eos/unk at ids 0/1/2 like T5, then characters, then whole words."""
+    pieces: list[tuple[str, float]] = [(T5_PAD, 0.0), (T5_EOS, 0.0), (T5_UNK, 0.0), (T5_SPACE, _CHAR_SCORE)]
+    chars = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
+    for char in chars:
+        pieces.append((T5_SPACE + char, _CHAR_SCORE))
+        pieces.append((char, _CHAR_SCORE))
+    pieces.extend((T5_SPACE + word, _WORD_SCORE) for word in T5_WORDS if len(word) > 1)
+    return pieces
+
+
+def build_t5_tokenizer() -> T5Tokenizer:
+    """A T5 Unigram tokenizer (ids: pad 0, eos 1, unk 2) with no sentinel tokens.
+
+    `extra_ids=0` matters: the default adds 100 `<extra_id_*>` tokens, which would outgrow a tiny embedding table.
+    """
+    return T5Tokenizer(
+        vocab=t5_vocab(),
+        eos_token=T5_EOS,
+        unk_token=T5_UNK,
+        pad_token=T5_PAD,
+        extra_ids=0,
+        model_max_length=T5_MAX_LENGTH,
+    )
