@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
+from harness.artifacts import write_run_artifacts
 from harness.cases import Case
 from harness.compare import Comparison, compare_traces
 from harness.environment import environment
 from harness.native_runner import plan_native_run, run_native
-from harness.report import build_report, save_side_by_side, write_json_atomic
+from harness.report import build_report
 from harness.request import GenerationRequest
 from harness.trace import Trace
 from native_models.attention import get_attention_backend
@@ -93,14 +94,3 @@ def run_parity(
     if out_dir is not None:
         write_run_artifacts(result, out_dir)
     return result
-
-
-def write_run_artifacts(result: ParityResult, out_dir: Path) -> None:
-    """Traces, images, then report.json last, so a report on disk always has its artifacts beside it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result.native_trace.save(out_dir / "native.safetensors")
-    result.reference_trace.save(out_dir / "reference.safetensors")
-    result.report["images"] = save_side_by_side(result.native_frames, result.reference_frames, out_dir)
-    result.report["traces"] = ["native.safetensors", "reference.safetensors"]
-    (out_dir / "error.json").unlink(missing_ok=True)
-    write_json_atomic(out_dir / "report.json", result.report)

@@ -1,0 +1,69 @@
+"""`diffparity run CASE`: one parity run, native against Diffusers, compared stage by stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.cli_common import EXIT_FAIL, EXIT_PASS, UsageError, make_progress, non_negative_int, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run one parity case: native and Diffusers side by side, compared per stage",
+        description=(
+            "Run CASE on both sides from the same checkpoint and seed, record every stage (encode, timesteps, "
+            "latents, denoise per step, decode), compare under tolerances and write DIR/report.json, the two "
+            "traces (safetensors) and native/reference/difference images."
+        ),
+        epilog="Exit codes: 0 parity holds, 1 parity fails (first divergence printed), 2 bad input or usage.",
+    )
+    run.add_argument("case", metavar="CASE", help="case name, e.g. flux-tiny (see `diffparity list`)")
+    run.add_argument("--model", metavar="PATH_OR_HF_ID",
+                     help="run the case on this checkpoint instead of its tiny one: a local Diffusers folder or a "
+                          "Hugging Face id already in the offline cache")
+    run.add_argument("--seed", type=non_negative_int, help="random seed of the initial noise (default: case's)")
+    run.add_argument("--steps", type=positive_int, help="denoising steps")
+    run.add_argument("--height", type=positive_int, help="image height in pixels")
+    run.add_argument("--width", type=positive_int, help="image width in pixels")
+    run.add_argument("--frames", type=positive_int, help="frame count (video cases only)")
+    run.add_argument("--guidance", type=float, help="guidance-embedding scale (FLUX-dev style)")
+    run.add_argument("--prompt", help="prompt (default: the case's)")
+    run.add_argument("--negative-prompt", help="negative prompt; with --true-cfg > 1 enables true CFG")
+    run.add_argument("--true-cfg", type=float, help="true classifier-free guidance scale (default 1: off)")
+    run.add_argument("--dtype", choices=("fp32", "bf16"), help="precision of both sides (default fp32)")
+    run.add_argument("--device", choices=("cpu", "cuda"), help="device of both sides (default cpu)")
+    run.add_argument("--out", type=Path, metavar="DIR", help="output folder (default out/CASE)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(handler=command_run, out_default=lambda args: Path("out") / args.case)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from harness.cases import get_case
+
+    case = get_case(args.case)
+    out_dir: Path = args.out or Path("out") / case.name
+    if args.frames not in (None, 1) and not case.video:
+        raise UsageError(f"case {case.name} makes images; --frames applies to video cases only")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda requested but no CUDA device is available to torch")
+    request = case.request(
+        prompt=args.prompt, seed=args.seed, steps=args.steps, height=args.height, width=args.width,
+        guidance_scale=args.guidance, negative_prompt=args.negative_prompt, true_cfg_scale=args.true_cfg,
+        dtype=args.dtype, device=args.device,
+    )
+    from harness.parity import run_parity
+    from harness.report import format_stage_table
+
+    print(f"{case.name}: {request.height}x{request.width}, {request.steps} steps, seed {request.seed}, "
+          f"{request.dtype} on {request.device}", file=sys.stderr)
+    result = run_parity(case, request, model=args.model, out_dir=out_dir,
+                        progress=make_progress(not args.no_progress))
+    print(format_stage_table(result.comparison))
+    print(f"report: {out_dir / 'report.json'}")
+    return EXIT_PASS if result.passed else EXIT_FAIL
