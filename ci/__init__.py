@@ -1,0 +1,1 @@
+"""CI suites: selecting tests by suite, balanced partitions, bounded infrastructure retries, execution reports."""
