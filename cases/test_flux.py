@@ -1,7 +1,9 @@
 """FLUX.1 parity: the native pipeline against Diffusers' FluxPipeline, stage by stage.
 
 `pytest cases/ -k flux` runs the tiny checkpoint at a square and a non-square size, two seeds, fp32 and bf16,
-plus true CFG with a negative prompt. Tolerances are the harness defaults (harness/tolerances.py).
+plus true CFG with a negative prompt, each free-running and teacher-forced. Tolerances are the stored
+calibration (golden/tolerances/flux-tiny.*.cpu.json, harness/tolerances.py). The full acceptance grid (3 seeds,
+floor multiples per stage) is `python -m harness.grid flux-tiny --seeds 3`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ SEEDS = [0, 1]
 def assert_parity(result) -> None:
     first = result.comparison.first_divergence
     assert result.passed, describe_failure(first) if first else "no records compared"
+    # both runs were compared: the forced run covers every denoising step and the decode
+    forced = {(r.stage, r.step) for r in result.comparison.forced_records}
+    free = {(r.stage, r.step) for r in result.comparison.records if r.stage in ("denoise", "decode")}
+    assert forced == free
+    # calibrated tolerances: every record reports its error as a multiple of its floor
+    assert result.report["tolerances"]["source"].startswith("golden/tolerances/")
+    assert all(record["floor_multiple"] is not None for record in result.report["records"])
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

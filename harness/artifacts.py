@@ -1,22 +1,73 @@
-"""What a parity run leaves on disk: traces, images, then report.json (plus report.html / report.md)."""
+"""What a parity run leaves on disk: traces, images, report.html and report.md, then report.json last."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import torch
+
+from harness.image_metrics import ImageMetricsError, image_metrics, json_safe
 from harness.report import save_side_by_side, write_json_atomic
+from harness.report_html import render_html
+from harness.report_md import render_markdown
 
 if TYPE_CHECKING:
     from harness.parity import ParityResult
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a temporary file renamed into place: never a half-written report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be opened by whoever reads the folder
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def image_metrics_section(native: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    """report["image_metrics"]: per-frame PSNR / SSIM / mean |diff| (0-255), or why there are none."""
+    try:
+        return {"frames": json_safe(image_metrics(native, reference))}
+    except ImageMetricsError as exc:  # e.g. a native variant that decodes another size: the report says so
+        return {"frames": [], "problem": str(exc)}
+
+
+def write_reports(report: dict[str, Any], native: torch.Tensor | None, reference: torch.Tensor | None,
+                  out_dir: Path) -> list[str]:
+    """report.html and report.md for `report` (a report.json document), written atomically into `out_dir`."""
+    write_text_atomic(out_dir / "report.html", render_html(report, native, reference))
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
+    return ["report.html", "report.md"]
+
+
 def write_run_artifacts(result: ParityResult, out_dir: Path) -> None:
-    """Traces, images, then report.json last, so a report on disk always has its artifacts beside it."""
+    """Traces, images, HTML and Markdown reports, then report.json last, so a report.json on disk always has
+    its artifacts beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result.native_trace.save(out_dir / "native.safetensors")
     result.reference_trace.save(out_dir / "reference.safetensors")
-    result.report["images"] = save_side_by_side(result.native_frames, result.reference_frames, out_dir)
-    result.report["traces"] = ["native.safetensors", "reference.safetensors"]
+    traces = ["native.safetensors", "reference.safetensors"]
+    if result.forced_trace is not None:  # the teacher-forced native run (harness/forcing.py)
+        result.forced_trace.save(out_dir / "native_forced.safetensors")
+        traces.append("native_forced.safetensors")
+    else:
+        (out_dir / "native_forced.safetensors").unlink(missing_ok=True)
+    report = result.report
+    report["images"] = save_side_by_side(result.native_frames, result.reference_frames, out_dir)
+    report["traces"] = traces
+    report["image_metrics"] = image_metrics_section(result.native_frames, result.reference_frames)
+    report["reports"] = ["report.html", "report.md"]
+    start = time.perf_counter()
+    write_reports(report, result.native_frames, result.reference_frames, out_dir)
+    report.setdefault("timings_s", {})["reports"] = round(time.perf_counter() - start, 3)
     (out_dir / "error.json").unlink(missing_ok=True)
-    write_json_atomic(out_dir / "report.json", result.report)
+    write_json_atomic(out_dir / "report.json", report)

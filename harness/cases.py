@@ -29,6 +29,9 @@ class Case:
     run_reference: Callable[[Path, GenerationRequest, Trace, ProgressCallback | None], None]
     default_request: GenerationRequest
     video: bool = False
+    # (checkpoint, request, trace, baseline): the reference teacher-forced from `baseline`, another reference
+    # trace of the request; `diffparity calibrate` measures local floors with it (None: free floors only)
+    run_reference_forced: Callable[[Path, GenerationRequest, Trace, Trace], None] | None = None
 
     def request(self, **overrides: object) -> GenerationRequest:
         """The default request with the given non-None fields replaced."""
@@ -41,12 +44,27 @@ def _tiny_flux_checkpoint() -> Path:
     return tiny_flux_checkpoint(seed=0)
 
 
+def _flux_digits_checkpoint() -> Path:
+    from references.digits import flux_digits_checkpoint
+
+    try:
+        return flux_digits_checkpoint()
+    except FileNotFoundError as exc:
+        raise CaseError(str(exc)) from None
+
+
 def _run_flux_reference(
     checkpoint: Path, request: GenerationRequest, trace: Trace, progress: ProgressCallback | None = None
 ) -> None:
     from references.flux_runner import run_flux_reference
 
     run_flux_reference(checkpoint, request, trace, progress)
+
+
+def _run_flux_reference_forced(checkpoint: Path, request: GenerationRequest, trace: Trace, baseline: Trace) -> None:
+    from references.flux_runner import run_flux_reference
+
+    run_flux_reference(checkpoint, request, trace, force_from=baseline)
 
 
 CASES: dict[str, Case] = {
@@ -56,9 +74,24 @@ CASES: dict[str, Case] = {
         description="FLUX.1-dev architecture, tiny random weights (2 double + 2 single blocks, hidden 32)",
         build_checkpoint=_tiny_flux_checkpoint,
         run_reference=_run_flux_reference,
+        run_reference_forced=_run_flux_reference_forced,
         default_request=GenerationRequest(
             prompt="a photo of a cat", seed=0, steps=4, height=64, width=64, guidance_scale=3.5,
             max_sequence_length=128,
+        ),
+    ),
+    "flux-digits": Case(
+        name="flux-digits",
+        family="flux",
+        description="FLUX.1 format trained here on scikit-learn's digits (references/checkpoints/flux-digits)",
+        build_checkpoint=_flux_digits_checkpoint,
+        run_reference=_run_flux_reference,
+        run_reference_forced=_run_flux_reference_forced,
+        # Trained at 32 px with T5 length 16 (FluxPipeline gives T5 no mask: another length changes every
+        # token's embedding); no guidance embedding, so guidance_scale is unused; true CFG on the empty prompt.
+        default_request=GenerationRequest(
+            prompt="a handwritten digit 7", seed=0, steps=20, height=32, width=32, guidance_scale=1.0,
+            negative_prompt="", true_cfg_scale=3.0, max_sequence_length=16,
         ),
     ),
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.cli_common import EXIT_USAGE, OneLineParser, UsageError
 
-COMMANDS = ("run", "list_cases")
+COMMANDS = ("run", "compare", "calibrate", "noise", "list_cases")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 def known_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, reported as one line with exit 2."""
     from harness.cases import CaseError
+    from harness.tolerances import ToleranceError
     from harness.trace import TraceError
     from native_models.errors import NativeError
 
-    return (UsageError, CaseError, NativeError, TraceError)
+    return (UsageError, CaseError, NativeError, TraceError, ToleranceError)
 
 
 def write_error_report(out_dir: Path | None, case: str | None, message: str) -> None:

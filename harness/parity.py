@@ -1,4 +1,4 @@
-"""One parity run: plan, native side, reference side (one after the other), comparison, report on disk."""
+"""One parity run: plan, reference side, native side (free, then teacher-forced), comparison, report on disk."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from harness.artifacts import write_run_artifacts
 from harness.cases import Case
 from harness.compare import Comparison, compare_traces
 from harness.environment import environment
+from harness.forcing import FORCED_STAGES
 from harness.native_runner import plan_native_run, run_native
 from harness.report import build_report
 from harness.request import GenerationRequest
-from harness.trace import Trace
+from harness.tolerances import ToleranceSpec, load_tolerance_spec
+from harness.trace import Trace, open_trace
 from native_models.attention import get_attention_backend
 from native_models.loader import resolve_checkpoint
 from native_models.pipeline import ComposedPipeline
@@ -33,6 +35,7 @@ class ParityResult:
     reference_frames: torch.Tensor
     native_trace: Trace
     reference_trace: Trace
+    forced_trace: Trace | None = None  # the teacher-forced native run; None with forcing off
 
     @property
     def passed(self) -> bool:
@@ -54,33 +57,49 @@ def run_parity(
     out_dir: Path | None = None,
     progress: ProgressFactory | None = None,
     mutate_native: Callable[[ComposedPipeline], None] | None = None,
+    forcing: bool = True,
+    tolerances: ToleranceSpec | None = None,
 ) -> ParityResult:
     """Run both sides of `case` for `request` and compare them; writes the report when `out_dir` is given.
 
-    The native side runs first: its loader validates the checkpoint with one-line errors before Diffusers
-    touches it. Each side frees its memory before the other loads, so one GPU that fits the model once suffices.
+    Order: the native plan (configs, component classes and safetensors headers checked with one-line errors
+    before Diffusers touches the checkpoint), the reference run, then one native load for the free run and,
+    with `forcing`, the teacher-forced run from the reference's inputs (harness/forcing.py). Each side frees
+    its memory before the other loads, so one GPU that fits the model once suffices. `tolerances` default to
+    the stored calibration for the case, dtype and device class (harness/tolerances.py), else the defaults.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
     checkpoint = resolve_checkpoint(model) if model else case.build_checkpoint()
     timings["checkpoint"] = time.perf_counter() - start
     plan = plan_native_run(checkpoint, request, model_name=model)
+    spec = tolerances or load_tolerance_spec(case.name, request.dtype, request.device, model)
 
-    native_trace = Trace({"case": case.name, "request": request.to_dict()})
-    start = time.perf_counter()
-    native_frames = run_native(
-        checkpoint, request, native_trace, progress=progress("native") if progress else None, plan=plan,
-        mutate=mutate_native,
-    )
-    timings["native"] = time.perf_counter() - start
-
-    reference_trace = Trace({"case": case.name, "request": request.to_dict()})
+    # traces stream to an unnamed spool in out_dir (bounded memory); Trace.save writes them (artifacts.py)
+    meta = {"case": case.name, "request": request.to_dict(), "model": model, "checkpoint": str(model or checkpoint)}
+    reference_trace = open_trace(meta, spool_dir=out_dir)
     start = time.perf_counter()
     case.run_reference(checkpoint, request, reference_trace, progress("reference") if progress else None)
     timings["reference"] = time.perf_counter() - start
     reference_frames = frames_from_trace(reference_trace)
 
-    comparison = compare_traces(reference_trace, native_trace, request.dtype)
+    native_trace = open_trace(meta, spool_dir=out_dir)
+    forced_trace = open_trace(meta, spool_dir=out_dir) if forcing else None
+    start = time.perf_counter()
+    native_frames = run_native(
+        checkpoint, request, native_trace, progress=progress("native") if progress else None, plan=plan,
+        mutate=mutate_native, reference=reference_trace if forcing else None, forced_trace=forced_trace,
+    )
+    timings["native"] = time.perf_counter() - start
+
+    comparison = compare_traces(reference_trace, native_trace, request.dtype, spec)
+    forcing_skipped = None if forced_trace is None else forced_trace.meta.get("forcing_skipped")
+    if forcing_skipped is not None:
+        forced_trace = None
+    if forced_trace is not None:
+        forced = compare_traces(reference_trace, forced_trace, request.dtype, spec, mode="forced",
+                                stages=FORCED_STAGES)
+        comparison.forced_records = forced.records
     report = build_report(
         case=case.name,
         seed=request.seed,
@@ -89,8 +108,12 @@ def run_parity(
         environment=environment(request.device, request.dtype, get_attention_backend()),
         timings=timings,
         checkpoint=str(model or checkpoint),
+        tolerances=spec.describe(),
     )
-    result = ParityResult(comparison, report, native_frames, reference_frames, native_trace, reference_trace)
+    if forcing_skipped is not None:
+        report["forcing_skipped"] = forcing_skipped
+    result = ParityResult(comparison, report, native_frames, reference_frames, native_trace, reference_trace,
+                          forced_trace)
     if out_dir is not None:
         write_run_artifacts(result, out_dir)
     return result

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from harness.compare import Comparison, RecordResult
+from harness.drift import drift
 from harness.trace import STAGES
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -33,18 +34,36 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def record_where(record: RecordResult) -> str:
+    return f"{record.stage}/{record.field}" + ("" if record.step is None else f" step {record.step}")
+
+
 def describe_failure(record: RecordResult) -> str:
-    """One line saying which record failed and by how much against which tolerance."""
-    where = f"{record.stage}/{record.field}" + ("" if record.step is None else f" step {record.step}")
+    """One line saying which record failed and by how much against which tolerance (and its floor)."""
+    where = record_where(record)
+    if record.mode == "forced":
+        where += " (forced)"
     if record.problem:  # missing, shape mismatch or non-finite values: no meaningful number to show
         return f"{where}: {record.problem}"
     tol = record.tolerance
     value = record.metrics.get(tol["metric"], math.nan)
     relation = "<" if tol["metric"] == "cos" else ">"
+    multiple = "" if record.floor_multiple is None else f", {_multiple_text(record.floor_multiple)} its floor"
     return (
-        f"{where}: {tol['metric']} {value:.3g} {relation} tolerance {tol['threshold']:.3g} "
+        f"{where}: {tol['metric']} {value:.3g} {relation} tolerance {tol['threshold']:.3g}{multiple} "
         f"(max_abs {record.metrics.get('max_abs', math.nan):.3g}, cos {record.metrics.get('cos', math.nan):.6f})"
     )
+
+
+def describe_first_divergence(comparison: Comparison) -> str | None:
+    """The sentence of report["first_divergence_detail"]: the record, and whether its error is local."""
+    first = comparison.first_divergence
+    if first is None:
+        return None
+    text = describe_failure(first)
+    if comparison.forcing and not comparison.first_divergence_is_local:
+        text += "; every local (forced) record passes: the error only grows by accumulation"
+    return text
 
 
 def build_report(
@@ -55,8 +74,14 @@ def build_report(
     environment: dict[str, Any],
     timings: dict[str, float],
     checkpoint: str,
+    tolerances: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report.json document. `case`, `seed`, `verdict`, `first_divergence`, `records` are the stable core."""
+    """The report.json document. `case`, `seed`, `verdict`, `first_divergence`, `records` are the stable core.
+
+    `records` holds the free run's records, then the forced run's (each with `mode`); `first_divergence` is
+    the first failing local record (harness/compare.py), `first_divergence_mode` says which run's record it
+    is, `first_divergence_local` whether it is a local error; `drift` is documented in harness/drift.py.
+    """
     first = comparison.first_divergence
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -64,9 +89,14 @@ def build_report(
         "seed": seed,
         "verdict": "pass" if comparison.passed else "fail",
         "first_divergence": None if first is None else {"stage": first.stage, "field": first.field, "step": first.step},
-        "first_divergence_detail": None if first is None else describe_failure(first),
-        "records": [record.to_dict() for record in comparison.records],
+        "first_divergence_mode": None if first is None else first.mode,
+        "first_divergence_local": None if first is None else comparison.first_divergence_is_local,
+        "first_divergence_detail": describe_first_divergence(comparison),
+        "forcing": comparison.forcing,
+        "records": [record.to_dict() for record in comparison.all_records()],
         "stages": stage_summary(comparison),
+        "drift": drift(comparison),
+        "tolerances": tolerances or {"source": "default"},
         "request": request,
         "checkpoint": checkpoint,
         "environment": environment,
@@ -74,19 +104,31 @@ def build_report(
     }
 
 
+def _summarise(records: list[RecordResult]) -> dict[str, Any]:
+    rels = [r.metrics["rel_l2"] for r in records if "rel_l2" in r.metrics]
+    coss = [r.metrics["cos"] for r in records if "cos" in r.metrics]
+    multiples = [r.floor_multiple for r in records if r.floor_multiple is not None]
+    return {
+        "records": len(records),
+        "failed": sum(not r.passed for r in records),
+        "worst_rel_l2": _finite_or_str(max(rels, key=_nan_high)) if rels else None,
+        "min_cos": _finite_or_str(min(coss, key=_nan_low)) if coss else None,
+        "worst_floor_multiple": _finite_or_str(max(multiples, key=_nan_high)) if multiples else None,
+    }
+
+
 def stage_summary(comparison: Comparison) -> dict[str, dict[str, Any]]:
-    """Per stage: record count, failures, worst rel_l2 and lowest cosine."""
+    """Per stage: the free run's record count, failures, worst rel_l2, lowest cosine and worst floor multiple;
+    `forced` holds the same for the forced run where the stage was forced; `verdict` covers both."""
     summary: dict[str, dict[str, Any]] = {}
-    for stage, records in comparison.by_stage().items():
-        rels = [r.metrics["rel_l2"] for r in records if "rel_l2" in r.metrics]
-        coss = [r.metrics["cos"] for r in records if "cos" in r.metrics]
-        summary[stage] = {
-            "records": len(records),
-            "failed": sum(not r.passed for r in records),
-            "worst_rel_l2": _finite_or_str(max(rels, key=_nan_high)) if rels else None,
-            "min_cos": _finite_or_str(min(coss, key=_nan_low)) if coss else None,
-            "verdict": "pass" if all(r.passed for r in records) else "fail",
-        }
+    forced = comparison.by_stage("forced")
+    for stage, records in comparison.by_stage("free").items():
+        row = _summarise(records)
+        if stage in forced:
+            row["forced"] = _summarise(forced[stage])
+        passed = all(r.passed for r in records) and all(r.passed for r in forced.get(stage, []))
+        row["verdict"] = "pass" if passed else "fail"
+        summary[stage] = row
     return summary
 
 
@@ -102,25 +144,43 @@ def _finite_or_str(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
+def _multiple_text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:.3g}x"
+
+
+def _sci(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3e}" if isinstance(value, float) else str(value)
+
+
 def format_stage_table(comparison: Comparison) -> str:
-    """A small fixed-width table for the terminal, one line per stage in pipeline order."""
+    """A small fixed-width table for the terminal, one line per stage in pipeline order: the free run's
+    worst rel_l2 and floor multiple, and the forced (local) run's where the stage was forced."""
     summary = stage_summary(comparison)
-    lines = [f"{'stage':<10} {'records':>7} {'failed':>6} {'worst rel_l2':>13} {'min cos':>12}  verdict"]
+    lines = [
+        f"{'stage':<10} {'records':>7} {'failed':>6} {'worst rel_l2':>13} {'x floor':>8} "
+        f"{'forced rel_l2':>13} {'x floor':>8}  verdict"
+    ]
     for stage in STAGES:
         if stage not in summary:
             continue
         row = summary[stage]
-        rel = row["worst_rel_l2"]
-        cos = row["min_cos"]
-        rel_text = f"{rel:.3e}" if isinstance(rel, float) else str(rel)
-        cos_text = f"{cos:.8f}" if isinstance(cos, float) else str(cos)
+        forced = row.get("forced") or {}
+        failed = row["failed"] + forced.get("failed", 0)
         lines.append(
-            f"{stage:<10} {row['records']:>7} {row['failed']:>6} {rel_text:>13} {cos_text:>12}  {row['verdict']}"
+            f"{stage:<10} {row['records']:>7} {failed:>6} {_sci(row['worst_rel_l2']):>13} "
+            f"{_multiple_text(row['worst_floor_multiple']):>8} {_sci(forced.get('worst_rel_l2')):>13} "
+            f"{_multiple_text(forced.get('worst_floor_multiple')):>8}  {row['verdict']}"
         )
-    first = comparison.first_divergence
     lines.append(f"verdict: {'PASS' if comparison.passed else 'FAIL'}")
-    if first is not None:
-        lines.append(f"first divergence: {describe_failure(first)}")
+    detail = describe_first_divergence(comparison)
+    if detail is not None:
+        lines.append(f"first divergence: {detail}")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ class GenerationRequest:
     steps: int = 4
     height: int = 64
     width: int = 64
+    frames: int = 1  # video pipelines (Wan: 4k + 1 frames); image pipelines ignore it
     guidance_scale: float = 3.5
     negative_prompt: str | None = None
     true_cfg_scale: float = 1.0

@@ -19,11 +19,15 @@ from native_models.loader import load_component, read_json
 MODEL_CLASSES: dict[str, str] = {
     "CLIPTextModel": "native_models.models.clip_text:CLIPTextModel",
     "T5EncoderModel": "native_models.models.t5_encoder:T5EncoderModel",
+    "UMT5EncoderModel": "native_models.models.t5_encoder:UMT5EncoderModel",
     "FluxTransformer2DModel": "native_models.models.flux_transformer:FluxTransformer2DModel",
+    "WanTransformer3DModel": "native_models.models.wan_transformer:WanTransformer3DModel",
     "AutoencoderKL": "native_models.models.autoencoder_kl:AutoencoderKL",
+    "AutoencoderKLWan": "native_models.models.autoencoder_kl_wan:AutoencoderKLWan",
 }
 SCHEDULER_CLASSES: dict[str, str] = {
     "FlowMatchEulerDiscreteScheduler": "native_models.schedulers.flow_match_euler:FlowMatchEulerScheduler",
+    "UniPCMultistepScheduler": "native_models.schedulers.unipc_flow:UniPCFlowScheduler",
 }
 TOKENIZER_CLASSES = {
     "CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "AutoTokenizer", "TokenizersBackend",

@@ -22,7 +22,8 @@ from diffusers import FluxPipeline
 from harness.request import GenerationRequest
 from harness.trace import Trace
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# fp64 serves calibration only (harness/calibrate.py): the reference in float64 from the fp32 run's noise.
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 
 def unpack_flux_latents(packed: torch.Tensor, height: int, width: int, vae_scale_factor: int) -> torch.Tensor:
@@ -173,11 +174,96 @@ class _FluxRecorder:
         self.trace.record("decode", "image", image)
 
 
+class _FluxForcer:
+    """Teacher forcing of the reference from another reference trace (`baseline`), for calibrating local floors.
+
+    Instance wrappers only: the encode_prompt result is replaced by the baseline's embeddings, every DiT call
+    and scheduler step of step i starts from the baseline's latents after step i-1 (the initial latents for
+    step 0), and the VAE decodes the baseline's decode input. Installed after `_FluxRecorder`, so the recorder
+    sees the forced inputs. Under the same settings the forced run reproduces the baseline bit for bit.
+    """
+
+    def __init__(self, pipe: FluxPipeline, request: GenerationRequest, baseline: Trace) -> None:
+        self.pipe = pipe
+        self.request = request
+        self.baseline = baseline
+        self.step = 0
+        self.encode_calls = 0
+        self._handles: list[Any] = []
+
+    def _tensor(self, stage: str, field: str, step: int | None = None, like: torch.Tensor | None = None) -> Any:
+        from harness.trace import RecordKey
+
+        key = RecordKey(stage, field, step)
+        tensor = self.baseline.get(key)
+        if tensor is None:
+            raise ValueError(f"forcing needs record {key.name()} in the baseline trace")
+        return tensor if like is None else tensor.to(device=like.device, dtype=like.dtype)
+
+    def _latents_in(self, like: torch.Tensor) -> torch.Tensor:
+        """The baseline's latents entering the current step, packed like the pipeline's."""
+        spatial = (self._tensor("latents", "initial") if self.step == 0
+                   else self._tensor("denoise", "latents", self.step - 1))
+        b, c, h, w = spatial.shape
+        return self.pipe._pack_latents(spatial, b, c, h, w).to(device=like.device, dtype=like.dtype)
+
+    def install(self) -> None:
+        pipe = self.pipe
+        self._wrap(pipe, "encode_prompt", self._encode)
+        self._wrap(pipe.scheduler, "step", self._scheduler_step)
+        self._wrap(pipe.vae, "decode", self._decode)
+        self._handles.append(pipe.transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for obj, name in ((self.pipe, "encode_prompt"), (self.pipe.scheduler, "step"), (self.pipe.vae, "decode")):
+            obj.__dict__.pop(name, None)
+
+    @staticmethod
+    def _wrap(obj: Any, name: str, around: Any) -> None:
+        original = getattr(obj, name)
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return around(original, args, kwargs)
+
+        setattr(obj, name, wrapper)
+
+    def _encode(self, original: Any, args: tuple, kwargs: dict) -> Any:
+        prompt_embeds, pooled, text_ids = original(*args, **kwargs)
+        prefix = "" if self.encode_calls == 0 else "negative_"
+        self.encode_calls += 1
+        return (self._tensor("encode", f"{prefix}prompt_embeds", like=prompt_embeds),
+                self._tensor("encode", f"{prefix}pooled_prompt_embeds", like=pooled), text_ids)
+
+    def _before_transformer(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs["hidden_states"] = self._latents_in(kwargs["hidden_states"])
+        return args, kwargs
+
+    def _scheduler_step(self, original: Any, args: tuple, kwargs: dict) -> Any:
+        if len(args) >= 3:
+            args = (*args[:2], self._latents_in(args[2]), *args[3:])
+        else:
+            kwargs["sample"] = self._latents_in(kwargs["sample"])
+        result = original(*args, **kwargs)
+        self.step += 1
+        return result
+
+    def _decode(self, original: Any, args: tuple, kwargs: dict) -> Any:
+        if args:
+            args = (self._tensor("decode", "latents", like=args[0]), *args[1:])
+        else:
+            kwargs["z"] = self._tensor("decode", "latents", like=kwargs["z"])
+        return original(*args, **kwargs)
+
+
 def run_flux_reference(
     checkpoint: Path,
     request: GenerationRequest,
     trace: Trace,
     progress: Callable[[int, int], None] | None = None,
+    force_from: Trace | None = None,
 ) -> None:
     """Run Diffusers' FluxPipeline for `request` and record every stage into `trace`.
 
@@ -191,6 +277,9 @@ def run_flux_reference(
     afterwards; `latents/initial` records it in that spatial layout. No other random numbers are drawn
     (FlowMatchEulerDiscreteScheduler.step is deterministic without stochastic_sampling).
 
+    With `force_from` (another reference trace of the same request), the run is teacher-forced from it
+    (`_FluxForcer`): harness/calibrate.py measures local floors this way.
+
     After the run the pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
     """
     _check_pipeline_class(checkpoint)
@@ -198,12 +287,21 @@ def run_flux_reference(
     device = torch.device(request.device)
     quiet_libraries()
     pipe = FluxPipeline.from_pretrained(str(checkpoint), dtype=dtype)
-    recorder = None
+    recorder = forcer = None
     try:
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
+        latents = None
+        if dtype == torch.float64:  # randn draws other numbers in float64: start from the fp32 draw, upcast
+            channels = pipe.transformer.config.in_channels // 4
+            latents, _ = pipe.prepare_latents(1, channels, request.height, request.width, torch.float32, device,
+                                              make_generator(request))
+            latents = latents.to(torch.float64)
         recorder = _FluxRecorder(pipe, request, trace, progress)
         recorder.install()
+        if force_from is not None:
+            forcer = _FluxForcer(pipe, request, force_from)
+            forcer.install()
         pipe(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -214,6 +312,7 @@ def run_flux_reference(
             num_inference_steps=request.steps,
             max_sequence_length=request.max_sequence_length,
             generator=make_generator(request),
+            latents=latents,
             output_type="pt",
             return_dict=False,
         )
@@ -231,9 +330,11 @@ def run_flux_reference(
         if device.type == "cuda":
             trace.meta["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     finally:
+        if forcer is not None:
+            forcer.remove()
         if recorder is not None:
             recorder.remove()
-        del pipe, recorder
+        del pipe, recorder, forcer
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -95,3 +95,47 @@ def build_t5_tokenizer() -> T5Tokenizer:
         extra_ids=0,
         model_max_length=T5_MAX_LENGTH,
     )
+
+
+# ---- Wan 2.1: a UMT5 (google/umt5-xxl) style tokenizer, deliberately not the T5 one above ----
+
+UMT5_MAX_LENGTH = 512  # WanPipeline's default max_sequence_length
+UMT5_EXTRA_IDS = 3  # UMT5 appends sentinel tokens after its pieces; a few keep that trait at a tiny size
+
+# Words of typical video prompts (and of Wan's default negative prompt) held as single pieces.
+UMT5_WORDS = (
+    "a", "the", "of", "and", "in", "on", "with", "is", "through", "slowly", "fast",
+    "video", "camera", "pans", "zoom", "shot", "scene", "frame", "motion", "static", "still",
+    "cat", "dog", "bird", "fish", "car", "boat", "river", "forest", "city", "street", "night", "sunset", "rain",
+    "walks", "runs", "flies", "swims", "drives", "dances", "jumps",
+    "bright", "dark", "red", "blue", "golden", "misty",
+    "blurred", "blurry", "overexposed", "worst", "low", "quality", "jpeg", "artifacts", "subtitles", "ugly",
+)  # fmt: skip
+# Letters beyond ASCII, as a multilingual vocabulary has them (UMT5 covers 100+ languages).
+UMT5_EXTRA_CHARS = "àáâäçèéêëíîïñóôöúûüßœæøå中日月水火猫犬鳥"
+
+
+def umt5_vocab() -> list[tuple[str, float]]:
+    """Unigram pieces with scores: pad/eos/unk at ids 0/1/2, then characters (ASCII and some multilingual),
+    then whole words. A different vocabulary and size from `t5_vocab`, so a wrong tokenizer shows up as
+    different ids."""
+    pieces: list[tuple[str, float]] = [(T5_PAD, 0.0), (T5_EOS, 0.0), (T5_UNK, 0.0), (T5_SPACE, _CHAR_SCORE)]
+    chars = string.ascii_lowercase + string.digits + string.punctuation + string.ascii_uppercase + UMT5_EXTRA_CHARS
+    for char in chars:
+        pieces.append((T5_SPACE + char, _CHAR_SCORE))
+        pieces.append((char, _CHAR_SCORE))
+    pieces.extend((T5_SPACE + word, _WORD_SCORE) for word in UMT5_WORDS if len(word) > 1)
+    return pieces
+
+
+def build_umt5_tokenizer() -> T5Tokenizer:
+    """Wan 2.1's tokenizer kind: a T5 Unigram tokenizer as google/umt5-xxl's (pad 0, eos 1 appended to every
+    prompt, no bos added, sentinel `<extra_id_*>` tokens after the pieces), with a tiny vocabulary."""
+    return T5Tokenizer(
+        vocab=umt5_vocab(),
+        eos_token=T5_EOS,
+        unk_token=T5_UNK,
+        pad_token=T5_PAD,
+        extra_ids=UMT5_EXTRA_IDS,
+        model_max_length=UMT5_MAX_LENGTH,
+    )

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--device", choices=("cpu", "cuda"), help="device of both sides (default cpu)")
     run.add_argument("--out", type=Path, metavar="DIR", help="output folder (default out/CASE)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-forcing", action="store_true",
+                     help="skip the teacher-forced native run: first divergence then comes from the free run")
     run.set_defaults(handler=command_run, out_default=lambda args: Path("out") / args.case)
 
 
@@ -63,7 +65,9 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"{case.name}: {request.height}x{request.width}, {request.steps} steps, seed {request.seed}, "
           f"{request.dtype} on {request.device}", file=sys.stderr)
     result = run_parity(case, request, model=args.model, out_dir=out_dir,
-                        progress=make_progress(not args.no_progress))
+                        progress=make_progress(not args.no_progress), forcing=not args.no_forcing)
     print(format_stage_table(result.comparison))
+    if result.report.get("forcing_skipped"):
+        print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
     print(f"report: {out_dir / 'report.json'}")
     return EXIT_PASS if result.passed else EXIT_FAIL

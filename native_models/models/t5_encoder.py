@@ -1,8 +1,11 @@
-"""Native T5 encoder, numerically matching transformers' `T5EncoderModel` (its default SDPA attention path).
+"""Native T5 and UMT5 encoders, numerically matching transformers' `T5EncoderModel` / `UMT5EncoderModel` (their
+default SDPA attention path).
 
 Diffusers pipelines (SD3, Flux, PixArt, DeepFloyd IF...) encode prompts with the T5 v1.1 encoder: a shared token
 embedding, pre-norm blocks with RMS "T5 LayerNorm", unscaled attention whose scores get a learned relative
 position bias (computed by the first block, reused by the others), a (gated) feed-forward, and a final norm.
+Wan 2.1 uses UMT5 (google/umt5-xxl): the same blocks, except that *every* block owns its relative-bias table
+(`encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias`) and computes its own bias.
 
 Half-precision details follow transformers, because prompt embeddings feed every denoising step:
 - T5 LayerNorm accumulates the variance in fp32 and casts back to the weight dtype only for fp16/bf16 weights;
@@ -14,6 +17,7 @@ Half-precision details follow transformers, because prompt embeddings feed every
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +30,15 @@ from native_models.attention import attention
 from native_models.models.clip_text import ACTIVATIONS, config_float, config_int
 
 T5_ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu")
+
+# transformers' config defaults per model_type, used for keys a config.json leaves out (T5Config / UMT5Config).
+_T5_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_heads": 8,
+    "feed_forward_proj": "relu",
+}  # fmt: skip
+_MT5_DEFAULTS = {**_T5_DEFAULTS, "vocab_size": 250112, "d_ff": 1024, "num_layers": 8, "num_heads": 6,
+                 "feed_forward_proj": "gated-gelu"}  # fmt: skip
+CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {"t5": _T5_DEFAULTS, "mt5": _MT5_DEFAULTS, "umt5": _MT5_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -44,19 +57,28 @@ class T5EncoderHParams:
     gated: bool
     act: str
     tie_last_hidden_states: bool
+    bias_per_layer: bool = False  # UMT5: every block has its own relative-bias table
 
     @property
     def inner_dim(self) -> int:
         return self.num_heads * self.d_kv
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> T5EncoderHParams:
-        model_type = config.get("model_type", "t5")
-        if model_type not in ("t5", "mt5"):
-            raise ValueError(f"config 'model_type' must be 't5' or 'mt5', got {model_type!r}")
+    def from_config(cls, config: dict[str, Any], model_types: tuple[str, ...] = ("t5", "mt5")) -> T5EncoderHParams:
+        """Parse a config.json; `model_types` are the ones the calling class accepts ('umt5' turns on
+        per-layer relative bias)."""
+        model_type = config.get("model_type", model_types[0])
+        if model_type not in model_types:
+            allowed = " or ".join(repr(t) for t in model_types)
+            raise ValueError(f"config 'model_type' must be {allowed}, got {model_type!r}")
+        hp = cls._parse(config, CONFIG_DEFAULTS[model_type])
+        return dataclasses.replace(hp, bias_per_layer=model_type == "umt5")
+
+    @classmethod
+    def _parse(cls, config: dict[str, Any], defaults: dict[str, Any]) -> T5EncoderHParams:
         if config.get("is_decoder", False):
             raise ValueError(f"config 'is_decoder' is {config['is_decoder']!r}; only the T5 encoder is supported")
-        proj = config.get("feed_forward_proj", "relu")
+        proj = config.get("feed_forward_proj", defaults["feed_forward_proj"])
         parts = proj.split("-") if isinstance(proj, str) else []
         if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
             raise ValueError(f"config 'feed_forward_proj' must be '<act>' or 'gated-<act>', got {proj!r}")
@@ -72,12 +94,12 @@ class T5EncoderHParams:
         if not isinstance(tie_last, bool):
             raise ValueError(f"config 'tie_last_hidden_states' must be a boolean, got {tie_last!r}")
         hp = cls(
-            vocab_size=config_int(config, "vocab_size", 32128),
-            d_model=config_int(config, "d_model", 512),
-            d_kv=config_int(config, "d_kv", 64),
-            d_ff=config_int(config, "d_ff", 2048),
-            num_layers=config_int(config, "num_layers", 6),
-            num_heads=config_int(config, "num_heads", 8),
+            vocab_size=config_int(config, "vocab_size", defaults["vocab_size"]),
+            d_model=config_int(config, "d_model", defaults["d_model"]),
+            d_kv=config_int(config, "d_kv", defaults["d_kv"]),
+            d_ff=config_int(config, "d_ff", defaults["d_ff"]),
+            num_layers=config_int(config, "num_layers", defaults["num_layers"]),
+            num_heads=config_int(config, "num_heads", defaults["num_heads"]),
             num_buckets=config_int(config, "relative_attention_num_buckets", 32, minimum=4),
             max_distance=config_int(config, "relative_attention_max_distance", 128),
             layer_norm_eps=config_float(config, "layer_norm_epsilon", 1e-6),
@@ -246,16 +268,29 @@ class T5Block(nn.Module):
 
 
 class T5Stack(nn.Module):
-    """The `encoder` sub-tree: blocks (only block 0 has a relative bias table) and the final norm."""
+    """The `encoder` sub-tree: blocks (T5: only block 0 has a relative bias table; UMT5: every block) and the
+    final norm."""
 
     def __init__(self, hp: T5EncoderHParams) -> None:
         super().__init__()
-        self.block = nn.ModuleList(T5Block(hp, has_relative_attention_bias=i == 0) for i in range(hp.num_layers))
+        self.block = nn.ModuleList(
+            T5Block(hp, has_relative_attention_bias=hp.bias_per_layer or i == 0) for i in range(hp.num_layers)
+        )
         self.final_layer_norm = T5LayerNorm(hp.d_model, hp.layer_norm_eps)
+
+
+def masked_bias(bias: Tensor, keep: Tensor | None) -> Tensor:
+    """Padded keys get the dtype's minimum in place of their bias (not added to it), as transformers' SDPA path
+    builds the mask. bias (1, H, L, L), keep (B, 1, 1, L) bool or None -> (B|1, H, L, L), contiguous."""
+    if keep is not None:
+        bias = torch.where(keep, bias, torch.finfo(bias.dtype).min)
+    return bias.contiguous()
 
 
 class T5EncoderModel(nn.Module):
     """T5 encoder: `forward(input_ids, attention_mask)` gives per-token states (B, L, d_model)."""
+
+    MODEL_TYPES: tuple[str, ...] = ("t5", "mt5")
 
     def __init__(self, hp: T5EncoderHParams) -> None:
         super().__init__()
@@ -265,7 +300,7 @@ class T5EncoderModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> T5EncoderModel:
-        return cls(T5EncoderHParams.from_config(config))
+        return cls(T5EncoderHParams.from_config(config, model_types=cls.MODEL_TYPES))
 
     def convert_checkpoint_keys(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """`encoder.embed_tokens.weight` is tied to `shared.weight` (transformers 5.x saves only the latter, some
@@ -297,15 +332,15 @@ class T5EncoderModel(nn.Module):
         self.check_inputs(input_ids, attention_mask)
         x = self.shared(input_ids)  # (B, L, C)
         length = input_ids.shape[1]
-        bias = self.encoder.block[0].layer[0].SelfAttention.compute_bias(length, x.device)  # (1, H, L, L)
+        keep = None
         if attention_mask is not None:
-            # Padded keys get the dtype's minimum in place of their bias (not added to it), as transformers'
-            # SDPA path builds the mask.
             keep = attention_mask.to(device=x.device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, L)
-            bias = torch.where(keep, bias, torch.finfo(bias.dtype).min)  # (B, H, L, L)
-        bias = bias.contiguous()
+        bias = None
         states = [x]
         for block in self.encoder.block:
+            attn = block.layer[0].SelfAttention
+            if bias is None or self.hp.bias_per_layer:  # T5: block 0's bias serves every block
+                bias = masked_bias(attn.compute_bias(length, x.device), keep)  # (B|1, H, L, L)
             x = block(x, bias)
             states.append(x)
         last = self.encoder.final_layer_norm(x)
@@ -314,4 +349,13 @@ class T5EncoderModel(nn.Module):
         return T5EncoderOutput(last, tuple(states) if output_hidden_states else None)
 
 
-__all__ = ["T5EncoderHParams", "T5EncoderModel", "T5EncoderOutput", "relative_position_bucket"]
+class UMT5EncoderModel(T5EncoderModel):
+    """UMT5 encoder (Wan 2.1's text encoder): T5 with a relative-bias table in every block.
+
+    Accepts only `model_type` 'umt5' configs, so a T5 checkpoint named as UMT5 (or the reverse) fails at config
+    parsing rather than through a confusing key mismatch."""
+
+    MODEL_TYPES = ("umt5",)
+
+
+__all__ = ["T5EncoderHParams", "T5EncoderModel", "T5EncoderOutput", "UMT5EncoderModel", "relative_position_bucket"]

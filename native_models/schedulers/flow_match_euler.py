@@ -171,6 +171,20 @@ class FlowMatchEulerScheduler:
         self.sigmas = torch.cat([sigma_t, torch.zeros(1, device=sigma_t.device)])  # (N + 1,), terminal 0
         self.num_inference_steps = num_inference_steps
 
+    def set_schedule(self, sigmas: torch.Tensor, timesteps: torch.Tensor) -> None:
+        """Install a given schedule instead of computing one: `sigmas` (N + 1, terminal included) and
+        `timesteps` (N,). The harness's teacher-forced run feeds the reference's schedule this way, so a wrong
+        schedule is charged to timestep preparation and not to every denoising step after it."""
+        if sigmas.ndim != 1 or timesteps.ndim != 1 or sigmas.shape[0] != timesteps.shape[0] + 1:
+            raise ValueError(
+                f"need sigmas (N + 1,) and timesteps (N,), got {tuple(sigmas.shape)} and {tuple(timesteps.shape)}"
+            )
+        if timesteps.shape[0] < 1:
+            raise ValueError("an installed schedule needs at least one step")
+        self.sigmas = sigmas.to(torch.float32)
+        self.timesteps = timesteps.to(torch.float32)
+        self.num_inference_steps = int(timesteps.shape[0])
+
     def step(self, model_output: torch.Tensor, step_index: int, sample: torch.Tensor) -> torch.Tensor:
         """One Euler step: sample + (sigma_{i+1} - sigma_i) * model_output, returned in model_output's dtype.
 

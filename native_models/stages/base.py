@@ -80,11 +80,15 @@ class PipelineStage(ABC):
         return type(self).__name__
 
     def __call__(self, batch: Req) -> Req:
-        self._check(batch, self.reads, "input", required=True)
-        self._check(batch, self.optional_reads, "input", required=False)
+        self.check_inputs(batch)
         batch = self.forward(batch)
         self._check(batch, self.writes, "output", required=True)
         return batch
+
+    def check_inputs(self, batch: Req) -> None:
+        """Check the declared reads; for callers that run a part of the stage alone (one denoising step)."""
+        self._check(batch, self.reads, "input", required=True)
+        self._check(batch, self.optional_reads, "input", required=False)
 
     def _check(self, batch: Req, kinds: dict[str, FieldKind], role: str, required: bool) -> None:
         for field_name, kind in kinds.items():

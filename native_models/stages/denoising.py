@@ -1,7 +1,14 @@
-"""Denoising: the DiT forward at every step, classifier-free guidance, and the scheduler step."""
+"""Denoising: the DiT forward at every step, classifier-free guidance, and the scheduler step.
+
+The loop is split in two public pieces so that one step can run alone: `prepare` computes what every step
+shares (conditioning, rotary inputs, guidance) once per request, and `denoise_step` runs step i from any
+latents. `forward` is nothing but `prepare` plus a loop of `denoise_step`; the harness's teacher-forced run
+calls the same `denoise_step` from the reference's latents, so the forced and the free run share one step code.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,6 +17,16 @@ from native_models.configs import PipelineConfig
 from native_models.errors import StageFieldError
 from native_models.req import Req
 from native_models.stages.base import FLOAT_LIST, POSITIVE_INT, SHAPE, TENSOR, TENSOR_LIST, PipelineStage
+
+
+@dataclass
+class StepInputs:
+    """What every denoising step of one request shares, computed once by `DenoisingStage.prepare`."""
+
+    pos_kwargs: dict[str, Any]
+    neg_kwargs: dict[str, Any] | None  # None without true CFG
+    rotary_kwargs: dict[str, Any]
+    guidance: torch.Tensor | None
 
 
 class DenoisingStage(PipelineStage):
@@ -34,33 +51,49 @@ class DenoisingStage(PipelineStage):
         self.scheduler = scheduler
         self.config = config
 
-    def forward(self, batch: Req) -> Req:
+    def prepare(self, batch: Req) -> StepInputs:
+        """Conditioning kwargs, rotary inputs and guidance of this request (the same for every step)."""
         if batch.do_true_cfg and batch.negative_prompt_embeds is None:
             raise StageFieldError(self.name, "negative_prompt_embeds", "must be a list of tensors under true CFG")
-        assert batch.raw_latent_shape is not None and batch.latents is not None and batch.timesteps is not None
-        pos_kwargs = self.config.prepare_pos_cond_kwargs(batch)
-        neg_kwargs = self.config.prepare_neg_cond_kwargs(batch) if batch.do_true_cfg else None
-        rotary_kwargs = self.config.prepare_rotary_kwargs(batch)
-        guidance = self.config.prepare_guidance(batch)
+        return StepInputs(
+            pos_kwargs=self.config.prepare_pos_cond_kwargs(batch),
+            neg_kwargs=self.config.prepare_neg_cond_kwargs(batch) if batch.do_true_cfg else None,
+            rotary_kwargs=self.config.prepare_rotary_kwargs(batch),
+            guidance=self.config.prepare_guidance(batch),
+        )
+
+    def denoise_step(
+        self, inputs: StepInputs, batch: Req, step: int, t: torch.Tensor, latents: torch.Tensor
+    ) -> torch.Tensor:
+        """Step `step` at scheduler timestep `t` from `latents` (DiT layout): DiT, CFG, scheduler; returns the
+        latents after the step. Records transformer_output(_uncond), noise_pred and latents at `step`."""
+        timestep = self.config.prepare_timestep(t, batch)
+        with torch.no_grad():
+            cond = self.transformer(
+                hidden_states=latents, timestep=timestep, guidance=inputs.guidance, **inputs.pos_kwargs,
+                **inputs.rotary_kwargs,
+            )
+            batch.record(self.trace_stage, "transformer_output", self._spatial(cond, batch), step)
+            noise_pred = cond
+            if inputs.neg_kwargs is not None:
+                uncond = self.transformer(
+                    hidden_states=latents, timestep=timestep, guidance=inputs.guidance, **inputs.neg_kwargs,
+                    **inputs.rotary_kwargs,
+                )
+                batch.record(self.trace_stage, "transformer_output_uncond", self._spatial(uncond, batch), step)
+                noise_pred = self.config.combine_cfg(cond, uncond, batch.true_cfg_scale)
+        batch.record(self.trace_stage, "noise_pred", self._spatial(noise_pred, batch), step)
+        latents = self.scheduler.step(noise_pred, step, latents)
+        batch.record(self.trace_stage, "latents", self._spatial(latents, batch), step)
+        return latents
+
+    def forward(self, batch: Req) -> Req:
+        assert batch.latents is not None and batch.timesteps is not None  # guaranteed by `reads`
+        inputs = self.prepare(batch)
         latents = batch.latents
         progress = batch.extra.get("progress")
         for step, t in enumerate(batch.timesteps):
-            timestep = self.config.prepare_timestep(t, batch)
-            with torch.no_grad():
-                cond = self.transformer(
-                    hidden_states=latents, timestep=timestep, guidance=guidance, **pos_kwargs, **rotary_kwargs
-                )
-                batch.record("denoise", "transformer_output", self._spatial(cond, batch), step)
-                noise_pred = cond
-                if neg_kwargs is not None:
-                    uncond = self.transformer(
-                        hidden_states=latents, timestep=timestep, guidance=guidance, **neg_kwargs, **rotary_kwargs
-                    )
-                    batch.record("denoise", "transformer_output_uncond", self._spatial(uncond, batch), step)
-                    noise_pred = self.config.combine_cfg(cond, uncond, batch.true_cfg_scale)
-            batch.record("denoise", "noise_pred", self._spatial(noise_pred, batch), step)
-            latents = self.scheduler.step(noise_pred, step, latents)
-            batch.record("denoise", "latents", self._spatial(latents, batch), step)
+            latents = self.denoise_step(inputs, batch, step, t, latents)
             if progress is not None:
                 progress(step + 1, len(batch.timesteps))
         batch.latents = latents
@@ -69,4 +102,3 @@ class DenoisingStage(PipelineStage):
     def _spatial(self, tensor: torch.Tensor, batch: Req) -> torch.Tensor:
         assert batch.raw_latent_shape is not None
         return self.config.unpack_latents(tensor, batch.raw_latent_shape)
-

@@ -34,9 +34,14 @@ class LatentPreparationStage(PipelineStage):
         self.vae_scale_factor = vae_scale_factor
         self.latent_channels = latent_channels
 
+    def draw_noise(self, shape: tuple[int, ...], batch: Req) -> tuple[torch.Tensor, torch.Generator]:
+        """The initial noise (spatial `shape`) and the generator it came from; one method, so a fault or a
+        family with another RNG recipe replaces just this."""
+        return draw_initial_noise(shape, batch.seed, batch.dtype, batch.device)
+
     def forward(self, batch: Req) -> Req:
         shape = self.config.prepare_latent_shape(batch, self.vae_scale_factor, self.latent_channels)
-        noise, generator = draw_initial_noise(shape, batch.seed, batch.dtype, batch.device)
+        noise, generator = self.draw_noise(shape, batch)
         batch.record(self.trace_stage, "initial", noise)
         batch.raw_latent_shape = tuple(noise.shape)
         batch.latents = self.config.pack_latents(noise)

@@ -1,0 +1,424 @@
+"""Wan 2.1 text-to-video DiT, native PyTorch, numerically matching Diffusers' `WanTransformer3DModel`.
+
+Latent video (B, C, T, H, W) -> 3D patches (Conv3d) -> a sequence of L = T/pt * H/ph * W/pw tokens, run through
+blocks of [modulated self-attention with 3D RoPE, cross-attention to the text, modulated GELU-tanh FFN], each
+block modulated by the timestep through its own `scale_shift_table`; then a modulated output norm, a linear
+projection and unpatchify back to (B, C_out, T, H, W). Parameter names equal Diffusers' state-dict keys.
+
+Precision follows Diffusers step for step: Diffusers keeps `rope`, `time_embedder`, `scale_shift_table` and
+`norm1/2/3` in float32 when the model is loaded in half precision (`_keep_in_fp32_modules`), and computes the
+modulation, the layer norms and the gated residual adds in float32; this module does the same (see `_apply`).
+
+Parallelism is declared once, as class data (`_tp_plan`, `_sp_plan`), and applied by
+`native_models.parallel.parallelize`; the forward below is the only forward, single- or multi-rank. It is
+parallel-ready by construction: attention heads are inferred from the (possibly sharded) projection width, and
+attention itself is a swappable parameter-free `core` module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from itertools import chain
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from native_models.attention import attention
+from native_models.models.rope import apply_rotary, axis_frequencies, timestep_embedding
+from native_models.parallel.sequence_parallel import GatherOutput, SplitInput, SplitOutput, Ulysses
+from native_models.parallel.tensor_parallel import Colwise, HeadShardedRMSNorm, Rowwise
+
+ROPE_THETA = 10000.0
+# Diffusers' WanTransformer3DModel._keep_in_fp32_modules: a parameter or buffer stays float32 under a half-precision
+# cast when one of its dotted name components is in this set.
+KEEP_FP32_COMPONENTS = frozenset({"rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"})
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    """Hyper-parameters, named (and defaulted) as in Diffusers' config.json."""
+
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    num_attention_heads: int = 40
+    attention_head_dim: int = 128
+    in_channels: int = 16
+    out_channels: int | None = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    ffn_dim: int = 13824
+    num_layers: int = 40
+    cross_attn_norm: bool = True
+    qk_norm: str | None = "rms_norm_across_heads"
+    eps: float = 1e-6
+    image_dim: int | None = None
+    added_kv_proj_dim: int | None = None
+    rope_max_seq_len: int = 1024
+    pos_embed_seq_len: int | None = None
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def output_channels(self) -> int:
+        return self.out_channels or self.in_channels
+
+    @property
+    def rope_axes(self) -> tuple[int, int, int]:
+        """Channels of the (frame, height, width) rotary axes, split as Diffusers' WanRotaryPosEmbed does."""
+        hw = 2 * (self.attention_head_dim // 6)
+        return self.attention_head_dim - 2 * hw, hw, hw
+
+    def validate(self) -> None:
+        """Reject settings this implementation does not reproduce, naming the value."""
+        for name in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is not supported: image-to-video Wan is not implemented (T2V only)"
+                )
+        if self.qk_norm != "rms_norm_across_heads":
+            raise ValueError(f"qk_norm={self.qk_norm!r} is not supported (only 'rms_norm_across_heads')")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size={list(self.patch_size)} must be three positive ints (t, h, w)")
+        if self.attention_head_dim % 2 or self.attention_head_dim < 6:
+            raise ValueError(f"attention_head_dim={self.attention_head_dim} must be even and at least 6 (3D RoPE)")
+        for name in ("num_attention_heads", "in_channels", "text_dim", "freq_dim", "ffn_dim", "rope_max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> WanConfig:
+        """Read Diffusers' config.json; keys starting with '_' are metadata and ignored, unknown keys rejected."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
+        if unknown:
+            raise ValueError(f"unsupported Wan transformer config keys {unknown}")
+        values = {k: v for k, v in config.items() if k in known}
+        if "patch_size" in values:
+            values["patch_size"] = tuple(values["patch_size"])
+        result = cls(**values)
+        result.validate()
+        return result
+
+
+class WanRotary(NamedTuple):
+    """Per-pair rotary tables for the image tokens, (L, 1, D/2) float32 each; adjacent channels are paired."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate x (B, L, H, D), in float32, cast back to x's dtype (as Diffusers' Wan processor does)."""
+        return apply_rotary(x, self.cos, self.sin, interleaved=True)
+
+
+class WanRotaryPosEmbed(nn.Module):
+    """3D RoPE: frame, row and column angles concatenated along the channel pairs of every head.
+
+    Tables for positions 0..max_seq_len-1 are built once in float64 (Diffusers' choice off MPS) and stored in
+    float32, exactly as Diffusers builds its `freqs_cos`/`freqs_sin` buffers.
+    """
+
+    def __init__(self, axes: tuple[int, int, int], max_seq_len: int, theta: float = ROPE_THETA) -> None:
+        super().__init__()
+        self.pairs = tuple(dim // 2 for dim in axes)
+        self.max_seq_len = max_seq_len
+        positions = torch.arange(max_seq_len)  # int64, promoted to float64 by the outer product, as in Diffusers
+        angles = [torch.outer(positions, axis_frequencies(dim, theta, torch.float64, positions.device)) for dim in axes]
+        self.register_buffer("freqs_cos", torch.cat([a.cos().float() for a in angles], dim=1), persistent=False)
+        self.register_buffer("freqs_sin", torch.cat([a.sin().float() for a in angles], dim=1), persistent=False)
+
+    def table(self, full: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(max_seq_len, D/2) per-axis table -> (f*h*w, 1, D/2) for tokens in (frame, row, column) order."""
+        f, h, w = grid
+        t_part, h_part, w_part = full.split(self.pairs, dim=1)
+        parts = (
+            t_part[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+            h_part[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+            w_part[:w].view(1, 1, w, -1).expand(f, h, w, -1),
+        )
+        return torch.cat(parts, dim=-1).reshape(f * h * w, 1, -1)
+
+    def forward(self, grid: tuple[int, int, int]) -> WanRotary:
+        if max(grid) > self.max_seq_len:
+            raise ValueError(f"token grid {grid} exceeds rope_max_seq_len={self.max_seq_len}")
+        return WanRotary(self.table(self.freqs_cos, grid), self.table(self.freqs_sin, grid))
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 (weights upcast), returned in the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class MLP(nn.Module):
+    """linear_1 -> activation -> linear_2 (the timestep embedder and the text projection)."""
+
+    def __init__(self, in_dim: int, out_dim: int, act: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.act = act
+        self.linear_1 = nn.Linear(in_dim, out_dim)
+        self.linear_2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+class ConditionEmbedder(nn.Module):
+    """Timestep -> (temb (B, C), per-block modulation (B, 6, C)); text (B, L, text_dim) -> (B, L, C)."""
+
+    def __init__(self, dim: int, freq_dim: int, text_dim: int) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.time_embedder = MLP(freq_dim, dim, F.silu)
+        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.text_embedder = MLP(text_dim, dim, gelu_tanh)
+
+    def forward(
+        self, timestep: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        freqs = timestep_embedding(timestep, self.freq_dim)  # (B, freq_dim) float32, cos first
+        freqs = freqs.to(self.time_embedder.linear_1.weight.dtype)  # float32 unless cast to full half precision
+        temb = self.time_embedder(freqs).type_as(text)  # (B, C) in the activation dtype
+        modulation = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))  # (B, 6, C)
+        return temb, modulation, self.text_embedder(text)
+
+
+class Attend(nn.Module):
+    """The attention kernel call as a parameter-free module, so sequence parallelism can wrap it (Ulysses)."""
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return attention(q, k, v, attn_mask=attn_mask)  # (B, H, Lq, D)
+
+
+class WanAttention(nn.Module):
+    """Multi-head attention with RMSNorm of q and k across all heads (over H*D channels), then to_out.
+
+    Self-attention when `context` is None (with RoPE), cross-attention to `context` otherwise. The head count is
+    read from the projection width, so tensor parallelism (which shards q/k/v by heads) needs no other change.
+    """
+
+    def __init__(self, dim: int, head_dim: int, eps: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.core = Attend()
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, rope: WanRotary | None = None
+    ) -> torch.Tensor:
+        """x (B, L, C), context (B, L_txt, C) or None -> (B, L, C)."""
+        source = x if context is None else context
+        q = self.norm_q(self.to_q(x)).unflatten(2, (-1, self.head_dim))  # (B, L, H, D)
+        k = self.norm_k(self.to_k(source)).unflatten(2, (-1, self.head_dim))  # (B, Lk, H, D)
+        v = self.to_v(source).unflatten(2, (-1, self.head_dim))
+        if rope is not None:
+            q, k = rope.apply(q), rope.apply(k)
+        out = self.core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, L, D)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)  # (B, L, H*D)
+        return self.to_out[0](out)
+
+
+class GeluTanhProj(nn.Module):
+    """Linear then tanh-approximated GELU (`ffn.net.0`)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu_tanh(self.proj(x))
+
+
+class FeedForward(nn.Module):
+    """GELU-tanh MLP; `net.1` is a parameter-free slot (Diffusers' dropout) so names match `net.2`."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(GeluTanhProj(dim, hidden), nn.Identity(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class WanBlock(nn.Module):
+    """Modulated self-attention, (optionally normed) cross-attention, modulated FFN; gated residuals in fp32."""
+
+    def __init__(self, config: WanConfig) -> None:
+        super().__init__()
+        dim, eps = config.inner_dim, config.eps
+        self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.attn1 = WanAttention(dim, config.attention_head_dim, eps)
+        self.attn2 = WanAttention(dim, config.attention_head_dim, eps)
+        self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
+        self.ffn = FeedForward(dim, config.ffn_dim)
+        self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, modulation: torch.Tensor, rope: WanRotary
+    ) -> torch.Tensor:
+        """x (B, L, C), context (B, L_txt, C), modulation (B, 6, C) -> x (B, L, C)."""
+        mod = (self.scale_shift_table + modulation.float()).chunk(6, dim=1)  # 6 x (B, 1, C) float32
+        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = mod
+
+        h = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+        x = (x.float() + self.attn1(h, rope=rope) * gate).type_as(x)
+
+        h = self.norm2(x.float()).type_as(x)
+        x = x + self.attn2(h, context)
+
+        h = (self.norm3(x.float()) * (1 + ffn_scale) + ffn_shift).type_as(x)
+        return (x.float() + self.ffn(h).float() * ffn_gate).type_as(x)
+
+
+class WanTransformer3DModel(nn.Module):
+    """The Wan 2.1 T2V denoiser on latent video; parameter names equal Diffusers' state-dict keys."""
+
+    # Tensor parallelism: heads split across ranks (q/k/v column-parallel, out-projection row-parallel with an
+    # all-reduce), q/k RMSNorm over all heads via an all-reduced sum of squares, FFN in/out column/row-parallel.
+    _tp_plan: ClassVar[dict[str, Any]] = {
+        "blocks.*.attn*.to_q": Colwise(),
+        "blocks.*.attn*.to_k": Colwise(),
+        "blocks.*.attn*.to_v": Colwise(),
+        "blocks.*.attn*.norm_q": HeadShardedRMSNorm(),
+        "blocks.*.attn*.norm_k": HeadShardedRMSNorm(),
+        "blocks.*.attn*.to_out.0": Rowwise(),
+        "blocks.*.ffn.net.0.proj": Colwise(),
+        "blocks.*.ffn.net.2": Rowwise(),
+    }
+    # Sequence parallelism (Ulysses): image tokens and their rotary tables split (padded) across ranks before the
+    # first block, self-attention exchanges sequence <-> heads by all-to-all, the text (cross-attention keys and
+    # values) stays whole on every rank, and the output tokens are gathered (padding stripped) after proj_out.
+    _sp_plan: ClassVar[dict[str, Any]] = {
+        "rope": SplitOutput(dim=0),
+        "blocks.0": SplitInput(arg=0, dim=1),
+        "blocks.*.attn1.core": Ulysses(),
+        "proj_out": GatherOutput(dim=1),
+    }
+
+    def __init__(self, config: WanConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        dim = config.inner_dim
+        self.rope = WanRotaryPosEmbed(config.rope_axes, config.rope_max_seq_len)
+        self.patch_embedding = nn.Conv3d(config.in_channels, dim, config.patch_size, stride=config.patch_size)
+        self.condition_embedder = ConditionEmbedder(dim, config.freq_dim, config.text_dim)
+        self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
+        self.norm_out = FP32LayerNorm(dim, config.eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(dim, config.output_channels * math.prod(config.patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> WanTransformer3DModel:
+        """Build from Diffusers' transformer config.json (raises ValueError for unsupported settings)."""
+        return cls(WanConfig.from_dict(config))
+
+    def check_parallel(self, tp: int, sp: int) -> None:
+        """Raise ValueError when the heads cannot be split tp ways, then sp ways (Ulysses) within a TP shard."""
+        heads = self.config.num_attention_heads
+        if heads % tp:
+            raise ValueError(f"num_attention_heads={heads} does not divide by tensor-parallel size {tp}")
+        if (heads // tp) % sp:
+            raise ValueError(
+                f"num_attention_heads={heads} / tp={tp} = {heads // tp} heads per rank do not divide by "
+                f"sequence-parallel size {sp} (Ulysses splits heads)"
+            )
+        if self.config.ffn_dim % tp:
+            raise ValueError(f"ffn_dim={self.config.ffn_dim} does not divide by tensor-parallel size {tp}")
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> WanTransformer3DModel:
+        """Cast as nn.Module does, but keep Diffusers' fp32 modules in float32 under a half-precision cast.
+
+        Diffusers loads those tensors in float32 whatever `torch_dtype` says; the originals (not a rounded copy)
+        are restored, so bf16 parity sees the same float32 values.
+        """
+        tensors = chain(self.named_parameters(), self.named_buffers())
+        kept = {
+            name: t.detach()  # a new handle on the float32 storage, which the cast below leaves intact
+            for name, t in tensors
+            if t.dtype == torch.float32 and KEEP_FP32_COMPONENTS.intersection(name.split("."))
+        }
+        super()._apply(fn, recurse)
+        for name, original in kept.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = self.get_submodule(owner_name)
+            if leaf in owner._parameters:
+                param = owner._parameters[leaf]
+                if param is not None and param.dtype in HALF_DTYPES:
+                    param.data = original.to(param.device)
+            elif owner._buffers.get(leaf) is not None and owner._buffers[leaf].dtype in HALF_DTYPES:
+                owner._buffers[leaf] = original.to(owner._buffers[leaf].device)
+        return self
+
+    def token_grid(self, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+        """(frames, rows, columns) of patches; the latent must divide by the patch size (no silent cropping)."""
+        if hidden_states.ndim != 5 or hidden_states.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"hidden_states must be (B, {self.config.in_channels}, T, H, W), got {tuple(hidden_states.shape)}"
+            )
+        sizes = tuple(hidden_states.shape[2:])
+        if any(s % p for s, p in zip(sizes, self.config.patch_size, strict=True)):
+            raise ValueError(
+                f"latent (T, H, W)={sizes} does not divide by patch_size={list(self.config.patch_size)}"
+            )
+        f, h, w = (s // p for s, p in zip(sizes, self.config.patch_size, strict=True))
+        return f, h, w
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(B, f*h*w, pt*ph*pw*C) -> (B, C, f*pt, h*ph, w*pw)."""
+        f, h, w = grid
+        pt, ph, pw = self.config.patch_size
+        x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, -1)  # (B, f, h, w, pt, ph, pw, C)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, f, pt, h, ph, w, pw)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def forward(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """Predict the flow velocity of a latent video.
+
+        hidden_states (B, in_channels, T, H, W) in the model dtype; timestep (B,) on the 0..1000 scale, as
+        WanPipeline passes it (`t.expand(B)`; Wan 2.2's per-token (B, L) timesteps are not supported);
+        encoder_hidden_states (B, L_txt, text_dim). Returns (B, out_channels, T, H, W) in the model dtype.
+        """
+        grid = self.token_grid(hidden_states)
+        batch = hidden_states.shape[0]
+        if timestep.shape != (batch,):
+            raise ValueError(f"timestep must be (B,) = ({batch},), got {tuple(timestep.shape)} (Wan 2.1 T2V only)")
+        text_shape = encoder_hidden_states.shape
+        if encoder_hidden_states.ndim != 3 or text_shape[0] != batch or text_shape[2] != self.config.text_dim:
+            raise ValueError(
+                f"encoder_hidden_states must be ({batch}, L, {self.config.text_dim}), got {tuple(text_shape)}"
+            )
+
+        rope = self.rope(grid)  # (L, 1, D/2) tables
+        x = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, C)
+        temb, modulation, context = self.condition_embedder(timestep, encoder_hidden_states)
+
+        for block in self.blocks:
+            x = block(x, context, modulation, rope)
+
+        shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)  # (B, 1, C) float32 each
+        x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+        return self.unpatchify(self.proj_out(x), grid)  # (B, C_out, T, H, W)

@@ -1,0 +1,222 @@
+"""Runs Diffusers' WanPipeline (Wan 2.1 text-to-video) unmodified and records every intermediate into a Trace.
+
+Only instance-level wrappers and forward hooks are used (nothing in diffusers is patched), so the recorded numbers
+are exactly what a user of Diffusers gets. Wan's latents are already spatial in the loop (B, C, T, h, w: the
+transformer patchifies and unpatchifies internally), so they are recorded as they are.
+
+Request mapping: `request.frames` is WanPipeline's `num_frames` (4k + 1); classifier-free guidance is WanPipeline's
+`guidance_scale`, which this runner sets to `request.true_cfg_scale` when the request asks for true CFG (a scale
+> 1 and a negative prompt) and to 1.0 (no CFG, one transformer pass) otherwise. `request.guidance_scale` (FLUX's
+guidance embedding) has no counterpart in Wan and is not used.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+from diffusers import WanPipeline
+from diffusers.utils import is_ftfy_available
+
+from harness.request import GenerationRequest
+from harness.trace import Trace
+from references.flux_runner import make_generator, quiet_libraries, torch_dtype
+
+PIPELINE_CLASS = "WanPipeline"
+
+
+def wan_guidance_scale(request: GenerationRequest) -> float:
+    """The `guidance_scale` WanPipeline gets: the true-CFG scale under true CFG, else 1.0 (CFG off)."""
+    return float(request.true_cfg_scale) if request.do_true_cfg else 1.0
+
+
+def check_wan_request(request: GenerationRequest, spatial_multiple: int = 16, temporal_factor: int = 4) -> None:
+    """Refuse what WanPipeline would silently change: frames not 4k + 1 (it rounds), sizes not multiples of 16
+    (the VAE's 8 times the patch's 2; it rounds them down, or raises)."""
+    if request.frames < 1 or (request.frames - 1) % temporal_factor:
+        raise ValueError(f"Wan needs frames = {temporal_factor}k + 1 (1, 5, 9, ...), got {request.frames}")
+    if request.height % spatial_multiple or request.width % spatial_multiple:
+        raise ValueError(
+            f"Wan needs height and width divisible by {spatial_multiple}, got {request.height}x{request.width}"
+        )
+
+
+def _check_pipeline_class(checkpoint: Path) -> None:
+    index = Path(checkpoint) / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a Diffusers pipeline folder (no model_index.json)")
+    class_name = json.loads(index.read_text()).get("_class_name")
+    if class_name != PIPELINE_CLASS:
+        raise ValueError(f"{checkpoint} holds a {class_name}, but the Wan reference runner needs a {PIPELINE_CLASS}")
+
+
+class _WanRecorder:
+    """Instance-level hooks on one WanPipeline that write each intermediate into the trace as it is produced."""
+
+    def __init__(
+        self,
+        pipe: WanPipeline,
+        request: GenerationRequest,
+        trace: Trace,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.request = request
+        self.trace = trace
+        self.progress = progress
+        self.step = 0
+        self.calls_in_step = 0
+        self.encode_calls = 0
+        self._handles: list[Any] = []
+        self._wrapped: list[tuple[Any, str]] = []
+
+    def install(self) -> None:
+        pipe = self.pipe
+        self._wrap(pipe, "encode_prompt", self._after_encode)
+        self._wrap(pipe.scheduler, "set_timesteps", self._after_set_timesteps)
+        self._wrap(pipe, "prepare_latents", self._after_prepare_latents)
+        self._wrap(pipe.scheduler, "step", self._after_scheduler_step)
+        self._wrap(pipe.vae, "decode", self._after_vae_decode)
+        self._handles.append(pipe.transformer.register_forward_hook(self._after_transformer, with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for obj, name in self._wrapped:
+            obj.__dict__.pop(name, None)
+
+    def _wrap(self, obj: Any, name: str, after: Callable[[tuple, dict, Any], None]) -> None:
+        """Shadow a bound method on the instance with one that calls `after(args, kwargs, result)`."""
+        original = getattr(obj, name)
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            after(args, kwargs, result)
+            return result
+
+        setattr(obj, name, wrapper)
+        self._wrapped.append((obj, name))
+
+    def _after_encode(self, args: tuple, kwargs: dict, result: tuple) -> None:
+        if self.encode_calls:
+            raise RuntimeError("encode_prompt was called twice; the runner expects one call (prompt + negative)")
+        prompt_embeds, negative_prompt_embeds = result
+        self.trace.record("encode", "prompt_embeds", prompt_embeds)
+        if negative_prompt_embeds is not None:
+            self.trace.record("encode", "negative_prompt_embeds", negative_prompt_embeds)
+        self.encode_calls += 1
+
+    def _after_set_timesteps(self, args: tuple, kwargs: dict, result: None) -> None:
+        scheduler = self.pipe.scheduler
+        self.trace.record("timesteps", "sigmas", scheduler.sigmas)
+        self.trace.record("timesteps", "timesteps", scheduler.timesteps)
+
+    def _after_prepare_latents(self, args: tuple, kwargs: dict, result: torch.Tensor) -> None:
+        self.trace.record("latents", "initial", result)
+
+    def _after_transformer(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        if self.calls_in_step >= 2:
+            raise RuntimeError(f"transformer ran {self.calls_in_step + 1} times in step {self.step}; expected <= 2")
+        field = "transformer_output" if self.calls_in_step == 0 else "transformer_output_uncond"
+        self.trace.record("denoise", field, sample, step=self.step)
+        self.calls_in_step += 1
+
+    def _after_scheduler_step(self, args: tuple, kwargs: dict, result: Any) -> None:
+        model_output = args[0] if args else kwargs["model_output"]
+        prev_sample = result[0] if isinstance(result, tuple) else result.prev_sample
+        self.trace.record("denoise", "noise_pred", model_output, step=self.step)
+        self.trace.record("denoise", "latents", prev_sample, step=self.step)
+        self.step += 1
+        self.calls_in_step = 0
+        if self.progress is not None:
+            self.progress(self.step, self.request.steps)
+
+    def _after_vae_decode(self, args: tuple, kwargs: dict, result: Any) -> None:
+        latents = args[0] if args else kwargs["z"]
+        video = result[0] if isinstance(result, tuple) else result.sample
+        self.trace.record("decode", "latents", latents)
+        self.trace.record("decode", "image", video)
+
+
+def run_wan_reference(
+    checkpoint: Path,
+    request: GenerationRequest,
+    trace: Trace,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run Diffusers' WanPipeline for `request` and record every stage into `trace`.
+
+    Records (canonical layouts; B = 1): `encode/prompt_embeds` (B, L, D) and, under true CFG,
+    `encode/negative_prompt_embeds` (each prompt's states past its token count zeroed by the pipeline);
+    `timesteps/sigmas` (N + 1, float32) and `timesteps/timesteps` (N, int64); `latents/initial` (B, C, T, h, w),
+    T = (frames - 1) // 4 + 1, h, w = H // 8, W // 8; per step `denoise/transformer_output` (conditional pass),
+    `denoise/transformer_output_uncond` (true CFG), `denoise/noise_pred` (guided), `denoise/latents` (after the
+    UniPC step), all (B, C, T, h, w); `decode/latents` (entering vae.decode, after the denormalisation
+    latents / (1 / std) + mean) and `decode/image` (B, 3, frames, H, W), the VAE output clamped to [-1, 1].
+
+    RNG recipe (for identical initial noise): `g = torch.Generator("cpu").manual_seed(request.seed)` on every
+    device (see `make_generator`); one draw `torch.randn((1, C, T, h, w), generator=g, dtype=torch.float32)`
+    moved to the run's device: WanPipeline draws float32 noise and keeps float32 latents whatever the model
+    dtype. No other random numbers are drawn (UniPC is deterministic).
+
+    After the run the pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
+    """
+    _check_pipeline_class(checkpoint)
+    check_wan_request(request)
+    dtype = torch_dtype(request.dtype)
+    device = torch.device(request.device)
+    quiet_libraries()
+    pipe = WanPipeline.from_pretrained(str(checkpoint), dtype=dtype)
+    recorder = None
+    try:
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        recorder = _WanRecorder(pipe, request, trace, progress)
+        recorder.install()
+        guidance_scale = wan_guidance_scale(request)
+        pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt if request.do_true_cfg else None,
+            height=request.height,
+            width=request.width,
+            num_frames=request.frames,
+            num_inference_steps=request.steps,
+            guidance_scale=guidance_scale,
+            max_sequence_length=request.max_sequence_length,
+            generator=make_generator(request),
+            output_type="pt",
+            return_dict=False,
+        )
+        trace.meta.update(
+            {
+                "side": "reference",
+                "pipeline_class": type(pipe).__name__,
+                "diffusers_version": diffusers.__version__,
+                "transformers_version": transformers.__version__,
+                "torch_version": torch.__version__,
+                "dtype": request.dtype,
+                "device": str(device),
+                "wan_guidance_scale": guidance_scale,
+                # WanPipeline's prompt_clean runs ftfy.fix_text only when ftfy is importable: the native side
+                # must clean prompts the same way.
+                "prompt_clean_ftfy": is_ftfy_available(),
+            }
+        )
+        if device.type == "cuda":
+            trace.meta["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    finally:
+        if recorder is not None:
+            recorder.remove()
+        del pipe, recorder
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

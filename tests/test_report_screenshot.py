@@ -1,0 +1,136 @@
+"""report.html rendered by headless Chromium: the screenshot must show the frames, the heat-map and the drift plot.
+
+Pixels, not file existence: each embedded PNG is found in the screenshot at its display scale (nearest-neighbour
+upscaling keeps exact colours), the drift plot's line colours must run across most of the plot's width below the
+images, and a page rendered without frames or drift must show none of that. Skips only when no Chromium binary
+is installed (`.ci/run` installs one).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from report_samples import HOT, NATIVE_LEFT, SIDE, sample_frames, sample_report
+
+from harness.report_html import FIELD_COLOURS, render_html
+from harness.report_images import HEAT_STOPS
+
+SCRIPT = Path(__file__).resolve().parents[1] / "ci" / "screenshot_report.sh"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+PASS_BG, FAIL_BG = (230, 244, 234), (253, 231, 233)  # tr.pass / tr.fail cell backgrounds in report_html.STYLE
+
+pytestmark = pytest.mark.skipif(
+    not (os.environ.get("CHROMIUM") or any(shutil.which(name) for name in BROWSERS)),
+    reason="no chromium binary installed (apt-get install chromium; .ci/run does)",
+)
+
+
+def screenshot(html_path: Path, width: int = 1280, height: int = 1600) -> np.ndarray:
+    """(H, W, 3) uint8 screenshot of the page, taken by ci/screenshot_report.sh."""
+    png = html_path.with_suffix(".png")
+    proc = subprocess.run(["bash", str(SCRIPT), str(html_path), str(png), str(width), str(height)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    image = np.asarray(Image.open(png).convert("RGB"))
+    assert image.shape == (height, width, 3)
+    return image
+
+
+def find_image(screen: np.ndarray, image: np.ndarray, scale: int, min_match: float = 0.99) -> list[tuple[int, int]]:
+    """Top-left corners where `image`, upscaled `scale`x by pixel repetition, appears in `screen`.
+
+    Candidates are pixels of the image's first colour whose upper and left neighbours have another colour (the
+    1 px border around each frame guarantees that for the true corner); each is compared in full.
+    """
+    big = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    h, w = big.shape[:2]
+    same = (screen == big[0, 0]).all(axis=-1)
+    hits = []
+    for y, x in zip(*np.nonzero(same), strict=True):
+        if y == 0 or x == 0 or same[y - 1, x] or same[y, x - 1]:
+            continue
+        if y + h > screen.shape[0] or x + w > screen.shape[1]:
+            continue
+        if (screen[y : y + h, x : x + w] == big).all(axis=-1).mean() >= min_match:
+            hits.append((int(y), int(x)))
+    return hits
+
+
+def embedded_images(html: str) -> list[tuple[np.ndarray, int]]:
+    """Each <img> of the page: its decoded PNG and its display scale (width attribute / PNG width)."""
+    found = []
+    for width, data in re.findall(r'<img [^>]*width="(\d+)"[^>]*src="data:image/png;base64,([^"]+)"', html):
+        array = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+        found.append((array, int(width) // array.shape[1]))
+    return found
+
+
+def colour_pixels(screen: np.ndarray, hex_colour: str, tol: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return np.nonzero((np.abs(screen.astype(int) - rgb) <= tol).all(axis=-1))
+
+
+def assert_images_and_plot_shown(screen: np.ndarray, html: str) -> None:
+    """The three frames side by side in order, and both drift lines across the plot below them."""
+    images = embedded_images(html)
+    assert len(images) == 3
+    corners = []
+    for array, scale in images:
+        hits = find_image(screen, array, scale)
+        assert len(hits) >= 1, "an embedded image is not visible in the screenshot"
+        corners.append(hits)
+    native_y, native_x = corners[0][0]
+    heat_y, heat_x = corners[2][0]
+    assert heat_y == native_y and heat_x > native_x and any(x > native_x for _, x in corners[1])
+    bottom = native_y + images[0][0].shape[0] * images[0][1]
+    for colour in FIELD_COLOURS.values():
+        ys, xs = colour_pixels(screen, colour)
+        plot = ys > bottom
+        assert plot.sum() > 300, f"drift line {colour} not drawn below the images"
+        assert xs[plot].max() - xs[plot].min() > 400, f"drift line {colour} does not run across the plot"
+
+
+def test_screenshot_shows_frames_heat_map_drift_and_verdict_colours(tmp_path: Path) -> None:
+    native, reference = sample_frames()
+    html = render_html(sample_report(steps=6), native, reference)
+    (tmp_path / "report.html").write_text(html)
+    screen = screenshot(tmp_path / "report.html")
+    assert_images_and_plot_shown(screen, html)
+    scale = embedded_images(html)[0][1]
+    hot = (HOT[1] - HOT[0]) * scale * (HOT[3] - HOT[2]) * scale
+    count = lambda rgb: int((screen == rgb).all(axis=-1).sum())  # noqa: E731
+    assert count(NATIVE_LEFT) == 2 * (SIDE * scale) * (SIDE // 2 * scale) - hot  # native + reference, less the square
+    assert count(HEAT_STOPS[-1]) == hot  # the square lights the top of the heat scale ...
+    assert count(HEAT_STOPS[0]) >= (SIDE * scale) ** 2 - hot  # ... and the rest sits at its bottom
+    assert count(FAIL_BG) > 500 and count(PASS_BG) > 500  # the stage table is coloured by verdict
+
+    # The same checks see nothing when the page has no frames and no drift: they can fail.
+    bare = sample_report(with_drift=False)
+    bare["records"] = [r for r in bare["records"] if r["stage"] != "denoise"]
+    (tmp_path / "bare.html").write_text(render_html(bare))
+    screen = screenshot(tmp_path / "bare.html")
+    assert count(NATIVE_LEFT) == 0 and count(HEAT_STOPS[-1]) == 0
+    assert all(colour_pixels(screen, c)[0].size == 0 for c in FIELD_COLOURS.values())
+
+
+def test_screenshot_of_a_real_run_shows_its_frames_and_drift(tmp_path: Path) -> None:
+    """A 2-step flux-tiny run through the CLI: its report.html shows native.png's frame and both drift lines."""
+    from harness.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "flux-tiny", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    html = (out / "report.html").read_text()
+    screen = screenshot(out / "report.html")
+    assert_images_and_plot_shown(screen, html)
+    native_png = np.asarray(Image.open(out / "native.png").convert("RGB")).astype(int)
+    embedded_native = embedded_images(html)[0][0].astype(int)
+    assert np.abs(embedded_native - native_png).max() <= 1  # the page shows this run's frame (8-bit rounding)
