@@ -29,6 +29,9 @@ class Case:
     run_reference: Callable[[Path, GenerationRequest, Trace, ProgressCallback | None], None]
     default_request: GenerationRequest
     video: bool = False
+    # True when the checkpoint draws real pictures (trained or real weights): a native output the noise
+    # detector flags then fails the run. Random-weight tiny checkpoints draw noise by design.
+    expects_picture: bool = False
     # (checkpoint, request, trace, baseline): the reference teacher-forced from `baseline`, another reference
     # trace of the request; `diffparity calibrate` measures local floors with it (None: free floors only)
     run_reference_forced: Callable[[Path, GenerationRequest, Trace, Trace], None] | None = None

@@ -16,6 +16,7 @@ from harness.compare import Comparison, compare_traces
 from harness.environment import environment
 from harness.forcing import FORCED_STAGES
 from harness.native_runner import plan_native_run, run_native
+from harness.noise import noise_section
 from harness.report import build_report
 from harness.request import GenerationRequest
 from harness.tolerances import ToleranceSpec, load_tolerance_spec
@@ -36,10 +37,11 @@ class ParityResult:
     native_trace: Trace
     reference_trace: Trace
     forced_trace: Trace | None = None  # the teacher-forced native run; None with forcing off
+    noise_fails: bool = False  # the native output is noise where the case expects a picture
 
     @property
     def passed(self) -> bool:
-        return self.comparison.passed
+        return self.comparison.passed and not self.noise_fails
 
 
 def frames_from_trace(trace: Trace) -> torch.Tensor:
@@ -112,8 +114,13 @@ def run_parity(
     )
     if forcing_skipped is not None:
         report["forcing_skipped"] = forcing_skipped
+    # a user's real checkpoint (--model) is expected to draw pictures, like a trained case
+    report["noise"] = noise_section(native_frames, reference_frames, case.expects_picture or model is not None,
+                                    video=case.video)
+    if report["noise"]["fails_run"]:
+        report["verdict"] = "fail"
     result = ParityResult(comparison, report, native_frames, reference_frames, native_trace, reference_trace,
-                          forced_trace)
+                          forced_trace, noise_fails=report["noise"]["fails_run"])
     if out_dir is not None:
         write_run_artifacts(result, out_dir)
     return result

@@ -158,9 +158,10 @@ def _sci(value: Any) -> str:
     return f"{value:.3e}" if isinstance(value, float) else str(value)
 
 
-def format_stage_table(comparison: Comparison) -> str:
+def format_stage_table(comparison: Comparison, noise: dict[str, Any] | None = None) -> str:
     """A small fixed-width table for the terminal, one line per stage in pipeline order: the free run's
-    worst rel_l2 and floor multiple, and the forced (local) run's where the stage was forced."""
+    worst rel_l2 and floor multiple, and the forced (local) run's where the stage was forced; then the
+    noise detector's note (`noise`: report["noise"]) and the verdict, which a noise failure also decides."""
     summary = stage_summary(comparison)
     lines = [
         f"{'stage':<10} {'records':>7} {'failed':>6} {'worst rel_l2':>13} {'x floor':>8} "
@@ -177,7 +178,10 @@ def format_stage_table(comparison: Comparison) -> str:
             f"{_multiple_text(row['worst_floor_multiple']):>8} {_sci(forced.get('worst_rel_l2')):>13} "
             f"{_multiple_text(forced.get('worst_floor_multiple')):>8}  {row['verdict']}"
         )
-    lines.append(f"verdict: {'PASS' if comparison.passed else 'FAIL'}")
+    noise_fails = bool(noise and noise.get("fails_run"))
+    if noise:
+        lines.append(f"noise: {noise['note']}")
+    lines.append(f"verdict: {'PASS' if comparison.passed and not noise_fails else 'FAIL'}")
     detail = describe_first_divergence(comparison)
     if detail is not None:
         lines.append(f"first divergence: {detail}")

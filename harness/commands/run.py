@@ -66,7 +66,7 @@ def command_run(args: argparse.Namespace) -> int:
           f"{request.dtype} on {request.device}", file=sys.stderr)
     result = run_parity(case, request, model=args.model, out_dir=out_dir,
                         progress=make_progress(not args.no_progress), forcing=not args.no_forcing)
-    print(format_stage_table(result.comparison))
+    print(format_stage_table(result.comparison, result.report.get("noise")))
     if result.report.get("forcing_skipped"):
         print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
     print(f"report: {out_dir / 'report.json'}")
