@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -51,16 +52,43 @@ def write_reports(report: dict[str, Any], native: torch.Tensor | None, reference
 
 def write_run_artifacts(result: ParityResult, out_dir: Path) -> None:
     """Traces, images, HTML and Markdown reports, then report.json last, so a report.json on disk always has
-    its artifacts beside it."""
+    its artifacts beside it.
+
+    Everything is first written into a hidden staging folder inside `out_dir`, then moved into place: a failure
+    while writing (a full disk, a rendering error) leaves the previous run's files whole and no new file
+    beside them; while files are moved, the old report.json is already gone and the new one comes last.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
+    try:
+        _write_artifacts(result, staging)
+        _publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move every staged file into `out_dir`, report.json last (the old one removed first)."""
+    (out_dir / "report.json").unlink(missing_ok=True)
+    (out_dir / "error.json").unlink(missing_ok=True)
+    if not (staging / "native_forced.safetensors").exists():  # a run without forcing: no stale forced trace
+        (out_dir / "native_forced.safetensors").unlink(missing_ok=True)
+    for path in sorted(staging.iterdir()):
+        if path.name != "report.json":
+            os.replace(path, out_dir / path.name)
+    os.replace(staging / "report.json", out_dir / "report.json")
+
+
+def _write_artifacts(result: ParityResult, out_dir: Path) -> None:
+    """Every artifact of the run into `out_dir` (the staging folder), report.json last."""
     result.native_trace.save(out_dir / "native.safetensors")
     result.reference_trace.save(out_dir / "reference.safetensors")
     traces = ["native.safetensors", "reference.safetensors"]
     if result.forced_trace is not None:  # the teacher-forced native run (harness/forcing.py)
         result.forced_trace.save(out_dir / "native_forced.safetensors")
         traces.append("native_forced.safetensors")
-    else:
-        (out_dir / "native_forced.safetensors").unlink(missing_ok=True)
+    if result.ranks is not None:  # a multi-rank run: the single-rank native run it was compared with
+        traces += result.ranks.save_traces(out_dir)
     report = result.report
     report["images"] = save_side_by_side(result.native_frames, result.reference_frames, out_dir)
     report["traces"] = traces
@@ -69,5 +97,4 @@ def write_run_artifacts(result: ParityResult, out_dir: Path) -> None:
     start = time.perf_counter()
     write_reports(report, result.native_frames, result.reference_frames, out_dir)
     report.setdefault("timings_s", {})["reports"] = round(time.perf_counter() - start, 3)
-    (out_dir / "error.json").unlink(missing_ok=True)
     write_json_atomic(out_dir / "report.json", report)

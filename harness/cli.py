@@ -14,9 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from harness.cli_common import EXIT_USAGE, OneLineParser, UsageError
+from harness.cli_common import EXIT_USAGE, OneLineParser, UsageError, one_line
 
-COMMANDS = ("run", "compare", "calibrate", "noise", "list_cases")
+COMMANDS = ("run", "compare", "calibrate", "faults", "noise", "list_cases", "golden", "gate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,11 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 def known_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, reported as one line with exit 2."""
     from harness.cases import CaseError
+    from harness.golden import GoldenError
     from harness.tolerances import ToleranceError
     from harness.trace import TraceError
     from native_models.errors import NativeError
 
-    return (UsageError, CaseError, NativeError, TraceError, ToleranceError)
+    return (UsageError, CaseError, NativeError, TraceError, ToleranceError, GoldenError)
 
 
 def write_error_report(out_dir: Path | None, case: str | None, message: str) -> None:
@@ -47,7 +48,7 @@ def write_error_report(out_dir: Path | None, case: str | None, message: str) -> 
         return
     from harness.report import write_json_atomic
 
-    with contextlib.suppress(OSError):  # the folder itself is unusable: the message on stderr is the report
+    with contextlib.suppress(OSError, ValueError):  # an unusable folder (or a NUL in its name): stderr says it
         write_json_atomic(out_dir / "error.json", {"case": case, "error": message, "exit_code": EXIT_USAGE})
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DIFFPARITY_DEBUG"):
             raise
         expected = isinstance(exc, known_errors())
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        first_line = one_line((str(exc).splitlines() or [type(exc).__name__])[0])
         message = first_line if expected else f"internal error: {type(exc).__name__}: {first_line}"
         print(f"diffparity {args.command}: error: {message}", file=sys.stderr)
         out_dir = getattr(args, "out", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 
 import torch
@@ -19,11 +20,11 @@ def environment(device: str, dtype: str, attention_backend: str) -> dict[str, ob
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }
+    # the installed version, read from package metadata: importing Diffusers (~3 s) only to name its version would
+    # also load it into processes that never run it (`diffparity golden verify`, `compare`)
     try:
-        import diffusers
-
-        info["diffusers"] = diffusers.__version__
-    except ImportError:  # the harness can compare stored traces without diffusers
+        info["diffusers"] = importlib.metadata.version("diffusers")
+    except importlib.metadata.PackageNotFoundError:  # the harness can compare stored traces without diffusers
         info["diffusers"] = None
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index or 0

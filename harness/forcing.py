@@ -4,7 +4,9 @@ Stage level: the denoising stage gets the reference's prompt embeddings (per enc
 `text_encoders` order, read from the reference trace under each encoder's `trace_field`), its sigma and
 timestep schedule (installed into the native scheduler) and its initial latents; the decoding stage gets the
 reference's final latents. Step level: denoising step i starts from the reference's latents after step i-1
-(the initial latents for step 0), so its records are the local error of that one step.
+(the initial latents for step 0), so its records are the local error of that one step. A multistep scheduler
+(one with `warm_start`, e.g. Wan's UniPC) also starts step i from the reference's history: its state is rebuilt
+from the reference's guided noise predictions and latents of steps 0..i-1.
 
 The forced run calls the pipeline's own stage objects (`DenoisingStage.prepare` / `denoise_step`, the
 `DecodingStage`), the same code as the free run, and records into its own trace. Encode, timesteps and
@@ -68,6 +70,7 @@ def forced_batch(pipeline: ComposedPipeline, template: Req, reference: Trace) ->
     scheduler's step reads its own sigmas.
     """
     dtype, device = template.dtype, template.device
+    latent_dtype = pipeline.config.latent_dtype(template)
 
     def cast(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(device=device, dtype=dtype)
@@ -81,9 +84,9 @@ def forced_batch(pipeline: ComposedPipeline, template: Req, reference: Trace) ->
         ]
     initial = _need(reference, RecordKey("latents", "initial"))
     batch.raw_latent_shape = tuple(initial.shape)
-    batch.latents = pipeline.config.pack_latents(cast(initial))
+    batch.latents = pipeline.config.pack_latents(initial.to(device=device, dtype=latent_dtype))
     sigmas = _need(reference, RecordKey("timesteps", "sigmas")).to(device=device, dtype=torch.float32)
-    timesteps = _need(reference, RecordKey("timesteps", "timesteps")).to(device=device, dtype=torch.float32)
+    timesteps = _need(reference, RecordKey("timesteps", "timesteps")).to(device=device)  # the scheduler's dtype
     reason = unsupported_reason(pipeline)
     if reason is not None:
         raise ForcingError(reason)
@@ -111,18 +114,27 @@ def run_forced(pipeline: ComposedPipeline, template: Req, reference: Trace, forc
     inputs = denoiser.prepare(batch)
     assert batch.timesteps is not None and batch.raw_latent_shape is not None  # set by forced_batch
     shape = batch.raw_latent_shape
+    latent_dtype = pipeline.config.latent_dtype(batch)
+    warm_start = getattr(denoiser.scheduler, "warm_start", None)  # multistep schedulers: rebuild the history
     latents_in = batch.latents
+    history: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # reference noise_pred, latents in, per step
     last = None
     for step, t in enumerate(batch.timesteps):
         if step > 0:
             previous = _need(reference, RecordKey("denoise", "latents", step - 1))
-            latents_in = pipeline.config.pack_latents(previous.to(device=batch.device, dtype=batch.dtype))
+            latents_in = pipeline.config.pack_latents(previous.to(device=batch.device, dtype=latent_dtype))
+        if warm_start is not None:
+            warm_start(*history)
         denoiser.denoise_step(inputs, batch, step, t, latents_in)
+        if warm_start is not None:
+            noise_pred = _need(reference, RecordKey("denoise", "noise_pred", step))
+            history[0].append(pipeline.config.pack_latents(noise_pred.to(device=batch.device, dtype=batch.dtype)))
+            history[1].append(latents_in)
         last = step
     if last is None:
         raise ForcingError("the reference schedule has no denoising steps")
     final = _need(reference, RecordKey("denoise", "latents", last))
     if tuple(final.shape) != shape:
         raise ForcingError(f"reference final latents {tuple(final.shape)} differ from its initial latents {shape}")
-    batch.latents = pipeline.config.pack_latents(final.to(device=batch.device, dtype=batch.dtype))
+    batch.latents = pipeline.config.pack_latents(final.to(device=batch.device, dtype=latent_dtype))
     decoder(batch)

@@ -8,9 +8,9 @@ in CI.
 
     .venv/bin/python -m harness.grid flux-tiny --faults [--dtype fp32]
 
-runs every fault of harness/faults.py with forcing on and prints where the first divergence lands, its error
-as a multiple of the threshold and of the floor, and whether every other stage's local records pass
-(tests/test_flux_fault_localization.py asserts the same).
+runs every fault of harness/faults.py with forcing on and prints the matrix of `diffparity faults CASE`
+(harness/fault_matrix.py): where the first divergence lands, its error as a multiple of the floor and of the
+threshold, and whether every other stage's local records pass (tests/test_flux_fault_localization.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,25 @@ from typing import Any
 from harness.cases import Case, get_case
 from harness.compare import RecordResult
 from harness.parity import run_parity
+from harness.tolerances import HIGHER_IS_BETTER
 from harness.trace import STAGES
 
 DEFAULT_SIZES = [(64, 64), (48, 80)]
+
+
+def threshold_multiple(record: RecordResult, bound: float | None = None) -> float | None:
+    """The record's error in its tolerance metric over `bound` (default its threshold), both taken as errors
+    (1 - cos for cosine); None when the record has no value (missing, another shape)."""
+    metric = record.tolerance["metric"]
+    value = record.metrics.get(metric)
+    bound = record.tolerance["threshold"] if bound is None else bound
+    if value is None:
+        return None
+    error = 1.0 - value if metric in HIGHER_IS_BETTER else value
+    limit = 1.0 - bound if metric in HIGHER_IS_BETTER else bound
+    if limit == 0:
+        return 0.0 if error == 0 else math.inf
+    return error / limit
 
 
 @dataclass
@@ -39,6 +55,7 @@ class Cell:
     records: int = 0
     failed: int = 0
     unfloored: int = 0  # records without a calibrated floor (no multiple to show)
+    worst_threshold: float = 0.0  # the worst error as a multiple of its threshold (1.0 = on the edge)
 
 
 @dataclass
@@ -52,6 +69,9 @@ class GridResult:
         cell = self.cells.setdefault((dtype, record.mode, record.stage), Cell())
         cell.records += 1
         cell.failed += 0 if record.passed else 1
+        of_threshold = threshold_multiple(record)
+        if of_threshold is not None and not of_threshold <= cell.worst_threshold:  # NaN too
+            cell.worst_threshold = of_threshold
         multiple = record.floor_multiple
         if multiple is None:
             cell.unfloored += 1
@@ -79,61 +99,26 @@ def run_grid(case: Case, seeds: int, sizes: list[tuple[int, int]], dtypes: list[
     return result
 
 
-def format_grid(result: GridResult) -> str:
-    lines = [f"{'dtype':<5} {'mode':<6} {'stage':<10} {'records':>7} {'failed':>6} {'worst x floor':>13}  set by"]
-    for dtype in sorted({k[0] for k in result.cells}):
+def format_cells(cells: dict[tuple[str, str, str], Cell]) -> list[str]:
+    """One line per (dtype, mode, stage): records, failures, worst error as a multiple of floor and threshold."""
+    lines = [f"{'dtype':<5} {'mode':<6} {'stage':<10} {'records':>7} {'failed':>6} {'worst x floor':>13} "
+             f"{'x thresh':>8}  set by"]
+    for dtype in sorted({k[0] for k in cells}):
         for mode in ("free", "forced"):
             for stage in STAGES:
-                cell = result.cells.get((dtype, mode, stage))
+                cell = cells.get((dtype, mode, stage))
                 if cell is None:
                     continue
                 worst = "no floor" if cell.unfloored == cell.records else f"{cell.worst:.3g}x"
-                lines.append(f"{dtype:<5} {mode:<6} {stage:<10} {cell.records:>7} {cell.failed:>6} {worst:>13}  "
-                             f"{cell.where}")
+                lines.append(f"{dtype:<5} {mode:<6} {stage:<10} {cell.records:>7} {cell.failed:>6} {worst:>13} "
+                             f"{cell.worst_threshold:>8.3g}  {cell.where}")
+    return lines
+
+
+def format_grid(result: GridResult) -> str:
+    lines = format_cells(result.cells)
     lines.append(f"{result.runs} runs in {result.seconds:.0f} s; {len(result.failed_runs)} failed")
     lines.extend(f"  FAIL {line}" for line in result.failed_runs)
-    return "\n".join(lines)
-
-
-def fault_matrix(case: Case, dtypes: list[str]) -> list[dict[str, Any]]:
-    """One row per (fault, dtype): expected and found first divergence, its size, other stages clean."""
-    from harness.faults import FAULTS
-
-    rows = []
-    for dtype in dtypes:
-        for fault in FAULTS.values():
-            parity = run_parity(case, fault.request_for(case.request(dtype=dtype)), mutate_native=fault.apply)
-            first = parity.comparison.first_divergence
-            found = None if first is None else (first.stage, first.field, first.step)
-            metric = None if first is None else first.tolerance["metric"]
-            value = None if first is None or metric is None else first.metrics.get(metric)
-            others = [r for r in parity.comparison.local_records()
-                      if r.stage != fault.expected_stage and not r.passed]
-            rows.append({
-                "fault": fault.name, "dtype": dtype,
-                "expected": (fault.expected_stage, fault.expected_field, fault.expected_step), "found": found,
-                "mode": None if first is None else first.mode, "metric": metric, "value": value,
-                "x_threshold": None if first is None or value is None else value / first.tolerance["threshold"],
-                "x_floor": None if first is None else first.floor_multiple,
-                "other_stages_clean": not others,
-            })
-    return rows
-
-
-def format_fault_matrix(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'fault':<32} {'dtype':<5} {'first divergence':<40} {'ok':<3} {'error':>9} {'x thresh':>9} "
-             f"{'x floor':>9}  others clean"]
-    for row in rows:
-        found = row["found"]
-        where = "-" if found is None else f"{found[0]}/{found[1]}" + ("" if found[2] is None else f"/{found[2]}")
-        if found is not None and row["mode"] == "forced":
-            where += " (forced)"
-        ok = "yes" if found == row["expected"] else "NO"
-        value = "-" if row["value"] is None else f"{row['value']:.3g}"
-        x_threshold = "-" if row["x_threshold"] is None else f"{row['x_threshold']:.3g}"
-        x_floor = "-" if row["x_floor"] is None else f"{row['x_floor']:.3g}"
-        lines.append(f"{row['fault']:<32} {row['dtype']:<5} {where:<40} {ok:<3} {value:>9} {x_threshold:>9} "
-                     f"{x_floor:>9}  {'yes' if row['other_stages_clean'] else 'NO'}")
     return "\n".join(lines)
 
 
@@ -154,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", action="append", choices=("fp32", "bf16"))
     parser.add_argument("--faults", action="store_true", help="print the fault matrix instead of the grid")
     args = parser.parse_args(argv)
-    if args.faults:
-        rows = fault_matrix(get_case(args.case), args.dtype or ["fp32", "bf16"])
-        print(format_fault_matrix(rows))
-        good = all(r["found"] == r["expected"] and r["other_stages_clean"] for r in rows)
-        return 0 if good else 1
+    if args.faults:  # the same as `diffparity faults CASE` (harness/fault_matrix.py)
+        from harness.fault_matrix import format_fault_matrix, run_fault_matrix
+        from harness.faults import faults_for
+
+        case = get_case(args.case)
+        outcomes = run_fault_matrix(case, faults_for(case.family), args.dtype or ["fp32", "bf16"])
+        print(format_fault_matrix(outcomes))
+        return 0 if all(outcome.ok for outcome in outcomes) else 1
     result = run_grid(get_case(args.case), args.seeds, args.size or DEFAULT_SIZES, args.dtype or ["fp32", "bf16"],
                       args.first_seed)
     print(format_grid(result))
@@ -167,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(result: GridResult) -> dict[str, Any]:
     """Plain data of the grid (for a test or a JSON dump)."""
-    return {f"{d}/{m}/{s}": {"worst_floor_multiple": c.worst, "failed": c.failed, "records": c.records}
+    return {f"{d}/{m}/{s}": {"worst_floor_multiple": c.worst, "failed": c.failed, "records": c.records,
+                             "worst_threshold_multiple": c.worst_threshold, "set_by": c.where}
             for (d, m, s), c in result.cells.items()}
 
 

@@ -9,7 +9,6 @@ before the reference side, which runs first, touches it.
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,15 +19,15 @@ from harness.forcing import run_forced, unsupported_reason
 from harness.request import GenerationRequest
 from harness.trace import Trace
 from native_models.attention import get_attention_backend
-from native_models.components import MODEL_CLASSES, is_known_class
+from native_models.components import MODEL_CLASSES, SCHEDULER_CLASSES, is_known_class, load_scheduler, model_class
 from native_models.configs import PipelineConfig
 from native_models.errors import CheckpointError
-from native_models.loader import read_json, read_model_index
+from native_models.loader import check_component, read_model_index
+from native_models.parallel.mesh import SINGLE, ParallelMesh
 from native_models.pipeline import ComposedPipeline, pipeline_class_for
 from native_models.registry import get_configs
 from native_models.req import Req
-
-SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024  # the safetensors format's own cap on the JSON header
+from native_models.safetensors_header import read_safetensors_header
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -62,10 +61,11 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
         guidance_scale=request.guidance_scale,
         true_cfg_scale=request.true_cfg_scale,
         max_sequence_length=request.max_sequence_length,
+        num_frames=request.frames,
     )
     batch = Req(
-        prompt=[params.prompt],
-        negative_prompt=[params.negative_prompt] if params.negative_prompt is not None else None,
+        prompt=[params.prompt] * request.batch_size,
+        negative_prompt=[params.negative_prompt] * request.batch_size if params.negative_prompt is not None else None,
         height=params.height,
         width=params.width,
         num_inference_steps=params.num_inference_steps,
@@ -73,6 +73,7 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
         guidance_scale=params.guidance_scale,
         true_cfg_scale=params.true_cfg_scale,
         max_sequence_length=params.max_sequence_length,
+        num_frames=params.num_frames,
         dtype=DTYPES[request.dtype],
         device=torch.device(request.device),
     )
@@ -81,8 +82,9 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
 
 
 def check_components(checkpoint: Path, pipeline_cls: type[ComposedPipeline]) -> None:
-    """Every component class in model_index.json is known, the required ones are present, and each model
-    component's safetensors files are complete (headers only, no tensor data read)."""
+    """Every component class in model_index.json is known, the required ones are present, each model
+    component's config builds its native class within the size of its weights (on the meta device) and its
+    safetensors headers are sound, and the scheduler config parses (no tensor data read)."""
     components = read_model_index(checkpoint)
     for name, (_, class_name) in components.items():
         if not is_known_class(class_name):
@@ -91,22 +93,11 @@ def check_components(checkpoint: Path, pipeline_cls: type[ComposedPipeline]) -> 
     if missing:
         raise CheckpointError(f"{checkpoint / 'model_index.json'} lacks required component(s) {', '.join(missing)}")
     for name in pipeline_cls._required_config_modules:
-        if components[name][1] in MODEL_CLASSES:
-            for file in weight_files(checkpoint / name):
-                check_safetensors_header(file)
-
-
-def weight_files(component_dir: Path) -> list[Path]:
-    """The safetensors files of a component: one file, or the shards its index names."""
-    index_files = sorted(component_dir.glob("*.safetensors.index.json"))
-    if index_files:
-        weight_map = read_json(index_files[0]).get("weight_map", {})
-        files = sorted({component_dir / shard for shard in weight_map.values()})
-    else:
-        files = sorted(component_dir.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"no .safetensors weights in {component_dir}")
-    return files
+        class_name = components[name][1]
+        if class_name in MODEL_CLASSES:
+            check_component(model_class(class_name), checkpoint / name)
+        elif class_name in SCHEDULER_CLASSES:
+            load_scheduler(class_name, checkpoint / name)
 
 
 def check_safetensors_header(file: Path) -> None:
@@ -114,36 +105,7 @@ def check_safetensors_header(file: Path) -> None:
 
     A truncated download fails here with the same words as the loader ('is not a readable safetensors file').
     """
-    def bad(reason: str) -> CheckpointError:
-        return CheckpointError(f"{file} is not a readable safetensors file ({reason})")
-
-    if not file.is_file():
-        raise CheckpointError(f"missing weight shard: {file}")
-    size = file.stat().st_size
-    try:
-        with open(file, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise bad(f"{size} bytes, shorter than the 8-byte header length")
-            header_len = int.from_bytes(prefix, "little")
-            if header_len > min(SAFETENSORS_HEADER_LIMIT, size - 8):
-                raise bad(f"header length {header_len} exceeds the file's {size - 8} remaining bytes")
-            header = json.loads(handle.read(header_len))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    if not isinstance(header, dict):
-        raise bad("header is not a JSON object")
-    data_len = size - 8 - header_len
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise bad(f"tensor '{name}' has no valid data_offsets")
-        end = max(end, offsets[1])
-    if end != data_len:
-        raise bad(f"header declares {end} bytes of tensor data, the file holds {data_len}")
+    read_safetensors_header(file)
 
 
 def run_native(
@@ -155,6 +117,7 @@ def run_native(
     mutate: Callable[[ComposedPipeline], None] | None = None,
     reference: Trace | None = None,
     forced_trace: Trace | None = None,
+    mesh: ParallelMesh = SINGLE,
 ) -> torch.Tensor:
     """Run the native pipeline, recording every stage into `trace`; returns frames (B, C, H, W) in [0, 1].
 
@@ -162,7 +125,8 @@ def run_native(
     reference's inputs (harness/forcing.py), recording into `forced_trace` (or, for a pipeline that cannot be
     forced, only `forced_trace.meta["forcing_skipped"]`, the reason). `mutate` is applied to the built
     pipeline before it runs: the hook the fault tests use to break one component on purpose without editing
-    its source; it applies to both runs.
+    its source; it applies to both runs. `mesh`: this rank's place when the pipeline runs on several ranks
+    (harness/multirank.py launches them; the parallel components load sharded).
     """
     if (reference is None) != (forced_trace is None):
         raise ValueError("run_native needs both `reference` and `forced_trace` for a forced run, or neither")
@@ -174,7 +138,8 @@ def run_native(
         dtype=request.dtype,
         device=request.device,
     )
-    pipeline = plan.pipeline_cls(checkpoint, plan.config, dtype=plan.batch.dtype, device=plan.batch.device)
+    pipeline = plan.pipeline_cls(checkpoint, plan.config, dtype=plan.batch.dtype, device=plan.batch.device,
+                                 mesh=mesh)
     if mutate is not None:
         mutate(pipeline)
     batch = replace(plan.batch, extra={}, recorder=trace)  # the plan's batch stays untouched for the forced run

@@ -189,7 +189,9 @@ def format_stage_table(comparison: Comparison, noise: dict[str, Any] | None = No
 
 
 def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [0, 1] -> (B, H, W, C) uint8."""
+    """(B, C, H, W) in [0, 1] -> (B, H, W, C) uint8; a video batch (B, C, F, H, W) -> (B * F, H, W, C)."""
+    if frames.ndim == 5:
+        frames = frames.transpose(1, 2).flatten(0, 1)  # (B, F, C, H, W) -> (B * F, C, H, W), frames in order
     array = frames.detach().to(torch.float32).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return (array * 255).round().astype(np.uint8)
 

@@ -57,6 +57,23 @@ def _drift_line(report: dict[str, Any]) -> list[str]:
     return [f"Drift at step {drift.steps[-1]} (rel_l2): " + ", ".join(parts)]
 
 
+def _ranks_line(report: dict[str, Any]) -> list[str]:
+    """A multi-rank run (harness/multirank.py): the topology and its comparison with the single-rank run."""
+    ranks = report.get("ranks")
+    if not isinstance(ranks, dict):
+        return []
+    topology = ranks.get("topology") or {}
+    single = ranks.get("vs_single_rank") or {}
+    worst = single.get("worst") or {}
+    where = f"{worst.get('stage')}/{worst.get('field')}" + ("" if worst.get("step") is None else f" step {worst['step']}")
+    text = (f"**Ranks:** {topology.get('name', '?')} ({topology.get('world', '?')} processes, "
+            f"{topology.get('backend', '?')}): against the single-rank native run "
+            f"**{str(single.get('verdict', 'n/a')).upper()}**, worst rel_l2 {view.fmt(worst.get('rel_l2'), 'e')} "
+            f"({_cell(where)}); every rank decoded the same frames: {'yes' if ranks.get('ranks_identical') else 'NO'}")
+    detail = single.get("first_divergence_detail")
+    return [text] + ([f"First divergence from one rank: {_cell(detail)}"] if detail else [])
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The Markdown text for `report` (a report.json document)."""
     verdict = str(report.get("verdict", "unknown"))
@@ -70,7 +87,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_stage_table(report),
     ]
-    for block in (_image_lines(report), _drift_line(report)):
+    for block in (_ranks_line(report), _image_lines(report), _drift_line(report)):
         if block:
             lines += ["", *block]
     lines += ["", f"<sub>{_cell(view.environment_line(report))}</sub>"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from native_models.limits import check_request_limits
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -25,6 +27,18 @@ class GenerationRequest:
     max_sequence_length: int = 512
     dtype: str = "fp32"
     device: str = "cpu"
+    batch_size: int = 1  # images per prompt: the native side encodes the prompt this many times, Diffusers
+    # gets num_images_per_prompt; one CPU generator draws the whole (B, C, h, w) noise at once on both sides
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        # types and bounds (native_models/limits.py): a huge size fails here, before either side allocates
+        check_request_limits(
+            height=self.height, width=self.width, steps=self.steps, seed=self.seed, frames=self.frames,
+            batch_size=self.batch_size, guidance_scale=self.guidance_scale, true_cfg_scale=self.true_cfg_scale,
+            max_sequence_length=self.max_sequence_length, prompt=self.prompt, negative_prompt=self.negative_prompt,
+        )
 
     @property
     def do_true_cfg(self) -> bool:

@@ -52,6 +52,7 @@ DTYPES_BY_NAME = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
 _CHUNK = 8 * 1024 * 1024  # bytes copied at a time when a trace file is written from a spool or another file
+_MAX_DIMS, _MAX_DIM = 8, 2**48  # a record has at most 5 axes; larger numbers are a hostile or corrupt header
 
 
 class TraceError(Exception):
@@ -73,11 +74,12 @@ class RecordKey:
     def parse(cls, name: str) -> RecordKey:
         parts = name.split("/")
         if len(parts) not in (2, 3) or parts[0] not in STAGES or not parts[1]:
-            raise TraceError(f"'{name}' is not a trace record name (stage/field[/step])")
+            raise TraceError(f"'{name[:120]}' is not a trace record name (stage/field[/step])")
         step = None
         if len(parts) == 3:
-            if not parts[2].isdigit() or str(int(parts[2])) != parts[2]:
-                raise TraceError(f"'{name}' has a step that is not a plain non-negative integer")
+            plain = parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 18
+            if not plain or str(int(parts[2])) != parts[2]:
+                raise TraceError(f"'{name[:120]}' has a step that is not a plain non-negative integer")
             step = int(parts[2])
         return cls(parts[0], parts[1], step)
 
@@ -407,6 +409,22 @@ class TraceReader(_FileBacked):
 
 def _read_header(path: Path) -> tuple[dict, int, int]:
     """The parsed safetensors header, where the data section starts, and the file size."""
+    try:
+        return _read_header_checked(path)
+    except OSError as exc:  # a name too long for the file system, no permission, an I/O error
+        raise TraceError(f"{str(path)[:200]} cannot be read ({exc.strerror or exc})") from None
+
+
+def _refuse_foreign(path: Path, start: bytes) -> None:
+    """Name a pickle or a zip archive for what it is, once the bytes did not read as a safetensors header (only
+    then: the first 8 bytes of a real trace are its header length, which may begin with the same bytes)."""
+    if start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise TraceError(f"{path} is a Python pickle, not a safetensors trace (pickles are never loaded)")
+    if start[:4] == b"PK\x03\x04":
+        raise TraceError(f"{path} is a zip archive (torch.save?), not a safetensors trace")
+
+
+def _read_header_checked(path: Path) -> tuple[dict, int, int]:
     if not path.exists():
         raise TraceError(f"trace file not found: {path}")
     if not path.is_file():
@@ -416,24 +434,31 @@ def _read_header(path: Path) -> tuple[dict, int, int]:
         start = handle.read(8)
         if size == 0:
             raise TraceError(f"{path} is empty (0 bytes), not a trace file")
-        if start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-            raise TraceError(f"{path} is a Python pickle, not a safetensors trace (pickles are never loaded)")
-        if start[:4] == b"PK\x03\x04":
-            raise TraceError(f"{path} is a zip archive (torch.save?), not a safetensors trace")
-        if size < 8:
-            raise TraceError(f"{path} is not a safetensors trace ({size} bytes, shorter than the 8-byte header size)")
         header_len = int.from_bytes(start, "little")
-        if header_len > min(size - 8, _HEADER_LIMIT):
+        if size < 8 or header_len > min(size - 8, _HEADER_LIMIT):
+            _refuse_foreign(path, start)
+            if size < 8:
+                raise TraceError(f"{path} is not a safetensors trace ({size} bytes, shorter than the 8-byte header "
+                                 "size)")
             raise TraceError(f"{path} is not a safetensors trace, or is truncated (header length {header_len} "
                              f"does not fit in a {size}-byte file)")
         raw = handle.read(header_len)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TraceError(f"{path} is not a safetensors trace (header is not JSON: {exc})") from None
+        header = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        _refuse_foreign(path, start)
+        raise TraceError(f"{path} is not a safetensors trace (header is not JSON: {_first_line(exc)})") from None
     if not isinstance(header, dict):
         raise TraceError(f"{path} is not a safetensors trace (header is a JSON {type(header).__name__})")
     return header, 8 + header_len, size
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _check_metadata(path: Path, header: dict) -> dict:
@@ -443,19 +468,20 @@ def _check_metadata(path: Path, header: dict) -> dict:
                          "metadata)")
     version = metadata["schema_version"]
     if metadata.get("format", FORMAT) != FORMAT:
-        raise TraceError(f"{path} is a '{metadata.get('format')}' file, not a {FORMAT}")
+        raise TraceError(f"{path} is a '{str(metadata.get('format'))[:60]}' file, not a {FORMAT}")
     if version != str(SCHEMA_VERSION):
-        raise TraceError(f"{path} has trace schema version {version}; this harness reads version {SCHEMA_VERSION}")
+        raise TraceError(f"{path} has trace schema version {str(version)[:20]}; this harness reads version "
+                         f"{SCHEMA_VERSION}")
     return metadata
 
 
 def _json_field(path: Path, metadata: dict, name: str) -> dict:
     try:
-        value = json.loads(metadata[name])
+        value = json.loads(metadata[name], parse_constant=_reject_constant)
     except KeyError:
         raise TraceError(f"{path} lacks the '{name}' metadata of a version {SCHEMA_VERSION} trace") from None
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise TraceError(f"{path}: metadata '{name}' is not valid JSON ({exc})") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TraceError(f"{path}: metadata '{name}' is not valid JSON ({_first_line(exc)})") from None
     if not isinstance(value, dict):
         raise TraceError(f"{path}: metadata '{name}' is a JSON {type(value).__name__}, expected an object")
     return value
@@ -476,10 +502,11 @@ def _check_records(path: Path, header: dict, checksums: dict, data_size: int) ->
             dtype = DTYPES_BY_NAME[entry["dtype"]]
             shape = tuple(entry["shape"])
             begin, end = entry["data_offsets"]
-            if not all(isinstance(s, int) and s >= 0 for s in shape) or not (0 <= begin <= end):
+            if (len(shape) > _MAX_DIMS or not all(isinstance(s, int) and 0 <= s <= _MAX_DIM for s in shape)
+                    or not all(isinstance(o, int) for o in (begin, end)) or not (0 <= begin <= end)):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
-            raise TraceError(f"{path}: record {name} has a malformed header entry {entry!r}") from None
+            raise TraceError(f"{path}: record {name} has a malformed header entry {str(entry)[:120]}") from None
         if end - begin != _numel(shape) * dtype.itemsize:
             raise TraceError(f"{path}: record {name} spans {end - begin} bytes, but {dtype} {list(shape)} needs "
                              f"{_numel(shape) * dtype.itemsize}")

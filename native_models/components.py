@@ -14,6 +14,7 @@ import torch
 
 from native_models.errors import CheckpointError
 from native_models.loader import load_component, read_json
+from native_models.parallel.mesh import ParallelMesh
 
 # Diffusers/transformers class name -> "module:NativeClass"
 MODEL_CLASSES: dict[str, str] = {
@@ -39,6 +40,11 @@ def _import(target: str) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def model_class(class_name: str) -> type:
+    """The native model class for a Diffusers/transformers model class name in MODEL_CLASSES."""
+    return _import(MODEL_CLASSES[class_name])
+
+
 def is_known_class(class_name: str) -> bool:
     return class_name in MODEL_CLASSES or class_name in SCHEDULER_CLASSES or class_name in TOKENIZER_CLASSES
 
@@ -59,19 +65,29 @@ def load_scheduler(class_name: str, folder: Path) -> Any:
     config = read_json(folder / "scheduler_config.json")
     try:
         return _import(SCHEDULER_CLASSES[class_name]).from_config(config)
-    except ValueError as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:  # a config value of a wrong type
         raise CheckpointError(f"{folder / 'scheduler_config.json'}: {exc}") from None
 
 
 def load_native_component(
-    name: str, class_name: str, checkpoint: Path, dtype: torch.dtype, device: torch.device
+    name: str, class_name: str, checkpoint: Path, dtype: torch.dtype, device: torch.device,
+    mesh: ParallelMesh | None = None,
 ) -> Any:
-    """Build component `name` of a checkpoint with the native class for `class_name`."""
+    """Build component `name` of a checkpoint with the native class for `class_name`.
+
+    With a parallel `mesh`, a model component is loaded whole and keeps only this rank's shard (its class's
+    `_tp_plan` / `_sp_plan`, native_models/parallel).
+    """
     folder = checkpoint / name
     if not folder.is_dir():
         raise CheckpointError(f"model_index.json names component '{name}' but {folder} does not exist")
     if class_name in MODEL_CLASSES:
-        return load_component(_import(MODEL_CLASSES[class_name]), folder, dtype=dtype, device=device)
+        cls = _import(MODEL_CLASSES[class_name])
+        if mesh is not None and mesh.is_parallel:
+            from native_models.parallel.plan import load_parallel_component
+
+            return load_parallel_component(cls, folder, mesh, dtype=dtype, device=device)
+        return load_component(cls, folder, dtype=dtype, device=device)
     if class_name in SCHEDULER_CLASSES:
         return load_scheduler(class_name, folder)
     if class_name in TOKENIZER_CLASSES:

@@ -26,6 +26,8 @@ class TextEncoderSpec:
     trace_field: str  # canonical trace name of the positive embedding, e.g. "prompt_embeds"
     max_length: int | None = None  # fixed token budget; None: see below
     length_from_tokenizer: bool = False  # True: the tokenizer's model_max_length (CLIP: 77); else the request's
+    attention_mask: bool = False  # give the encoder the tokenizer's padding mask (Wan's UMT5; FLUX's T5 gets none)
+    zero_padding: bool = False  # zero the embeddings past each prompt's token count (Wan), after the dtype cast
 
 
 @dataclass
@@ -41,6 +43,7 @@ class SamplingParams:
     guidance_scale: float = 3.5
     true_cfg_scale: float = 1.0
     max_sequence_length: int = 512
+    num_frames: int = 1  # video families (Wan: 4k + 1); image families ignore it
 
     def updated(self, **overrides: Any) -> SamplingParams:
         """A copy with the given non-None fields replaced (unknown names raise, so typos cannot pass silently)."""
@@ -64,11 +67,19 @@ class PipelineConfig:
         """Reject a request this model cannot run (raise RequestError naming the value); default: accept."""
 
     # ---- text encoding ----
+    def clean_prompt(self, text: str) -> str:
+        """The prompt as the family's tokenizer receives it (Wan cleans it first); default: unchanged."""
+        return text
+
     def postprocess_text(self, spec: TextEncoderSpec, outputs: Any) -> torch.Tensor:
         """Pick the embedding a pipeline uses from an encoder's outputs."""
         return getattr(outputs, spec.output)
 
     # ---- latents ----
+    def latent_dtype(self, batch: Req) -> torch.dtype:
+        """dtype of the initial noise and of the latents the scheduler steps (Wan: float32 whatever the model's)."""
+        return batch.dtype
+
     def prepare_latent_shape(self, batch: Req, vae_scale_factor: int, latent_channels: int) -> tuple[int, ...]:
         """Spatial shape (B, C, h, w) of the initial noise."""
         return (batch.batch_size, latent_channels, batch.height // vae_scale_factor, batch.width // vae_scale_factor)
@@ -101,6 +112,11 @@ class PipelineConfig:
         """Rotary position inputs (ids or frequencies) of the DiT; computed once per request."""
         return {}
 
+    def prepare_model_input(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
+        """The DiT's `hidden_states` at a step: the latents in the model dtype (a no-op unless `latent_dtype`
+        differs from it)."""
+        return latents.to(batch.dtype)
+
     def prepare_timestep(self, t: torch.Tensor, batch: Req) -> torch.Tensor:
         """The timestep tensor (B,) the DiT receives at scheduler timestep `t` (cast first, then scaled)."""
         return t.expand(batch.batch_size).to(batch.dtype) / self.timestep_divisor
@@ -114,8 +130,8 @@ class PipelineConfig:
         return uncond + scale * (cond - uncond)
 
     # ---- decoding ----
-    def get_decode_scale_and_shift(self, vae: Any) -> tuple[float, float]:
-        """Latents are divided by scale then shifted before decoding."""
+    def get_decode_scale_and_shift(self, vae: Any) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """Latents are divided by scale then shifted before decoding (floats, or per-channel tensors)."""
         return float(vae.scaling_factor), float(vae.shift_factor or 0.0)
 
     def post_denoising_loop(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:

@@ -17,7 +17,9 @@ import torch
 from native_models.components import is_known_class, load_native_component
 from native_models.configs import PipelineConfig
 from native_models.errors import CheckpointError
+from native_models.limits import check_batch_limits
 from native_models.loader import read_json, read_model_index
+from native_models.parallel.mesh import SINGLE, ParallelMesh
 from native_models.req import Req
 from native_models.stages.base import PipelineStage
 from native_models.stages.decoding import DecodingStage
@@ -36,6 +38,9 @@ class ComposedPipeline:
 
     pipeline_name: ClassVar[str] = ""
     _required_config_modules: ClassVar[tuple[str, ...]] = ()
+    # Components split across ranks when the pipeline runs on a parallel mesh (their class declares `_tp_plan` /
+    # `_sp_plan`, native_models/parallel); every other component is loaded whole on every rank.
+    _parallel_modules: ClassVar[tuple[str, ...]] = ("transformer",)
 
     def __init__(
         self,
@@ -44,11 +49,13 @@ class ComposedPipeline:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         modules: dict[str, Any] | None = None,
+        mesh: ParallelMesh = SINGLE,
     ) -> None:
         self.checkpoint = Path(checkpoint)
         self.config = config
         self.dtype = dtype
         self.device = torch.device(device)
+        self.mesh = mesh
         self.configure(config, self.checkpoint)
         self.modules: dict[str, Any] = modules if modules is not None else self.load_modules()
         self.stages: list[tuple[str, PipelineStage]] = []
@@ -74,7 +81,10 @@ class ComposedPipeline:
                 f"{self.checkpoint / 'model_index.json'} lacks required component(s) {', '.join(missing)}"
             )
         return {
-            name: load_native_component(name, components[name][1], self.checkpoint, self.dtype, self.device)
+            name: load_native_component(
+                name, components[name][1], self.checkpoint, self.dtype, self.device,
+                mesh=self.mesh if name in self._parallel_modules else None,
+            )
             for name in self._required_config_modules
         }
 
@@ -100,7 +110,7 @@ class ComposedPipeline:
         scheduler = self.get_module("scheduler")
         self.add_stage("text_encoding", TextEncodingStage(encoders, self.config))
         self.add_stage(
-            "latent_preparation", LatentPreparationStage(self.config, vae.vae_scale_factor, self.latent_channels())
+            "latent_preparation", LatentPreparationStage(self.config, self.vae_scale_factor(), self.latent_channels())
         )
         self.add_stage("timestep_preparation", TimestepPreparationStage(scheduler, self.config))
         self.add_stage("denoising", DenoisingStage(transformer, scheduler, self.config))
@@ -110,7 +120,12 @@ class ComposedPipeline:
         """Channels of the spatial latent the VAE decodes."""
         return int(self.get_module("vae").latent_channels)
 
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along height and width."""
+        return int(self.get_module("vae").vae_scale_factor)
+
     def forward(self, batch: Req, on_stage: Callable[[str], None] | None = None) -> Req:
+        check_batch_limits(batch)  # sizes, steps, seed: bounded before any stage allocates
         self.config.check_request(batch)
         for name, stage in self.stages:
             if on_stage is not None:

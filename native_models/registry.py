@@ -2,6 +2,9 @@
 
 A family registers once, at import of its pipeline module, with the Hugging Face ids it is known under and
 detectors that recognise it from a path or a pipeline class name (for local folders and renamed copies).
+Each entry carries a family name ("flux", "wan"): the key that ties it to its parity cases (`Case.family`),
+its case file `cases/test_<family>.py` and its goldens (harness/gate.py checks them all). It defaults to the
+name of the pipeline module, `native_models/pipelines/<family>.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ class ConfigEntry:
     pipeline_config_cls: type[PipelineConfig]
     hf_model_paths: tuple[str, ...]
     model_detectors: tuple[Callable[[str], bool], ...]
+    family: str = ""
 
 
 _REGISTRY: list[ConfigEntry] = []
@@ -29,9 +33,18 @@ def register_configs(
     pipeline_config_cls: type[PipelineConfig],
     hf_model_paths: list[str] | tuple[str, ...] = (),
     model_detectors: list[Callable[[str], bool]] | tuple[Callable[[str], bool], ...] = (),
+    family: str | None = None,
 ) -> None:
-    """Register a model family. Registering the same config class twice replaces the earlier entry."""
-    entry = ConfigEntry(sampling_param_cls, pipeline_config_cls, tuple(hf_model_paths), tuple(model_detectors))
+    """Register a model family. Registering the same config class twice replaces the earlier entry.
+
+    `family` defaults to the last part of the config class's module name (`native_models.pipelines.flux` ->
+    "flux"), so a family module named after its family needs no extra argument.
+    """
+    family = family if family is not None else pipeline_config_cls.__module__.rsplit(".", 1)[-1]
+    if not family or not all(ch.isalnum() or ch in "-_" for ch in family):
+        raise ValueError(f"family name {family!r} must be non-empty letters, digits, '-' or '_' (it names files)")
+    entry = ConfigEntry(sampling_param_cls, pipeline_config_cls, tuple(hf_model_paths), tuple(model_detectors),
+                        family)
     _REGISTRY[:] = [e for e in _REGISTRY if e.pipeline_config_cls is not pipeline_config_cls]
     _REGISTRY.append(entry)
 

@@ -33,6 +33,7 @@ class Req:
     guidance_scale: float = 3.5
     true_cfg_scale: float = 1.0
     max_sequence_length: int = 512
+    num_frames: int = 1  # video families; image families ignore it
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
@@ -41,10 +42,10 @@ class Req:
     prompt_embeds: list[torch.Tensor] | None = None  # one tensor per text encoder, in encoder order
     negative_prompt_embeds: list[torch.Tensor] | None = None
     latents: torch.Tensor | None = None  # in the DiT's layout (packed tokens for FLUX)
-    raw_latent_shape: tuple[int, ...] | None = None  # spatial (B, C, h, w), needed to unpack
+    raw_latent_shape: tuple[int, ...] | None = None  # spatial (B, C, h, w) or (B, C, T, h, w), to unpack
     sigmas: list[float] | None = None  # the sigma schedule handed to the scheduler (without terminal)
     timesteps: torch.Tensor | None = None
-    output: torch.Tensor | None = None  # decoded frames (B, C, H, W) in [0, 1]
+    output: torch.Tensor | None = None  # decoded frames (B, C, H, W), or videos (B, C, F, H, W), in [0, 1]
 
     # --- instrumentation ---
     recorder: Recorder | None = None

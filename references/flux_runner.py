@@ -270,9 +270,10 @@ def run_flux_reference(
     RNG recipe (what a native implementation must reproduce for identical initial noise): one generator,
     `g = torch.Generator("cpu").manual_seed(request.seed)` on every device (see `make_generator`); then a
     single draw
-    `torch.randn((1, C, 2*(H//(2*s)), 2*(W//(2*s))), generator=g, device=g.device, dtype=dtype).to(request.device)`
-    where C = transformer.config.in_channels // 4 (16), s = 2**(len(vae.config.block_out_channels) - 1) (8 for
-    FLUX), H, W = request.height, request.width, and dtype the pipeline dtype (fp32 or bf16: the draw itself is
+    `torch.randn((B, C, 2*(H//(2*s)), 2*(W//(2*s))), generator=g, device=g.device, dtype=dtype).to(request.device)`
+    where B = request.batch_size (Diffusers' num_images_per_prompt: one draw for the whole batch from one
+    generator), C = transformer.config.in_channels // 4 (16), s = 2**(len(vae.config.block_out_channels) - 1)
+    (8 for FLUX), H, W = request.height, request.width, and dtype the pipeline dtype (fp32 or bf16: the draw itself is
     made in that dtype, not drawn in fp32 and cast). The noise is drawn spatial (B, C, h, w) and packed
     afterwards; `latents/initial` records it in that spatial layout. No other random numbers are drawn
     (FlowMatchEulerDiscreteScheduler.step is deterministic without stochastic_sampling).
@@ -286,7 +287,7 @@ def run_flux_reference(
     dtype = torch_dtype(request.dtype)
     device = torch.device(request.device)
     quiet_libraries()
-    pipe = FluxPipeline.from_pretrained(str(checkpoint), dtype=dtype)
+    pipe = FluxPipeline.from_pretrained(str(checkpoint), dtype=dtype, use_safetensors=True)  # never a pickle
     recorder = forcer = None
     try:
         pipe.to(device)
@@ -294,8 +295,8 @@ def run_flux_reference(
         latents = None
         if dtype == torch.float64:  # randn draws other numbers in float64: start from the fp32 draw, upcast
             channels = pipe.transformer.config.in_channels // 4
-            latents, _ = pipe.prepare_latents(1, channels, request.height, request.width, torch.float32, device,
-                                              make_generator(request))
+            latents, _ = pipe.prepare_latents(request.batch_size, channels, request.height, request.width,
+                                              torch.float32, device, make_generator(request))
             latents = latents.to(torch.float64)
         recorder = _FluxRecorder(pipe, request, trace, progress)
         recorder.install()
@@ -312,6 +313,7 @@ def run_flux_reference(
             num_inference_steps=request.steps,
             max_sequence_length=request.max_sequence_length,
             generator=make_generator(request),
+            num_images_per_prompt=request.batch_size,
             latents=latents,
             output_type="pt",
             return_dict=False,

@@ -16,13 +16,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import diffusers
 import torch
-import transformers
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from references.tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer, build_t5_tokenizer
+# Diffusers and transformers are imported where a checkpoint is built, not here: finding the cached checkpoint
+# (`tiny_flux_checkpoint` once built) must not cost their import, nor load Diffusers into a process that only
+# runs the native side (`diffparity golden verify`).
 
 # Bump when the build recipe changes, so caches built by an older recipe are not reused.
 BUILD_VERSION = 1
@@ -120,6 +118,11 @@ def _seeded(seed: int, index: int) -> None:
 
 
 def _build_components(seed: int, config: TinyFluxConfig) -> dict:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from references.tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer, build_t5_tokenizer
+
     clip_tokenizer = build_clip_tokenizer()
     t5_tokenizer = build_t5_tokenizer()
 
@@ -213,6 +216,10 @@ def build_tiny_flux(out_dir: Path, seed: int = 0, config: TinyFluxConfig | None 
 
     The global torch RNG is left as it was: seeding happens inside a forked RNG state.
     """
+    import diffusers
+    import transformers
+    from diffusers import FluxPipeline
+
     config = config or TinyFluxConfig()
     out_dir = Path(out_dir)
     with torch.random.fork_rng(devices=[]):

@@ -12,6 +12,7 @@ guidance embedding) has no counterpart in Wan and is not used.
 
 from __future__ import annotations
 
+import copy
 import functools
 import gc
 import json
@@ -147,11 +148,112 @@ class _WanRecorder:
         self.trace.record("decode", "image", video)
 
 
+class _WanForcer:
+    """Teacher forcing of the reference from another reference trace (`baseline`), for calibrating local floors.
+
+    Instance wrappers only: encode_prompt returns the baseline's embeddings; every DiT call of step i gets the
+    baseline's latents entering step i (the initial latents for step 0, cast to the DiT's dtype as the pipeline
+    does); the scheduler step of step i starts from those latents *and* from the baseline's multistep history:
+    the scheduler's state is reset to what it was before step 0 and steps 0..i-1 are replayed (class method,
+    so no recorder sees them) with the baseline's guided noise predictions and latents; the VAE decodes the
+    baseline's decode input. Installed after `_WanRecorder`, so the recorder sees the forced inputs. Under the
+    same settings the forced run reproduces the baseline bit for bit.
+    """
+
+    WRAPPED = (("encode_prompt", "pipe"), ("step", "scheduler"), ("decode", "vae"))
+
+    def __init__(self, pipe: WanPipeline, baseline: Trace) -> None:
+        self.pipe = pipe
+        self.baseline = baseline
+        self.step = 0
+        self.initial_state: dict[str, Any] | None = None  # the scheduler's attributes before step 0
+        self._handles: list[Any] = []
+
+    def _tensor(self, stage: str, field: str, step: int | None = None, like: torch.Tensor | None = None) -> Any:
+        from harness.trace import RecordKey
+
+        key = RecordKey(stage, field, step)
+        tensor = self.baseline.get(key)
+        if tensor is None:
+            raise ValueError(f"forcing needs record {key.name()} in the baseline trace")
+        return tensor if like is None else tensor.to(device=like.device, dtype=like.dtype)
+
+    def _latents_in(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        """The baseline's latents entering `step`, in `like`'s device and dtype."""
+        if step == 0:
+            return self._tensor("latents", "initial", like=like)
+        return self._tensor("denoise", "latents", step - 1, like=like)
+
+    def install(self) -> None:
+        pipe = self.pipe
+        self._wrap(pipe, "encode_prompt", self._encode)
+        self._wrap(pipe.scheduler, "step", self._scheduler_step)
+        self._wrap(pipe.vae, "decode", self._decode)
+        self._handles.append(pipe.transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for obj, name in ((self.pipe, "encode_prompt"), (self.pipe.scheduler, "step"), (self.pipe.vae, "decode")):
+            obj.__dict__.pop(name, None)
+
+    @staticmethod
+    def _wrap(obj: Any, name: str, around: Callable[[Any, tuple, dict], Any]) -> None:
+        original = getattr(obj, name)
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return around(original, args, kwargs)
+
+        setattr(obj, name, wrapper)
+
+    def _encode(self, original: Any, args: tuple, kwargs: dict) -> Any:
+        prompt_embeds, negative = original(*args, **kwargs)
+        forced = self._tensor("encode", "prompt_embeds", like=prompt_embeds)
+        if negative is not None:
+            negative = self._tensor("encode", "negative_prompt_embeds", like=negative)
+        return forced, negative
+
+    def _before_transformer(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs["hidden_states"] = self._latents_in(self.step, kwargs["hidden_states"])
+        return args, kwargs
+
+    def _rewind_scheduler(self, step: int, like_output: torch.Tensor, like_sample: torch.Tensor) -> None:
+        """Put the scheduler in the state the baseline's run had before `step` (multistep history included)."""
+        scheduler = self.pipe.scheduler
+        wrapped = {name for name, _ in self.WRAPPED}
+        if self.initial_state is None:
+            self.initial_state = {k: copy.deepcopy(v) for k, v in vars(scheduler).items() if k not in wrapped}
+        vars(scheduler).update(copy.deepcopy(self.initial_state))
+        for j in range(step):
+            output = self._tensor("denoise", "noise_pred", j, like=like_output)
+            type(scheduler).step(scheduler, output, scheduler.timesteps[j], self._latents_in(j, like_sample),
+                                 return_dict=False)
+
+    def _scheduler_step(self, original: Any, args: tuple, kwargs: dict) -> Any:
+        names = ("model_output", "timestep", "sample")
+        values = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k in names}
+        rest = {k: v for k, v in kwargs.items() if k not in names}
+        self._rewind_scheduler(self.step, values["model_output"], values["sample"])
+        values["sample"] = self._latents_in(self.step, values["sample"])
+        result = original(*args[len(names):], **values, **rest)
+        self.step += 1
+        return result
+
+    def _decode(self, original: Any, args: tuple, kwargs: dict) -> Any:
+        if args:
+            args = (self._tensor("decode", "latents", like=args[0]), *args[1:])
+        else:
+            kwargs["z"] = self._tensor("decode", "latents", like=kwargs["z"])
+        return original(*args, **kwargs)
+
+
 def run_wan_reference(
     checkpoint: Path,
     request: GenerationRequest,
     trace: Trace,
     progress: Callable[[int, int], None] | None = None,
+    force_from: Trace | None = None,
 ) -> None:
     """Run Diffusers' WanPipeline for `request` and record every stage into `trace`.
 
@@ -168,6 +270,10 @@ def run_wan_reference(
     moved to the run's device: WanPipeline draws float32 noise and keeps float32 latents whatever the model
     dtype. No other random numbers are drawn (UniPC is deterministic).
 
+    With `force_from` (another reference trace of the same request), the run is teacher-forced from it
+    (`_WanForcer`): harness/calibrate.py measures local floors this way. `request.dtype` may be "fp64" there
+    (the latents stay float32, drawn as in the fp32 run; the models run in float64).
+
     After the run the pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
     """
     _check_pipeline_class(checkpoint)
@@ -175,13 +281,16 @@ def run_wan_reference(
     dtype = torch_dtype(request.dtype)
     device = torch.device(request.device)
     quiet_libraries()
-    pipe = WanPipeline.from_pretrained(str(checkpoint), dtype=dtype)
-    recorder = None
+    pipe = WanPipeline.from_pretrained(str(checkpoint), dtype=dtype, use_safetensors=True)  # never a pickle
+    recorder = forcer = None
     try:
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         recorder = _WanRecorder(pipe, request, trace, progress)
         recorder.install()
+        if force_from is not None:
+            forcer = _WanForcer(pipe, force_from)
+            forcer.install()
         guidance_scale = wan_guidance_scale(request)
         pipe(
             prompt=request.prompt,
@@ -214,9 +323,11 @@ def run_wan_reference(
         if device.type == "cuda":
             trace.meta["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     finally:
+        if forcer is not None:
+            forcer.remove()
         if recorder is not None:
             recorder.remove()
-        del pipe, recorder
+        del pipe, recorder, forcer
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -434,7 +434,7 @@ def informative_samples(quick: bool = False) -> Iterator[Sample]:
 
     faces_file = Path(skimage.data.__file__).parent / "lfw_subset.npy"
     if faces_file.is_file():
-        faces = np.load(faces_file)
+        faces = np.load(faces_file, allow_pickle=False)
         for index in range(0, len(faces), 40 if quick else 10):
             yield Sample("small_picture", "either", f"lfw-face#{index}@25px", faces[index].astype(np.float32))
 

@@ -201,7 +201,7 @@ def topology(request: pytest.FixtureRequest, checkpoint: Path, tmp_path_factory:
     world = tp * sp
     args = (world, free_port(), tp, sp, str(checkpoint), str(out_dir))
     mp.start_processes(worker, args=args, nprocs=world, join=True, start_method=START_METHOD)
-    ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
+    ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(world)]
     params = [json.loads((out_dir / f"params{r}.json").read_text()) for r in range(world)]
     return {"name": request.param, "tp": tp, "sp": sp, "ranks": ranks, "params": params}
 

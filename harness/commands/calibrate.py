@@ -7,15 +7,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.cli_common import EXIT_PASS, UsageError, positive_int
+from harness.cli_common import EXIT_PASS, UsageError, bounded_int, check_out_dir
 
 
 def size(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W)."""
+    """'HxW' -> (H, W), each side 1..MAX_SIDE (native_models/limits.py)."""
+    from native_models.limits import MAX_SIDE
+
     parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size HxW of positive integers, e.g. 48x80")
-    return int(parts[0]), int(parts[1])
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 6 and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"'{text[:40]}' is not a size HxW of positive integers, e.g. 48x80")
+    height, width = int(parts[0]), int(parts[1])
+    if max(height, width) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"{height}x{width}: a side is larger than {MAX_SIDE} pixels")
+    return height, width
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,14 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 written, 2 bad input or usage.",
     )
     parser.add_argument("case", metavar="CASE", help="case name, e.g. flux-tiny (see `diffparity list`)")
-    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--seeds", type=bounded_int(1000), default=3, help="seeds 0..N-1 (default 3)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="precision (default fp32)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
     parser.add_argument("--size", type=size, action="append", metavar="HxW",
                         help="a size to calibrate (repeatable; default: the case's calibration sizes)")
     parser.add_argument("--model", metavar="PATH_OR_HF_ID", help="calibrate this checkpoint instead of the case's")
     parser.add_argument("--no-cfg", action="store_true", help="no true-CFG request (no floors for negative fields)")
-    parser.add_argument("--out", type=Path, metavar="FILE",
+    parser.add_argument("--out", type=Path, metavar="FILE", dest="out_file",  # a file: no error.json beside it
                         help="write here instead of golden/tolerances/ (the default, read by `diffparity run`)")
     parser.set_defaults(handler=command_calibrate)
 
@@ -53,7 +58,10 @@ def command_calibrate(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda requested but no CUDA device is available to torch")
-    path: Path = args.out or calibration_path(case.name, args.dtype, args.device, args.model)
+    path: Path = args.out_file or calibration_path(case.name, args.dtype, args.device, args.model)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; calibrate writes one file")
+    check_out_dir(path.parent)
     from harness.calibrate import calibrate, format_floors, write_calibration
 
     def progress(message: str) -> None:

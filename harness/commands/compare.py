@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.cli_common import EXIT_FAIL, EXIT_PASS, UsageError
+from harness.cli_common import EXIT_FAIL, EXIT_PASS, UsageError, check_out_dir
 
 if TYPE_CHECKING:  # keep `diffparity --help` free of torch imports
     from harness.tolerances import ToleranceSpec
@@ -69,16 +69,26 @@ def tolerance_spec(reference: Trace, dtype: str) -> ToleranceSpec:
     """The tolerances `diffparity run` would judge this case by: the stored calibration for the reference's
     case, checkpoint, dtype and device when the trace names them (traces written by a run do), else the
     dtype defaults."""
+    import torch
+
     from harness.cases import CASES
     from harness.tolerances import ToleranceError, ToleranceSpec, load_tolerance_spec
 
     meta = reference.meta
     request = meta.get("request") if isinstance(meta.get("request"), dict) else {}
     device = str(meta.get("device") or request.get("device") or "cpu")
-    if meta.get("case") not in CASES or "model" not in meta:
+    case, model = meta.get("case"), meta.get("model")
+    # metadata is data from a file: a case or model that is not a plain name, or a device torch cannot parse,
+    # means no stored calibration applies
+    if not isinstance(case, str) or case not in CASES or "model" not in meta or not isinstance(model, str | None):
         return ToleranceSpec(dtype)
     try:
-        return load_tolerance_spec(meta["case"], dtype, device, meta["model"])
+        device_type = torch.device(device).type
+    except RuntimeError:
+        return ToleranceSpec(dtype)
+    try:
+        # the device type only: the recording machine's device index means nothing here
+        return load_tolerance_spec(case, dtype, device_type if device_type in ("cpu", "cuda") else "cpu", model)
     except ToleranceError as exc:
         raise UsageError(str(exc)) from None
 
@@ -104,6 +114,7 @@ def command_compare(args: argparse.Namespace) -> int:
     from harness.report import build_report, format_stage_table, write_json_atomic
     from harness.trace import TraceReader
 
+    check_out_dir(args.out)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with TraceReader(args.trace_a) as reference, TraceReader(args.trace_b) as candidate:

@@ -6,7 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.cli_common import EXIT_FAIL, EXIT_PASS, UsageError, make_progress, non_negative_int, positive_int
+from harness.cli_common import (
+    EXIT_FAIL,
+    EXIT_PASS,
+    UsageError,
+    check_out_dir,
+    finite_float,
+    make_progress,
+    positive_int,
+    seed_int,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,22 +33,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--model", metavar="PATH_OR_HF_ID",
                      help="run the case on this checkpoint instead of its tiny one: a local Diffusers folder or a "
                           "Hugging Face id already in the offline cache")
-    run.add_argument("--seed", type=non_negative_int, help="random seed of the initial noise (default: case's)")
+    run.add_argument("--seed", type=seed_int, help="random seed of the initial noise (default: case's)")
     run.add_argument("--steps", type=positive_int, help="denoising steps")
     run.add_argument("--height", type=positive_int, help="image height in pixels")
     run.add_argument("--width", type=positive_int, help="image width in pixels")
-    run.add_argument("--frames", type=positive_int, help="frame count (video cases only)")
-    run.add_argument("--guidance", type=float, help="guidance-embedding scale (FLUX-dev style)")
+    run.add_argument("--frames", type=positive_int, help="frame count (video cases only; Wan: 4k + 1)")
+    run.add_argument("--guidance", type=finite_float, help="guidance-embedding scale (FLUX-dev style)")
     run.add_argument("--prompt", help="prompt (default: the case's)")
     run.add_argument("--negative-prompt", help="negative prompt; with --true-cfg > 1 enables true CFG")
-    run.add_argument("--true-cfg", type=float, help="true classifier-free guidance scale (default 1: off)")
+    run.add_argument("--true-cfg", type=finite_float, help="true classifier-free guidance scale (default 1: off)")
     run.add_argument("--dtype", choices=("fp32", "bf16"), help="precision of both sides (default fp32)")
     run.add_argument("--device", choices=("cpu", "cuda"), help="device of both sides (default cpu)")
+    run.add_argument("--tp", type=positive_int, default=1, metavar="N",
+                     help="tensor-parallel ranks of the native side (default 1); tp x sp processes are launched")
+    run.add_argument("--sp", type=positive_int, default=1, metavar="N",
+                     help="sequence-parallel (Ulysses) ranks of the native side (default 1)")
     run.add_argument("--out", type=Path, metavar="DIR", help="output folder (default out/CASE)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-forcing", action="store_true",
                      help="skip the teacher-forced native run: first divergence then comes from the free run")
-    run.set_defaults(handler=command_run, out_default=lambda args: Path("out") / args.case)
+    run.set_defaults(handler=command_run, out_default=default_out)
+
+
+def default_out(args: argparse.Namespace) -> Path | None:
+    """out/CASE for a known case; None for any other name (`../x`, `/etc`: never a path to write under)."""
+    from harness.cases import CASES
+
+    return Path("out") / args.case if args.case in CASES else None
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -47,6 +67,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     case = get_case(args.case)
     out_dir: Path = args.out or Path("out") / case.name
+    check_out_dir(out_dir)
     if args.frames not in (None, 1) and not case.video:
         raise UsageError(f"case {case.name} makes images; --frames applies to video cases only")
     if args.device == "cuda":
@@ -56,18 +77,29 @@ def command_run(args: argparse.Namespace) -> int:
             raise UsageError("--device cuda requested but no CUDA device is available to torch")
     request = case.request(
         prompt=args.prompt, seed=args.seed, steps=args.steps, height=args.height, width=args.width,
-        guidance_scale=args.guidance, negative_prompt=args.negative_prompt, true_cfg_scale=args.true_cfg,
-        dtype=args.dtype, device=args.device,
+        frames=args.frames, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+        true_cfg_scale=args.true_cfg, dtype=args.dtype, device=args.device,
     )
+    from harness.multirank import Topology
     from harness.parity import run_parity
     from harness.report import format_stage_table
 
-    print(f"{case.name}: {request.height}x{request.width}, {request.steps} steps, seed {request.seed}, "
-          f"{request.dtype} on {request.device}", file=sys.stderr)
+    topology = Topology(tp=args.tp, sp=args.sp)
+    frames = f", {request.frames} frames" if case.video else ""
+    ranks = f", native on {topology.world} ranks ({topology.name})" if topology.is_parallel else ""
+    print(f"{case.name}: {request.height}x{request.width}{frames}, {request.steps} steps, seed {request.seed}, "
+          f"{request.dtype} on {request.device}{ranks}", file=sys.stderr)
     result = run_parity(case, request, model=args.model, out_dir=out_dir,
-                        progress=make_progress(not args.no_progress), forcing=not args.no_forcing)
+                        progress=make_progress(not args.no_progress), forcing=not args.no_forcing,
+                        topology=topology)
     print(format_stage_table(result.comparison, result.report.get("noise")))
     if result.report.get("forcing_skipped"):
         print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
+    if result.ranks is not None and result.ranks.vs_single is not None:
+        print(f"\n{topology.name} ({topology.world} ranks) against the single-rank native run:")
+        print(format_stage_table(result.ranks.vs_single))
+        if not result.ranks.ranks_identical:
+            print("the ranks decoded different frames: every rank must hold the same output")
+        print(f"overall: {'PASS' if result.passed else 'FAIL'} (against Diffusers and against one rank)")
     print(f"report: {out_dir / 'report.json'}")
     return EXIT_PASS if result.passed else EXIT_FAIL

@@ -8,6 +8,7 @@ layouts fed to GroupNorm and attention) so fp32 results agree to rounding and bf
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,14 @@ class AutoencoderKLConfig:
                 )
         if self.layers_per_block < 1:
             raise ValueError(f"layers_per_block must be >= 1, got {self.layers_per_block}")
+        for name in ("scaling_factor", "shift_factor"):  # the pipeline divides and shifts latents by them
+            value = getattr(self, name)
+            if value is None and name == "shift_factor":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
+                    name == "scaling_factor" and value == 0):
+                raise ValueError(f"{name} must be a finite number{' other than 0' * (name == 'scaling_factor')}, "
+                                 f"got {value!r}")
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:

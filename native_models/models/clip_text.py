@@ -156,6 +156,7 @@ class CLIPAttention(nn.Module):
         self.k_proj = nn.Linear(hp.hidden_size, hp.hidden_size)
         self.v_proj = nn.Linear(hp.hidden_size, hp.hidden_size)
         self.out_proj = nn.Linear(hp.hidden_size, hp.hidden_size)
+        self.is_causal = True  # CLIP's only mask (pipelines pass none); an attribute, as transformers has it
 
     def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, L, C)
         b, length, _ = x.shape
@@ -165,7 +166,7 @@ class CLIPAttention(nn.Module):
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         # The scale is passed explicitly, as transformers does, so every backend sees the same Python float.
-        out = attention(q, k, v, is_causal=True, scale=self.head_dim**-0.5)  # (B, H, L, D)
+        out = attention(q, k, v, is_causal=self.is_causal, scale=self.head_dim**-0.5)  # (B, H, L, D)
         return self.out_proj(out.transpose(1, 2).reshape(b, length, -1))
 
 

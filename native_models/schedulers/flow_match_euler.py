@@ -26,6 +26,9 @@ UNSUPPORTED_FLAGS = (
 )
 # Keys Diffusers accepts that only matter for the unsupported flags above.
 IGNORED_KEYS = frozenset({"sigma_min", "sigma_max"})
+# Upper bounds of integer config values: far above any real scheduler (1000 training steps, 4096 tokens), far
+# below what would allocate gigabytes (the training sigma table has num_train_timesteps entries).
+MAX_CONFIG_INT = {"num_train_timesteps": 100_000, "base_image_seq_len": 2**31, "max_image_seq_len": 2**31}
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,31 @@ class FlowMatchEulerConfig:
             else:
                 raise ValueError(f"unknown FlowMatchEulerDiscreteScheduler config key '{key}' (value {value!r})")
         parsed = cls(**values, ignored=ignored)
+        parsed.check_values()
         if parsed.time_shift_type not in ("exponential", "linear"):
             raise ValueError(f"time_shift_type must be 'exponential' or 'linear', got {parsed.time_shift_type!r}")
-        if parsed.num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be >= 1, got {parsed.num_train_timesteps}")
         return parsed
+
+    def check_values(self) -> None:
+        """Types and ranges, so a hostile or mistyped config is one ValueError naming the key, not a TypeError
+        deep in set_timesteps or a schedule of 10**12 training steps allocated."""
+        for name in ("num_train_timesteps", "base_image_seq_len", "max_image_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONFIG_INT[name]:
+                raise ValueError(f"{name} must be an integer in 1..{MAX_CONFIG_INT[name]}, got {value!r}")
+        for name in ("shift", "base_shift", "max_shift", "shift_terminal"):
+            value = getattr(self, name)
+            if value is None and name != "shift":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.shift <= 0:
+            raise ValueError(f"shift must be > 0, got {self.shift!r}")
+        if not isinstance(self.use_dynamic_shifting, bool):
+            raise ValueError(f"use_dynamic_shifting must be true or false, got {self.use_dynamic_shifting!r}")
+        if self.base_image_seq_len == self.max_image_seq_len:
+            raise ValueError(f"base_image_seq_len and max_image_seq_len are both {self.max_image_seq_len}: "
+                             "the resolution shift would divide by zero")
 
 
 def flux_default_sigmas(num_inference_steps: int) -> list[float]:

@@ -200,6 +200,24 @@ class UniPCFlowScheduler:
         self.num_inference_steps = num_inference_steps
         self.reset()
 
+    def set_schedule(self, sigmas: Tensor, timesteps: Tensor) -> None:
+        """Install a given schedule instead of computing one: `sigmas` (N + 1, terminal included) and integral
+        `timesteps` (N,); resets the state. The harness's teacher-forced run feeds the reference's schedule this
+        way (and rebuilds the history with `warm_start`), so a wrong schedule is charged to timestep preparation."""
+        if sigmas.ndim != 1 or timesteps.ndim != 1 or sigmas.shape[0] != timesteps.shape[0] + 1:
+            raise ValueError(
+                f"need sigmas (N + 1,) and timesteps (N,), got {tuple(sigmas.shape)} and {tuple(timesteps.shape)}"
+            )
+        if timesteps.shape[0] < 1:
+            raise ValueError("an installed schedule needs at least one step")
+        as_int = timesteps.to(torch.int64)
+        if not torch.equal(as_int.to(timesteps.dtype), timesteps):
+            raise ValueError(f"UniPC timesteps are integers, got {timesteps.tolist()}")
+        self.sigmas = sigmas.to(device="cpu", dtype=torch.float32)  # the CPU table, as set_timesteps builds it
+        self.timesteps = as_int
+        self.num_inference_steps = int(timesteps.shape[0])
+        self.reset()
+
     # ------------------------------------------------------------------------------------------------- state
 
     def reset(self) -> None:

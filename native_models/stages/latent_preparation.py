@@ -37,7 +37,7 @@ class LatentPreparationStage(PipelineStage):
     def draw_noise(self, shape: tuple[int, ...], batch: Req) -> tuple[torch.Tensor, torch.Generator]:
         """The initial noise (spatial `shape`) and the generator it came from; one method, so a fault or a
         family with another RNG recipe replaces just this."""
-        return draw_initial_noise(shape, batch.seed, batch.dtype, batch.device)
+        return draw_initial_noise(shape, batch.seed, self.config.latent_dtype(batch), batch.device)
 
     def forward(self, batch: Req) -> Req:
         shape = self.config.prepare_latent_shape(batch, self.vae_scale_factor, self.latent_channels)

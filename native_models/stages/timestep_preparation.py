@@ -21,9 +21,14 @@ class TimestepPreparationStage(PipelineStage):
         self.config = config
 
     def forward(self, batch: Req) -> Req:
+        options: dict[str, Any] = {}  # only what the family uses: a multistep scheduler takes neither option
         sigmas = self.config.prepare_sigmas(batch)
+        if sigmas is not None:
+            options["sigmas"] = sigmas
         mu = self.config.compute_mu(batch, self.scheduler)
-        self.scheduler.set_timesteps(batch.num_inference_steps, mu=mu, sigmas=sigmas, device=batch.device)
+        if mu is not None:
+            options["mu"] = mu
+        self.scheduler.set_timesteps(batch.num_inference_steps, device=batch.device, **options)
         batch.sigmas = [float(s) for s in self.scheduler.sigmas[:-1].tolist()]
         batch.timesteps = self.scheduler.timesteps
         batch.record(self.trace_stage, "sigmas", self.scheduler.sigmas)
