@@ -71,8 +71,10 @@ def _publish(staging: Path, out_dir: Path) -> None:
     """Move every staged file into `out_dir`, report.json last (the old one removed first)."""
     (out_dir / "report.json").unlink(missing_ok=True)
     (out_dir / "error.json").unlink(missing_ok=True)
-    if not (staging / "native_forced.safetensors").exists():  # a run without forcing: no stale forced trace
-        (out_dir / "native_forced.safetensors").unlink(missing_ok=True)
+    # a run without forcing (or on one rank): no stale forced (or single-rank) trace from an earlier run
+    for name in ("native_forced.safetensors", "native_1rank.safetensors", "native_1rank_forced.safetensors"):
+        if not (staging / name).exists():
+            (out_dir / name).unlink(missing_ok=True)
     for path in sorted(staging.iterdir()):
         if path.name != "report.json":
             os.replace(path, out_dir / path.name)
@@ -87,8 +89,9 @@ def _write_artifacts(result: ParityResult, out_dir: Path) -> None:
     if result.forced_trace is not None:  # the teacher-forced native run (harness/forcing.py)
         result.forced_trace.save(out_dir / "native_forced.safetensors")
         traces.append("native_forced.safetensors")
-    if result.ranks is not None:  # a multi-rank run: the single-rank native run it was compared with
-        traces += result.ranks.save_traces(out_dir)
+    ranks = getattr(result, "ranks", None)
+    if ranks is not None:  # a multi-rank run: the single-rank native run it was compared with
+        traces += ranks.save_traces(out_dir)
     report = result.report
     report["images"] = save_side_by_side(result.native_frames, result.reference_frames, out_dir)
     report["traces"] = traces

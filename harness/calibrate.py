@@ -43,6 +43,12 @@ from harness.trace import RecordKey, Trace
 
 # Sizes calibrated per case when the caller names none: the square default and a non-square one.
 CALIBRATION_SIZES: dict[str, list[tuple[int, int]]] = {"flux-tiny": [(64, 64), (48, 80)]}
+# Per seed, one more true-CFG request per case at a corner the sizes above miss (only when the caller names no
+# sizes): one Euler step (sigma 1 -> 0) puts a whole noise_pred error into that step's latents, and 32x32 is the
+# fewest latent tokens. The false-alarm campaign (harness/campaign.py) met 1-step true-CFG runs at 2.4-2.8x the
+# floors measured with 4 steps; measured there, the forced denoise/latents floor is 3x (fp32) and 1.9x (bf16)
+# the 4-step one, decode/image 1.3x and 1.4x.
+CALIBRATION_CORNERS: dict[str, list[tuple[int, int, int]]] = {"flux-tiny": [(1, 32, 32)]}  # (steps, height, width)
 CFG_NEGATIVE_PROMPT = "blurry, low quality"
 CFG_SCALE = 2.5
 
@@ -126,10 +132,12 @@ def perturbations_for(device: str, dtype: str) -> list[Perturbation]:
 def calibration_requests(case: Case, dtype: str, device: str, seeds: int,
                          sizes: list[tuple[int, int]] | None = None, cfg: bool = True) -> list[GenerationRequest]:
     """seeds 0..N-1 at each size, plus, per seed, one true-CFG request at the last size (so the negative
-    embeddings and the unconditional DiT output get floors too)."""
+    embeddings and the unconditional DiT output get floors too) and, for the case's default sizes, one
+    true-CFG request per `CALIBRATION_CORNERS` entry (steps, height, width)."""
     if seeds < 1:
         raise ValueError(f"calibration needs at least 1 seed, got {seeds}")
     base = case.request(dtype=dtype, device=device)
+    corners = CALIBRATION_CORNERS.get(case.name, []) if not sizes and cfg else []
     sizes = sizes or CALIBRATION_SIZES.get(case.name) or [(base.height, base.width)]
     requests = []
     for seed in range(seeds):
@@ -138,6 +146,9 @@ def calibration_requests(case: Case, dtype: str, device: str, seeds: int,
         if cfg:
             height, width = sizes[-1]
             requests.append(replace(base, seed=seed, height=height, width=width,
+                                    negative_prompt=CFG_NEGATIVE_PROMPT, true_cfg_scale=CFG_SCALE))
+        for steps, height, width in corners:
+            requests.append(replace(base, seed=seed, steps=steps, height=height, width=width,
                                     negative_prompt=CFG_NEGATIVE_PROMPT, true_cfg_scale=CFG_SCALE))
     return requests
 

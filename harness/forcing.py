@@ -44,8 +44,8 @@ def find_stage(pipeline: ComposedPipeline, kind: type[S]) -> S:
 
 def unsupported_reason(pipeline: ComposedPipeline) -> str | None:
     """Why `pipeline` cannot be teacher-forced (None when it can): forcing needs one denoising and one decoding
-    stage, and a scheduler that installs a given schedule and whose step depends on nothing but it (a
-    multistep scheduler's history would also have to be rebuilt from the reference)."""
+    stage, and a scheduler that installs a given schedule (a multistep scheduler also rebuilds its history from
+    the reference with `warm_start`, see `run_forced`)."""
     for kind in (DenoisingStage, DecodingStage):
         count = sum(isinstance(stage, kind) for _, stage in pipeline.stages)
         if count != 1:

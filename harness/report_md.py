@@ -65,7 +65,8 @@ def _ranks_line(report: dict[str, Any]) -> list[str]:
     topology = ranks.get("topology") or {}
     single = ranks.get("vs_single_rank") or {}
     worst = single.get("worst") or {}
-    where = f"{worst.get('stage')}/{worst.get('field')}" + ("" if worst.get("step") is None else f" step {worst['step']}")
+    step = "" if worst.get("step") is None else f" step {worst['step']}"
+    where = f"{worst.get('stage')}/{worst.get('field')}{step}"
     text = (f"**Ranks:** {topology.get('name', '?')} ({topology.get('world', '?')} processes, "
             f"{topology.get('backend', '?')}): against the single-rank native run "
             f"**{str(single.get('verdict', 'n/a')).upper()}**, worst rel_l2 {view.fmt(worst.get('rel_l2'), 'e')} "
@@ -79,9 +80,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     verdict = str(report.get("verdict", "unknown"))
     mark = "✅" if verdict == "pass" else "❌"
     lines = [
-        f"### {mark} diffparity `{report.get('case', '?')}`: **{verdict.upper()}**",
+        f"### {mark} diffparity `{_cell(str(report.get('case', '?'))).replace('`', chr(39))}`: "
+        f"**{_cell(verdict.upper())}**",  # the case may come from a trace's metadata: no newline, no backtick
         "",
-        f"{view.request_line(report)}",
+        f"{_cell(view.request_line(report))}",
         "",
         f"**First divergence:** {_cell(view.first_divergence_text(report))}",
         "",

@@ -187,20 +187,23 @@ class ToleranceSpec:
 def read_calibration(path: Path) -> dict[str, Any]:
     """A stored calibration document, checked enough that a bad file is one line, not a KeyError later."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ToleranceError(f"{path} is not a readable calibration file ({str(exc).splitlines()[0]})") from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError are ValueErrors
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ToleranceError(f"{path} is not a readable calibration file ({first})") from None
     if not isinstance(data, dict) or data.get("schema_version") != CALIBRATION_SCHEMA_VERSION:
         version = data.get("schema_version") if isinstance(data, dict) else None
         raise ToleranceError(
-            f"{path} has calibration schema version {version}, this harness reads {CALIBRATION_SCHEMA_VERSION}"
+            f"{path} has calibration schema version {str(version)[:20]}, this harness reads "
+            f"{CALIBRATION_SCHEMA_VERSION}"
         )
     records = data.get("records")
     if data.get("metric") not in METRICS or not isinstance(records, list):
         raise ToleranceError(f"{path} lacks a valid 'metric' or 'records' list")
     def numbers_ok(values: Any) -> bool:
         return isinstance(values, dict) and all(
-            isinstance(values.get(k), int | float) and not isinstance(values.get(k), bool) and values[k] >= 0
+            isinstance(values.get(k), int | float) and not isinstance(values.get(k), bool)
+            and 0 <= values[k] < math.inf  # an infinite threshold (JSON 1e400) would pass everything
             for k in ("floor", "threshold")
         )
 

@@ -17,6 +17,7 @@ Three kinds of trace share one read API (`get`, `[]`, `in`, `keys` in pipeline o
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import weakref
@@ -457,6 +458,13 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to infinity, which no report can hold
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
@@ -477,7 +485,7 @@ def _check_metadata(path: Path, header: dict) -> dict:
 
 def _json_field(path: Path, metadata: dict, name: str) -> dict:
     try:
-        value = json.loads(metadata[name], parse_constant=_reject_constant)
+        value = json.loads(metadata[name], parse_constant=_reject_constant, parse_float=_finite_float)
     except KeyError:
         raise TraceError(f"{path} lacks the '{name}' metadata of a version {SCHEMA_VERSION} trace") from None
     except (TypeError, ValueError, RecursionError) as exc:

@@ -13,8 +13,9 @@ class CheckpointError(NativeError):
     """The checkpoint folder is missing, incomplete, corrupt, or names something this runtime cannot build."""
 
 
-class RequestError(NativeError):
-    """The generation request is invalid for this model (size, steps, prompt...)."""
+class RequestError(NativeError, ValueError):
+    """The generation request is invalid for this model (size, steps, prompt...); a ValueError too, so code
+    that validates values by catching ValueError (a golden's request, a parsed config) catches it."""
 
 
 class StageFieldError(NativeError):

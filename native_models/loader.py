@@ -8,7 +8,9 @@ state dict loads strictly; a module may declare `convert_checkpoint_keys` when i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -75,7 +77,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > JSON_FILE_LIMIT:
             raise CheckpointError(f"{path} is {path.stat().st_size} bytes, not a config file (limit {JSON_FILE_LIMIT})")
-        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
+        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is not valid JSON ({first})") from None
@@ -86,6 +88,13 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to infinity
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
 
 
 def read_model_index(folder: Path) -> dict[str, tuple[str, str]]:
@@ -167,6 +176,10 @@ class _BuildBudget:
                 raise _OverBudget(self.numel)
 
 
+class _ConfigTooLarge(CheckpointError):
+    """config.json describes a model far larger than its weights."""
+
+
 class _OverBudget(Exception):
     def __init__(self, numel: int) -> None:
         super().__init__(numel)
@@ -185,7 +198,7 @@ def check_build_size(cls: type, config: dict[str, Any], component_dir: Path, che
         with torch.device("meta"):
             cls.from_config(config)  # type: ignore[attr-defined]
     except _OverBudget as exc:
-        raise CheckpointError(
+        raise _ConfigTooLarge(
             f"{component_dir / 'config.json'}: {cls.__name__} built from it would hold over {exc.numel} elements, "
             f"its weights hold {checkpoint_numel} (a config value far too large?)"
         ) from None
@@ -201,7 +214,13 @@ def check_component(cls: type, component_dir: Path) -> dict[str, Any]:
     """Everything about a model component that can be checked without reading weights: config.json parses and
     builds `cls` within the size of the checkpoint, the safetensors headers are sound. Returns the config."""
     config = read_json(component_dir / "config.json")
-    tensors = checkpoint_tensors(component_dir)
+    try:
+        tensors = checkpoint_tensors(component_dir)
+    except CheckpointError as weights_error:
+        # a config that cannot build is named first (with the slack alone as its size budget), then the weights
+        with contextlib.suppress(_ConfigTooLarge):
+            check_build_size(cls, config, component_dir, 0)
+        raise weights_error from None
     check_build_size(cls, config, component_dir, sum(info.numel for info in tensors.values()))
     return config
 

@@ -43,7 +43,7 @@ def reference_generator(checkpoint: Path, dtype: str) -> Generate:
     from references.flux_runner import make_generator, quiet_libraries, torch_dtype
 
     quiet_libraries()
-    pipe = FluxPipeline.from_pretrained(str(checkpoint), dtype=torch_dtype(dtype))
+    pipe = FluxPipeline.from_pretrained(str(checkpoint), dtype=torch_dtype(dtype), use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
 
     def generate(request: GenerationRequest) -> torch.Tensor:

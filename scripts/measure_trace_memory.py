@@ -104,7 +104,7 @@ def child_pipeline(work: Path, side: str, mode: str, steps: int, size: int) -> d
 
             flux_runner.quiet_libraries()
             with PeakWindow() as window:
-                pipe = FluxPipeline.from_pretrained(str(checkpoint), dtype=torch.float32)
+                pipe = FluxPipeline.from_pretrained(str(checkpoint), dtype=torch.float32, use_safetensors=True)
                 pipe.set_progress_bar_config(disable=True)
                 pipe(prompt=request.prompt, guidance_scale=request.guidance_scale, height=size, width=size,
                      num_inference_steps=steps, max_sequence_length=request.max_sequence_length,

@@ -43,10 +43,12 @@ def test_perturbations_apply_per_device_and_dtype() -> None:
 
 def test_calibration_requests_cover_seeds_sizes_and_cfg() -> None:
     requests = calibration_requests(get_case("flux-tiny"), "bf16", "cpu", seeds=2)
-    assert [(r.seed, r.height, r.width, r.do_true_cfg) for r in requests] == [
-        (0, 64, 64, False), (0, 48, 80, False), (0, 48, 80, True),
-        (1, 64, 64, False), (1, 48, 80, False), (1, 48, 80, True),
+    assert [(r.seed, r.height, r.width, r.do_true_cfg, r.steps) for r in requests] == [
+        (0, 64, 64, False, 4), (0, 48, 80, False, 4), (0, 48, 80, True, 4), (0, 32, 32, True, 1),
+        (1, 64, 64, False, 4), (1, 48, 80, False, 4), (1, 48, 80, True, 4), (1, 32, 32, True, 1),
     ]
+    named = calibration_requests(get_case("flux-tiny"), "bf16", "cpu", seeds=1, sizes=[(64, 64)])
+    assert [(r.height, r.width, r.do_true_cfg, r.steps) for r in named] == [(64, 64, False, 4), (64, 64, True, 4)]
     assert all(r.dtype == "bf16" for r in requests)
 
 

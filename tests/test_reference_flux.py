@@ -84,7 +84,7 @@ def test_build_is_deterministic(checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_reloads_as_diffusion_pipeline(checkpoint: Path) -> None:
-    pipe = DiffusionPipeline.from_pretrained(checkpoint)
+    pipe = DiffusionPipeline.from_pretrained(checkpoint, use_safetensors=True)
     assert isinstance(pipe, FluxPipeline)
     config = TinyFluxConfig()
     assert pipe.vae_scale_factor == config.vae_scale_factor == 8
@@ -240,7 +240,7 @@ def test_denoise_steps_are_consistent(run: tuple[GenerationRequest, Trace]) -> N
 def test_final_latents_match_latent_output(run: tuple[GenerationRequest, Trace], checkpoint: Path) -> None:
     req, trace = run
     dtype = torch.bfloat16 if req.dtype == "bf16" else torch.float32
-    pipe = FluxPipeline.from_pretrained(checkpoint, dtype=dtype)
+    pipe = FluxPipeline.from_pretrained(checkpoint, dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     packed = pipe(
         prompt=req.prompt,

@@ -79,7 +79,7 @@ def test_build_is_deterministic(checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_reloads_as_wan_pipeline(checkpoint: Path) -> None:
-    pipe = DiffusionPipeline.from_pretrained(checkpoint)
+    pipe = DiffusionPipeline.from_pretrained(checkpoint, use_safetensors=True)
     assert isinstance(pipe, WanPipeline)
     config = TinyWanConfig()
     assert (pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial) == (4, 8)

@@ -45,7 +45,11 @@ def command_noise(args: argparse.Namespace) -> int:
     from harness.noise import FramesError, detect_noise
 
     for path in args.paths:  # a missing input is reported before anything is judged
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name too long for the file system, a folder without permission
+            raise UsageError(f"{str(path)[:200]}: cannot be read ({exc.strerror})") from None
+        if not exists:
             raise UsageError(f"{path}: no such file or folder")
     any_flagged = False
     for path in args.paths:
@@ -91,10 +95,13 @@ def _read_file(path: Path) -> tuple[Any, bool]:
     import numpy as np
 
     suffix = path.suffix.lower()
+    if not path.is_file():  # a FIFO would block the read forever, a device never end it
+        raise UsageError(f"{path}: is not a regular file")
     if suffix in ARRAY_SUFFIXES:
         try:
+            _check_npy_size(path)
             array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, MemoryError) as exc:
             raise UsageError(f"{path}: not a readable .npy array ({_first_line(exc)})") from None
         return array, True  # a stack of frames in it is a video; a single image has no flicker to check
     if suffix not in IMAGE_SUFFIXES:
@@ -104,11 +111,36 @@ def _read_file(path: Path) -> tuple[Any, bool]:
     try:
         with Image.open(path) as image:
             frames = [_pil_array(frame) for frame in ImageSequence.Iterator(image)]
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+            MemoryError) as exc:
         raise UsageError(f"{path}: not a readable image ({_first_line(exc)})") from None
     if len(frames) == 1:
         return frames[0], False
     return np.stack(frames), True
+
+
+def _check_npy_size(path: Path) -> None:
+    """Raise ValueError unless the .npy header's shape and dtype account for exactly the bytes in the file, so a
+    header declaring (100000, 100000, 3) is refused before numpy allocates for it."""
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    with open(path, "rb") as handle:
+        version = npy_format.read_magic(handle)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unknown .npy format version {version}")
+        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        try:
+            shape, _, dtype = read_header(handle)  # a literal parse of the header: nothing is evaluated
+        except Exception as exc:  # noqa: BLE001 - numpy's header parser raises assorted types for garbage
+            raise ValueError(f"malformed .npy header ({type(exc).__name__}: {_first_line(exc)})") from None
+        data_start = handle.tell()
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects, which are pickled; pickles are never loaded")
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    available = path.stat().st_size - data_start
+    if needed != available:
+        raise ValueError(f"its header declares {tuple(shape)} {dtype} ({needed} bytes), the file holds {available}")
 
 
 def _pil_array(image: Any) -> Any:

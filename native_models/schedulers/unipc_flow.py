@@ -134,10 +134,13 @@ class UniPCFlowConfig:
                 f"{self.solver_type!r}, lower_order_final {self.lower_order_final!r}): Diffusers' last step is "
                 "non-finite otherwise"
             )
-        if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be an integer >= 1, got {self.num_train_timesteps!r}")
-        if isinstance(self.flow_shift, bool) or not isinstance(self.flow_shift, (int, float)) or self.flow_shift <= 0:
-            raise ValueError(f"flow_shift must be a positive number, got {self.flow_shift!r}")
+        # bounded: Diffusers' reference allocates num_train_timesteps entries when it builds its scheduler
+        if (isinstance(self.num_train_timesteps, bool) or not isinstance(self.num_train_timesteps, int)
+                or not 1 <= self.num_train_timesteps <= 100_000):
+            raise ValueError(f"num_train_timesteps must be an integer in 1..100000, got {self.num_train_timesteps!r}")
+        if (isinstance(self.flow_shift, bool) or not isinstance(self.flow_shift, (int, float))
+                or not 0 < self.flow_shift < float("inf")):
+            raise ValueError(f"flow_shift must be a positive finite number, got {self.flow_shift!r}")
 
 
 @dataclass(frozen=True)
