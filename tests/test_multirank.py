@@ -1,0 +1,73 @@
+"""Multi-rank runs are refused before anything runs when the topology cannot work (harness/multirank.py), and
+`diffparity run` passes --frames / --tp / --sp through. The multi-rank parity itself is cases/test_wan.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cases import get_case
+from harness.cli import main
+from harness.multirank import Topology, check_topology
+from harness.native_runner import plan_native_run
+from native_models.parallel import ParallelError
+
+
+@pytest.fixture(scope="module")
+def tiny_wan() -> Path:
+    return get_case("wan-tiny").build_checkpoint()
+
+
+def test_topology_sizes_and_names() -> None:
+    assert (Topology().world, Topology().is_parallel, Topology().name) == (1, False, "1 rank")
+    assert (Topology(2, 2).world, Topology(2, 2).name, Topology(1, 2).name) == (4, "tp2xsp2", "sp2")
+    with pytest.raises(ParallelError, match="--sp must be a positive integer, got 0"):
+        Topology(1, 0)
+
+
+def test_a_model_without_a_plan_is_refused(tiny_flux: Path) -> None:
+    plan = plan_native_run(tiny_flux, get_case("flux-tiny").request())
+    with pytest.raises(ParallelError, match=r"FluxTransformer2DModel \(transformer\) declares no _tp_plan"):
+        check_topology(Topology(tp=2), tiny_flux, plan, "cpu")
+
+
+@pytest.mark.parametrize(("tp", "sp", "message"), [
+    (8, 1, "num_attention_heads=4 does not divide by tensor-parallel size 8"),
+    (2, 4, "4 / tp=2 = 2 heads per rank do not divide by sequence-parallel size 4"),
+])
+def test_heads_that_do_not_split_are_refused(tiny_wan: Path, tp: int, sp: int, message: str) -> None:
+    plan = plan_native_run(tiny_wan, get_case("wan-tiny").request())
+    with pytest.raises(ParallelError, match=message):
+        check_topology(Topology(tp, sp), tiny_wan, plan, "cpu")
+    check_topology(Topology(2, 2), tiny_wan, plan, "cpu")  # 4 heads: 2 per TP rank, 1 per Ulysses rank
+
+
+def test_cuda_needs_one_gpu_per_rank(tiny_wan: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    plan = plan_native_run(tiny_wan, get_case("wan-tiny").request())
+    with pytest.raises(ParallelError, match="tp2xsp2 needs 4 CUDA devices \\(one per rank\\), torch sees 1"):
+        check_topology(Topology(2, 2), tiny_wan, plan, "cuda")
+
+
+def test_frames_reach_the_native_request(tiny_wan: Path) -> None:
+    request = get_case("wan-tiny").request(frames=9)
+    assert request.frames == 9 and plan_native_run(tiny_wan, request).batch.num_frames == 9
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tp", "8"], "does not divide by tensor-parallel size 8"),
+    (["--frames", "6"], "Wan needs frames = 4k + 1 (1, 5, 9, ...), got 6"),
+    (["--height", "40"], "height 40 is not divisible by 16"),
+])
+def test_cli_refuses_before_the_reference_runs(tiny_wan: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                argv: list[str], message: str) -> None:
+    out = tmp_path / "out"
+    assert main(["run", "wan-tiny", "--no-progress", "--out", str(out), *argv]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's one-line header
+    assert error.startswith("diffparity run: error: ") and message in error and "internal error" not in error
+    assert sorted(p.name for p in out.iterdir()) == ["error.json"]
+    assert message in json.loads((out / "error.json").read_text())["error"]
