@@ -54,11 +54,14 @@ def registered_configs() -> list[ConfigEntry]:
 
 
 def get_configs(model_path: str, pipeline_class_name: str) -> ConfigEntry:
-    """The entry for a checkpoint: an exact Hugging Face id first, then the detectors on path and class name."""
+    """The entry for a checkpoint: an exact Hugging Face id first, then the detectors on the pipeline class
+    name (what model_index.json says the checkpoint is), and only then on the path (a folder named after
+    another family must not decide)."""
     for entry in _REGISTRY:
         if model_path in entry.hf_model_paths:
             return entry
-    for entry in _REGISTRY:
-        if any(detect(model_path) or detect(pipeline_class_name) for detect in entry.model_detectors):
-            return entry
+    for name in (pipeline_class_name, model_path):
+        for entry in _REGISTRY:
+            if any(detect(name) for detect in entry.model_detectors):
+                return entry
     raise CheckpointError(f"no native model family registered for '{model_path}' ({pipeline_class_name})")

@@ -64,3 +64,4 @@ def test_negative_embeds_checked_only_when_present() -> None:
     batch.negative_prompt_embeds = [np.zeros(3)]  # type: ignore[list-item]
     with pytest.raises(StageFieldError, match="negative_prompt_embeds"):
         denoising_stage()(batch)
+
