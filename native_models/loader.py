@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch.overrides import TorchFunctionMode
 
 from native_models.errors import CheckpointError
 from native_models.safetensors_header import FLOAT_WEIGHT_DTYPES, read_safetensors_header
@@ -186,6 +187,16 @@ class _OverBudget(Exception):
         self.numel = numel
 
 
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Meta tensors hold no values, so `torch.nn.init` has nothing to do; skipping it also keeps torch off its
+    meta path for in-place random fills, which imports torch._dynamo (about 1.5 s in every native process)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        if getattr(func, "__module__", "") == "torch.nn.init":
+            return args[0] if args else (kwargs or {}).get("tensor")
+        return func(*args, **(kwargs or {}))
+
+
 def check_build_size(cls: type, config: dict[str, Any], component_dir: Path, checkpoint_numel: int) -> None:
     """Build `cls` from `config` on the meta device (no memory allocated) and raise CheckpointError when it
     would hold far more elements than the checkpoint's tensors, or cannot be built at all."""
@@ -195,7 +206,7 @@ def check_build_size(cls: type, config: dict[str, Any], component_dir: Path, che
     hooks = (torch_module.register_module_parameter_registration_hook(budget),
              torch_module.register_module_buffer_registration_hook(budget))
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipInitOnMeta():
             cls.from_config(config)  # type: ignore[attr-defined]
     except _OverBudget as exc:
         raise _ConfigTooLarge(
