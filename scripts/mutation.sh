@@ -6,7 +6,8 @@
 #   scripts/mutation.sh --measure    # + run every survivor through the measurement requests (rel_l2 / threshold)
 #
 # What is mutated and which tests may kill is [tool.mutmut] in pyproject.toml (parity comparisons against Diffusers
-# only). Needs `pip install -e ".[mutation]"` (mutmut 3.8.1). About 15-25 minutes on 2 CPU cores; not run in CI.
+# only). Needs `pip install -e ".[mutation]"` (mutmut 3.8.1). About 5-7 minutes on 2 quiet CPU cores (25 under
+# heavy load), --measure about 6 more; not run in CI.
 # Results: mutants/ (mutmut's cache), mutants/killed_by.tsv (first failing test per killed mutant),
 # mutants/mutation-summary.json, mutants/mutation-survivors.md (the survivors' classification table, as in
 # docs/mutation-report.md; classes from scripts/mutation_classes.py).

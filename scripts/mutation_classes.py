@@ -77,7 +77,7 @@ RULES: tuple[Rule, ...] = (
     Rule(r"FluxPipelineConfigǁcheck_request", r"max_sequence_length > 512", r">= 512", BLIND_SPOT,
          "refuses FLUX's default T5 length 512 with a RequestError (loud, not a numeric change). A parity case at "
          "512 tokens would kill it, but today it fails encode/prompt_embeds in fp32 (rel_l2 3.8e-6 > calibrated "
-         "2.47e-6: the calibration was measured at 128 tokens) and costs about 12 s; left to the calibration work"),
+         "2.47e-6; the calibration was measured at 128 tokens); left to the calibration work"),
     Rule(r"FluxPipelineConfigǁprepare_rotary_kwargs", r"^assert ", "", EQUIVALENT,
          "assertion only (a type-checker hint; the stage checks these fields before it runs)"),
     Rule(r"FluxPipelineǁconfigure", r"not isinstance\(blocks, list\) or not blocks", "", EQUIVALENT,
