@@ -21,6 +21,7 @@ from diffusers import FluxPipeline
 
 from harness.request import GenerationRequest
 from harness.trace import Trace
+from references.instance_hooks import InstanceHooks, baseline_tensor, decode_baseline_latents
 
 # fp64 serves calibration only (harness/calibrate.py): the reference in float64 from the fp32 run's noise.
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -92,44 +93,22 @@ class _FluxRecorder:
         self.step = 0
         self.calls_in_step = 0
         self.encode_calls = 0
-        self._handles: list[Any] = []
+        self._hooks = InstanceHooks()
 
     def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
         return unpack_flux_latents(packed, self.request.height, self.request.width, self.pipe.vae_scale_factor)
 
     def install(self) -> None:
-        pipe = self.pipe
-        self._wrap(pipe, "encode_prompt", self._after_encode)
-        self._wrap(pipe.scheduler, "set_timesteps", self._after_set_timesteps)
-        self._wrap(pipe, "prepare_latents", self._after_prepare_latents)
-        self._wrap(pipe.scheduler, "step", self._after_scheduler_step)
-        self._wrap(pipe.vae, "decode", self._after_vae_decode)
-        self._handles.append(pipe.transformer.register_forward_hook(self._after_transformer, with_kwargs=True))
+        pipe, hooks = self.pipe, self._hooks
+        hooks.after(pipe, "encode_prompt", self._after_encode)
+        hooks.after(pipe.scheduler, "set_timesteps", self._after_set_timesteps)
+        hooks.after(pipe, "prepare_latents", self._after_prepare_latents)
+        hooks.after(pipe.scheduler, "step", self._after_scheduler_step)
+        hooks.after(pipe.vae, "decode", self._after_vae_decode)
+        hooks.handle(pipe.transformer.register_forward_hook(self._after_transformer, with_kwargs=True))
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        for obj, name in (
-            (self.pipe, "encode_prompt"),
-            (self.pipe, "prepare_latents"),
-            (self.pipe.scheduler, "set_timesteps"),
-            (self.pipe.scheduler, "step"),
-            (self.pipe.vae, "decode"),
-        ):
-            obj.__dict__.pop(name, None)
-
-    @staticmethod
-    def _wrap(obj: Any, name: str, after: Any) -> None:
-        """Shadow a bound method on the instance with one that calls `after(args, kwargs, result)`."""
-        original = getattr(obj, name)
-
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            result = original(*args, **kwargs)
-            after(args, kwargs, result)
-            return result
-
-        setattr(obj, name, wrapper)
+        self._hooks.remove()
 
     def _after_encode(self, args: tuple, kwargs: dict, result: tuple) -> None:
         if self.encode_calls > 1:
@@ -189,16 +168,10 @@ class _FluxForcer:
         self.baseline = baseline
         self.step = 0
         self.encode_calls = 0
-        self._handles: list[Any] = []
+        self._hooks = InstanceHooks()
 
     def _tensor(self, stage: str, field: str, step: int | None = None, like: torch.Tensor | None = None) -> Any:
-        from harness.trace import RecordKey
-
-        key = RecordKey(stage, field, step)
-        tensor = self.baseline.get(key)
-        if tensor is None:
-            raise ValueError(f"forcing needs record {key.name()} in the baseline trace")
-        return tensor if like is None else tensor.to(device=like.device, dtype=like.dtype)
+        return baseline_tensor(self.baseline, stage, field, step, like)
 
     def _latents_in(self, like: torch.Tensor) -> torch.Tensor:
         """The baseline's latents entering the current step, packed like the pipeline's."""
@@ -208,27 +181,14 @@ class _FluxForcer:
         return self.pipe._pack_latents(spatial, b, c, h, w).to(device=like.device, dtype=like.dtype)
 
     def install(self) -> None:
-        pipe = self.pipe
-        self._wrap(pipe, "encode_prompt", self._encode)
-        self._wrap(pipe.scheduler, "step", self._scheduler_step)
-        self._wrap(pipe.vae, "decode", self._decode)
-        self._handles.append(pipe.transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True))
+        pipe, hooks = self.pipe, self._hooks
+        hooks.around(pipe, "encode_prompt", self._encode)
+        hooks.around(pipe.scheduler, "step", self._scheduler_step)
+        hooks.around(pipe.vae, "decode", functools.partial(decode_baseline_latents, self.baseline))
+        hooks.handle(pipe.transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True))
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        for obj, name in ((self.pipe, "encode_prompt"), (self.pipe.scheduler, "step"), (self.pipe.vae, "decode")):
-            obj.__dict__.pop(name, None)
-
-    @staticmethod
-    def _wrap(obj: Any, name: str, around: Any) -> None:
-        original = getattr(obj, name)
-
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return around(original, args, kwargs)
-
-        setattr(obj, name, wrapper)
+        self._hooks.remove()
 
     def _encode(self, original: Any, args: tuple, kwargs: dict) -> Any:
         prompt_embeds, pooled, text_ids = original(*args, **kwargs)
@@ -249,13 +209,6 @@ class _FluxForcer:
         result = original(*args, **kwargs)
         self.step += 1
         return result
-
-    def _decode(self, original: Any, args: tuple, kwargs: dict) -> Any:
-        if args:
-            args = (self._tensor("decode", "latents", like=args[0]), *args[1:])
-        else:
-            kwargs["z"] = self._tensor("decode", "latents", like=kwargs["z"])
-        return original(*args, **kwargs)
 
 
 def run_flux_reference(
