@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import os
 import sys
@@ -83,5 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def entry() -> None:
+    """The `diffparity` console script: main(), then exit without the interpreter's last garbage collection.
+
+    Python's shutdown walks every object torch created at import (about 0.4 s on a 2-core machine); freezing
+    them first skips that walk; streams are still flushed and atexit handlers still run. Only the process
+    entry point does this: `main()` called in-process (tests) leaves the collector alone.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,7 +1,8 @@
 """Which native class builds each component class named in a checkpoint's `model_index.json`.
 
 Model classes are imported lazily, so importing the runtime stays cheap and a family's modules load only when
-a checkpoint needs them. Tokenizers are the one thing taken from transformers (allowed: no numerics).
+a checkpoint needs them. Tokenizers are the one thing taken from transformers (allowed: no numerics); a cache
+of them lets a run tokenize without importing transformers.
 """
 
 from __future__ import annotations
@@ -50,9 +51,17 @@ def is_known_class(class_name: str) -> bool:
 
 
 def load_tokenizer(folder: Path) -> Any:
-    """A tokenizer saved in Diffusers layout, loaded offline through transformers."""
+    """A tokenizer saved in Diffusers layout: as transformers builds it, read from the tokenizer cache when this
+    folder was loaded before (native_models/tokenizer_cache.py), else loaded offline through transformers."""
     if not folder.is_dir():
         raise CheckpointError(f"missing tokenizer folder: {folder}")
+    from native_models.tokenizer_cache import load_cached_tokenizer
+
+    return load_cached_tokenizer(folder, load_transformers_tokenizer)
+
+
+def load_transformers_tokenizer(folder: Path) -> Any:
+    """The tokenizer in `folder` through transformers' AutoTokenizer, offline."""
     from transformers import AutoTokenizer
 
     try:
