@@ -13,9 +13,6 @@ plain JSON under golden/tolerances/, keyed by case, checkpoint, dtype and device
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -29,6 +26,7 @@ from harness.cases import Case
 from harness.environment import environment
 from harness.forcing import FORCED_STAGES
 from harness.metrics import tensor_metrics
+from harness.report import write_json_atomic
 from harness.request import GenerationRequest
 from harness.tolerances import (
     CALIBRATION_SCHEMA_VERSION,
@@ -280,18 +278,9 @@ def calibrate(
 
 
 def write_calibration(document: dict[str, Any], path: Path) -> None:
-    """Write through a temporary file renamed into place (never a half-written calibration)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write through a temporary file renamed into place (never a half-written calibration), with the 0644
+    permissions of the other files under golden/ (mkstemp alone makes 0600)."""
+    write_json_atomic(path, document, mode=0o644)
 
 
 def format_floors(document: dict[str, Any]) -> str:

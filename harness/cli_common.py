@@ -82,6 +82,11 @@ def finite_float(text: str) -> float:
     return value
 
 
+def add_case_argument(parser: argparse.ArgumentParser) -> None:
+    """The CASE positional of every subcommand that runs a parity case: one name and help text for all."""
+    parser.add_argument("case", metavar="CASE", help="case name, e.g. flux-tiny (see `diffparity list`)")
+
+
 def check_out_dir(path: Path, flag: str = "--out") -> None:
     """Create the output folder now and make sure it can be written, so an unusable `--out` (an existing file,
     a file among its parents, a read-only folder) fails in the first second with one line, not after the run."""

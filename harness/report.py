@@ -20,14 +20,19 @@ from harness.trace import STAGES
 REPORT_SCHEMA_VERSION = 2
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file in the same folder, renamed into place: never a half-written file."""
+def write_json_atomic(path: Path, data: Any, mode: int | None = None) -> None:
+    """Write JSON through a temporary file in the same folder, renamed into place: never a half-written file.
+
+    `mode` sets the file's permissions (mkstemp makes 0600, readable by the owner only); None keeps them.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2, allow_nan=False)
             handle.write("\n")
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,24 +7,29 @@ layout, unpacked from FLUX's (B, tokens, 4*C) packing with the pipeline's own ru
 
 from __future__ import annotations
 
-import functools
-import gc
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
-import transformers
 from diffusers import FluxPipeline
 
 from harness.request import GenerationRequest
 from harness.trace import Trace
-from references.instance_hooks import InstanceHooks, baseline_tensor, decode_baseline_latents
+from references.instance_hooks import PipelineForcer, PipelineRecorder
+from references.reference_pipeline import (
+    check_pipeline_class,
+    make_generator,
+    quiet_libraries,
+    run_reference_pipeline,
+    torch_dtype,
+)
 
-# fp64 serves calibration only (harness/calibrate.py): the reference in float64 from the fp32 run's noise.
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+# make_generator, quiet_libraries and torch_dtype live in reference_pipeline; scripts and tests import them from here
+__all__ = [
+    "flux_pipeline_kwargs", "make_generator", "quiet_libraries", "run_flux_reference", "torch_dtype",
+    "unpack_flux_latents",
+]
 
 
 def unpack_flux_latents(packed: torch.Tensor, height: int, width: int, vae_scale_factor: int) -> torch.Tensor:
@@ -43,72 +48,28 @@ def unpack_flux_latents(packed: torch.Tensor, height: int, width: int, vae_scale
     return x.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels // 4, h, w)
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in TORCH_DTYPES:
-        raise ValueError(f"unsupported dtype '{name}'; choose one of {', '.join(TORCH_DTYPES)}")
-    return TORCH_DTYPES[name]
+def flux_pipeline_kwargs(request: GenerationRequest) -> dict[str, Any]:
+    """FluxPipeline's arguments for `request` (output_type and return_dict aside): one mapping for every caller
+    that must generate exactly as the reference run does (scripts/evaluate_digits.py)."""
+    return {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "true_cfg_scale": request.true_cfg_scale,
+        "guidance_scale": request.guidance_scale,
+        "height": request.height,
+        "width": request.width,
+        "num_inference_steps": request.steps,
+        "max_sequence_length": request.max_sequence_length,
+        "generator": make_generator(request),
+        "num_images_per_prompt": request.batch_size,
+    }
 
 
-def make_generator(request: GenerationRequest) -> torch.Generator:
-    """The generator the reference passes to the pipeline: always a CPU generator.
+class _FluxRecorder(PipelineRecorder):
+    """The shared recorder, with FLUX's packed loop latents unpacked to (B, C, H, W) and both encode calls."""
 
-    Diffusers' `randn_tensor` then draws on the CPU and moves the noise to the run's device, so the initial
-    noise is the same on every device (a CPU golden and a GPU run start alike); the native side does the same.
-    """
-    return torch.Generator("cpu").manual_seed(request.seed)
-
-
-def quiet_libraries() -> None:
-    """Keep Diffusers' and transformers' loading bars and advisories off the terminal: the harness reports."""
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def _check_pipeline_class(checkpoint: Path) -> str:
-    index = Path(checkpoint) / "model_index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{checkpoint} is not a Diffusers pipeline folder (no model_index.json)")
-    class_name = json.loads(index.read_text()).get("_class_name")
-    if class_name != "FluxPipeline":
-        raise ValueError(f"{checkpoint} holds a {class_name}, but the FLUX reference runner needs a FluxPipeline")
-    return class_name
-
-
-class _FluxRecorder:
-    """Instance-level hooks on one pipeline that write each intermediate into the trace as it is produced."""
-
-    def __init__(
-        self,
-        pipe: FluxPipeline,
-        request: GenerationRequest,
-        trace: Trace,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> None:
-        self.pipe = pipe
-        self.progress = progress
-        self.request = request
-        self.trace = trace
-        self.step = 0
-        self.calls_in_step = 0
-        self.encode_calls = 0
-        self._hooks = InstanceHooks()
-
-    def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        return unpack_flux_latents(packed, self.request.height, self.request.width, self.pipe.vae_scale_factor)
-
-    def install(self) -> None:
-        pipe, hooks = self.pipe, self._hooks
-        hooks.after(pipe, "encode_prompt", self._after_encode)
-        hooks.after(pipe.scheduler, "set_timesteps", self._after_set_timesteps)
-        hooks.after(pipe, "prepare_latents", self._after_prepare_latents)
-        hooks.after(pipe.scheduler, "step", self._after_scheduler_step)
-        hooks.after(pipe.vae, "decode", self._after_vae_decode)
-        hooks.handle(pipe.transformer.register_forward_hook(self._after_transformer, with_kwargs=True))
-
-    def remove(self) -> None:
-        self._hooks.remove()
+    def canonical(self, latents: torch.Tensor) -> torch.Tensor:
+        return unpack_flux_latents(latents, self.request.height, self.request.width, self.pipe.vae_scale_factor)
 
     def _after_encode(self, args: tuple, kwargs: dict, result: tuple) -> None:
         if self.encode_calls > 1:
@@ -119,41 +80,12 @@ class _FluxRecorder:
         self.trace.record("encode", f"{prefix}prompt_embeds", prompt_embeds)
         self.encode_calls += 1
 
-    def _after_set_timesteps(self, args: tuple, kwargs: dict, result: None) -> None:
-        scheduler = self.pipe.scheduler
-        self.trace.record("timesteps", "sigmas", scheduler.sigmas)
-        self.trace.record("timesteps", "timesteps", scheduler.timesteps)
-
     def _after_prepare_latents(self, args: tuple, kwargs: dict, result: tuple) -> None:
         latents, _image_ids = result
-        self.trace.record("latents", "initial", self._unpack(latents))
-
-    def _after_transformer(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        sample = output[0] if isinstance(output, tuple) else output.sample
-        if self.calls_in_step >= 2:
-            raise RuntimeError(f"transformer ran {self.calls_in_step + 1} times in step {self.step}; expected <= 2")
-        field = "transformer_output" if self.calls_in_step == 0 else "transformer_output_uncond"
-        self.trace.record("denoise", field, self._unpack(sample), step=self.step)
-        self.calls_in_step += 1
-
-    def _after_scheduler_step(self, args: tuple, kwargs: dict, result: Any) -> None:
-        model_output = args[0] if args else kwargs["model_output"]
-        prev_sample = result[0] if isinstance(result, tuple) else result.prev_sample
-        self.trace.record("denoise", "noise_pred", self._unpack(model_output), step=self.step)
-        self.trace.record("denoise", "latents", self._unpack(prev_sample), step=self.step)
-        self.step += 1
-        self.calls_in_step = 0
-        if self.progress is not None:
-            self.progress(self.step, self.request.steps)
-
-    def _after_vae_decode(self, args: tuple, kwargs: dict, result: Any) -> None:
-        latents = args[0] if args else kwargs["z"]
-        image = result[0] if isinstance(result, tuple) else result.sample
-        self.trace.record("decode", "latents", latents)
-        self.trace.record("decode", "image", image)
+        self.trace.record("latents", "initial", self.canonical(latents))
 
 
-class _FluxForcer:
+class _FluxForcer(PipelineForcer):
     """Teacher forcing of the reference from another reference trace (`baseline`), for calibrating local floors.
 
     Instance wrappers only: the encode_prompt result is replaced by the baseline's embeddings, every DiT call
@@ -162,16 +94,9 @@ class _FluxForcer:
     sees the forced inputs. Under the same settings the forced run reproduces the baseline bit for bit.
     """
 
-    def __init__(self, pipe: FluxPipeline, request: GenerationRequest, baseline: Trace) -> None:
-        self.pipe = pipe
-        self.request = request
-        self.baseline = baseline
-        self.step = 0
+    def __init__(self, pipe: FluxPipeline, baseline: Trace) -> None:
+        super().__init__(pipe, baseline)
         self.encode_calls = 0
-        self._hooks = InstanceHooks()
-
-    def _tensor(self, stage: str, field: str, step: int | None = None, like: torch.Tensor | None = None) -> Any:
-        return baseline_tensor(self.baseline, stage, field, step, like)
 
     def _latents_in(self, like: torch.Tensor) -> torch.Tensor:
         """The baseline's latents entering the current step, packed like the pipeline's."""
@@ -179,16 +104,6 @@ class _FluxForcer:
                    else self._tensor("denoise", "latents", self.step - 1))
         b, c, h, w = spatial.shape
         return self.pipe._pack_latents(spatial, b, c, h, w).to(device=like.device, dtype=like.dtype)
-
-    def install(self) -> None:
-        pipe, hooks = self.pipe, self._hooks
-        hooks.around(pipe, "encode_prompt", self._encode)
-        hooks.around(pipe.scheduler, "step", self._scheduler_step)
-        hooks.around(pipe.vae, "decode", functools.partial(decode_baseline_latents, self.baseline))
-        hooks.handle(pipe.transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True))
-
-    def remove(self) -> None:
-        self._hooks.remove()
 
     def _encode(self, original: Any, args: tuple, kwargs: dict) -> Any:
         prompt_embeds, pooled, text_ids = original(*args, **kwargs)
@@ -209,6 +124,16 @@ class _FluxForcer:
         result = original(*args, **kwargs)
         self.step += 1
         return result
+
+
+def _fp64_start_latents(pipe: FluxPipeline, request: GenerationRequest) -> torch.Tensor | None:
+    """For a float64 run, the fp32 run's packed initial noise upcast (randn draws other numbers in float64)."""
+    if torch_dtype(request.dtype) != torch.float64:
+        return None
+    channels = pipe.transformer.config.in_channels // 4
+    latents, _ = pipe.prepare_latents(request.batch_size, channels, request.height, request.width,
+                                      torch.float32, torch.device(request.device), make_generator(request))
+    return latents.to(torch.float64)
 
 
 def run_flux_reference(
@@ -236,60 +161,9 @@ def run_flux_reference(
 
     After the run the pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
     """
-    _check_pipeline_class(checkpoint)
-    dtype = torch_dtype(request.dtype)
-    device = torch.device(request.device)
-    quiet_libraries()
-    pipe = FluxPipeline.from_pretrained(str(checkpoint), dtype=dtype, use_safetensors=True)  # never a pickle
-    recorder = forcer = None
-    try:
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        latents = None
-        if dtype == torch.float64:  # randn draws other numbers in float64: start from the fp32 draw, upcast
-            channels = pipe.transformer.config.in_channels // 4
-            latents, _ = pipe.prepare_latents(request.batch_size, channels, request.height, request.width,
-                                              torch.float32, device, make_generator(request))
-            latents = latents.to(torch.float64)
-        recorder = _FluxRecorder(pipe, request, trace, progress)
-        recorder.install()
-        if force_from is not None:
-            forcer = _FluxForcer(pipe, request, force_from)
-            forcer.install()
-        pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            true_cfg_scale=request.true_cfg_scale,
-            guidance_scale=request.guidance_scale,
-            height=request.height,
-            width=request.width,
-            num_inference_steps=request.steps,
-            max_sequence_length=request.max_sequence_length,
-            generator=make_generator(request),
-            num_images_per_prompt=request.batch_size,
-            latents=latents,
-            output_type="pt",
-            return_dict=False,
-        )
-        trace.meta.update(
-            {
-                "side": "reference",
-                "pipeline_class": type(pipe).__name__,
-                "diffusers_version": diffusers.__version__,
-                "transformers_version": transformers.__version__,
-                "torch_version": torch.__version__,
-                "dtype": request.dtype,
-                "device": str(device),
-            }
-        )
-        if device.type == "cuda":
-            trace.meta["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    finally:
-        if forcer is not None:
-            forcer.remove()
-        if recorder is not None:
-            recorder.remove()
-        del pipe, recorder, forcer
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    check_pipeline_class(checkpoint, "FluxPipeline", "FLUX")
+    run_reference_pipeline(
+        FluxPipeline, checkpoint, request, trace, recorder=_FluxRecorder, forcer=_FluxForcer,
+        call_kwargs=lambda pipe: flux_pipeline_kwargs(request) | {"latents": _fp64_start_latents(pipe, request)},
+        progress=progress, force_from=force_from,
+    )

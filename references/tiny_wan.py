@@ -13,26 +13,25 @@ ffn 8960, freq_dim 256, text_dim 4096) over 8 layers and the encoder UMT5-XXL's 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import diffusers
 import torch
-import transformers
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from transformers import UMT5Config, UMT5EncoderModel
 
-from references.tiny_flux import cache_root
+from references.tiny_build import (
+    build_once,
+    checkpoint_folder,
+    config_digest,
+    reinit_zero_weights,
+    save_checkpoint,
+    seed_component,
+)
 from references.tokenizers import build_umt5_tokenizer
 
 # Bump when the build recipe changes, so caches built by an older recipe are not reused.
 BUILD_VERSION = 1
-BUILD_INFO_FILE = "diffparity_build.json"
 
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers scheduler/scheduler_config.json (flow_shift 3.0 for 480p, 5.0 for 720p).
 WAN_2_1_SCHEDULER = {
@@ -145,30 +144,13 @@ class TinyWanConfig:
 
     def digest(self) -> str:
         """Short stable hash of the config, for cache folder names."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _seeded(seed: int, index: int) -> None:
-    """Seed the global RNG per component, so resizing one component leaves the others' weights unchanged."""
-    torch.manual_seed(seed * 16 + index)
-
-
-def _reinit_zero_weights(module: torch.nn.Module) -> list[str]:
-    """Give all-zero weight matrices and all-zero modulation tables small random values, so no stage of a random
-    model is silent. Diffusers 0.42 initialises none of Wan's (checked by the tests); the guard is for others."""
-    fixed = []
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if param.ndim >= 2 and not param.any():
-                param.normal_(0.0, param[0].numel() ** -0.5)
-                fixed.append(name)
-    return fixed
+        return config_digest(self.to_dict())
 
 
 def _build_components(seed: int, config: TinyWanConfig) -> dict:
     tokenizer = build_umt5_tokenizer()
 
-    _seeded(seed, 0)
+    seed_component(seed, 0)
     text_encoder = UMT5EncoderModel(
         UMT5Config(
             vocab_size=len(tokenizer),
@@ -187,7 +169,7 @@ def _build_components(seed: int, config: TinyWanConfig) -> dict:
         )
     )
 
-    _seeded(seed, 1)
+    seed_component(seed, 1)
     transformer = WanTransformer3DModel(
         patch_size=tuple(config.dit_patch_size),
         num_attention_heads=config.dit_heads,
@@ -203,7 +185,7 @@ def _build_components(seed: int, config: TinyWanConfig) -> dict:
         eps=1e-6,
     )
 
-    _seeded(seed, 2)
+    seed_component(seed, 2)
     vae = AutoencoderKLWan(
         base_dim=config.vae_base_dim,
         z_dim=config.vae_z_dim,
@@ -219,7 +201,7 @@ def _build_components(seed: int, config: TinyWanConfig) -> dict:
     )
 
     for model in (text_encoder, transformer, vae):
-        _reinit_zero_weights(model)
+        reinit_zero_weights(model)
         model.eval()
 
     return {
@@ -237,49 +219,17 @@ def build_tiny_wan(out_dir: Path, seed: int = 0, config: TinyWanConfig | None = 
     The global torch RNG is left as it was: seeding happens inside a forked RNG state.
     """
     config = config or TinyWanConfig()
-    out_dir = Path(out_dir)
     with torch.random.fork_rng(devices=[]):
         pipe = WanPipeline(**_build_components(seed, config))
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    info = {
-        "build_version": BUILD_VERSION,
-        "seed": seed,
-        "config": config.to_dict(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-    }
-    (out_dir / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return out_dir
+    return save_checkpoint(pipe, out_dir, BUILD_VERSION, seed, config.to_dict())
 
 
 def checkpoint_dir(seed: int = 0, config: TinyWanConfig | None = None) -> Path:
     """The cache folder for `seed` and `config` (the default config's name carries no config hash)."""
-    name = f"wan-tiny-v{BUILD_VERSION}-seed{seed}"
-    if config is not None and config != TinyWanConfig():
-        name += f"-{config.digest()}"
-    return cache_root() / "checkpoints" / name
+    default = config is None or config == TinyWanConfig()
+    return checkpoint_folder("wan", BUILD_VERSION, seed, None if default else config.digest())
 
 
 def tiny_wan_checkpoint(seed: int = 0, config: TinyWanConfig | None = None) -> Path:
-    """Path of the cached tiny checkpoint for `seed` (and `config`), building it on first use.
-
-    Builds into a temporary sibling folder and renames it into place, so concurrent callers (pytest-xdist
-    workers) see either no folder or a complete one; a loser of the race discards its own copy.
-    """
-    final = checkpoint_dir(seed, config)
-    if (final / "model_index.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        build_tiny_wan(tmp, seed=seed, config=config)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "model_index.json").is_file():
-                raise RuntimeError(f"cannot create {final}: it exists but is not a checkpoint; delete it") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    """Path of the cached tiny checkpoint for `seed` (and `config`), built once on first use (atomically)."""
+    return build_once(checkpoint_dir(seed, config), lambda folder: build_tiny_wan(folder, seed=seed, config=config))

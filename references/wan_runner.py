@@ -13,23 +13,18 @@ guidance embedding) has no counterpart in Wan and is not used.
 from __future__ import annotations
 
 import copy
-import functools
-import gc
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
-import transformers
 from diffusers import WanPipeline
 from diffusers.utils import is_ftfy_available
 
 from harness.request import GenerationRequest
 from harness.trace import Trace
-from references.flux_runner import make_generator, quiet_libraries, torch_dtype
-from references.instance_hooks import InstanceHooks, baseline_tensor, decode_baseline_latents
+from references.instance_hooks import PipelineForcer, PipelineRecorder
+from references.reference_pipeline import check_pipeline_class, make_generator, run_reference_pipeline
 
 PIPELINE_CLASS = "WanPipeline"
 
@@ -50,45 +45,8 @@ def check_wan_request(request: GenerationRequest, spatial_multiple: int = 16, te
         )
 
 
-def _check_pipeline_class(checkpoint: Path) -> None:
-    index = Path(checkpoint) / "model_index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{checkpoint} is not a Diffusers pipeline folder (no model_index.json)")
-    class_name = json.loads(index.read_text()).get("_class_name")
-    if class_name != PIPELINE_CLASS:
-        raise ValueError(f"{checkpoint} holds a {class_name}, but the Wan reference runner needs a {PIPELINE_CLASS}")
-
-
-class _WanRecorder:
-    """Instance-level hooks on one WanPipeline that write each intermediate into the trace as it is produced."""
-
-    def __init__(
-        self,
-        pipe: WanPipeline,
-        request: GenerationRequest,
-        trace: Trace,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> None:
-        self.pipe = pipe
-        self.request = request
-        self.trace = trace
-        self.progress = progress
-        self.step = 0
-        self.calls_in_step = 0
-        self.encode_calls = 0
-        self._hooks = InstanceHooks()
-
-    def install(self) -> None:
-        pipe, hooks = self.pipe, self._hooks
-        hooks.after(pipe, "encode_prompt", self._after_encode)
-        hooks.after(pipe.scheduler, "set_timesteps", self._after_set_timesteps)
-        hooks.after(pipe, "prepare_latents", self._after_prepare_latents)
-        hooks.after(pipe.scheduler, "step", self._after_scheduler_step)
-        hooks.after(pipe.vae, "decode", self._after_vae_decode)
-        hooks.handle(pipe.transformer.register_forward_hook(self._after_transformer, with_kwargs=True))
-
-    def remove(self) -> None:
-        self._hooks.remove()
+class _WanRecorder(PipelineRecorder):
+    """The shared recorder (Wan's loop latents are already canonical), with Wan's one encode call."""
 
     def _after_encode(self, args: tuple, kwargs: dict, result: tuple) -> None:
         if self.encode_calls:
@@ -99,40 +57,11 @@ class _WanRecorder:
             self.trace.record("encode", "negative_prompt_embeds", negative_prompt_embeds)
         self.encode_calls += 1
 
-    def _after_set_timesteps(self, args: tuple, kwargs: dict, result: None) -> None:
-        scheduler = self.pipe.scheduler
-        self.trace.record("timesteps", "sigmas", scheduler.sigmas)
-        self.trace.record("timesteps", "timesteps", scheduler.timesteps)
-
     def _after_prepare_latents(self, args: tuple, kwargs: dict, result: torch.Tensor) -> None:
         self.trace.record("latents", "initial", result)
 
-    def _after_transformer(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        sample = output[0] if isinstance(output, tuple) else output.sample
-        if self.calls_in_step >= 2:
-            raise RuntimeError(f"transformer ran {self.calls_in_step + 1} times in step {self.step}; expected <= 2")
-        field = "transformer_output" if self.calls_in_step == 0 else "transformer_output_uncond"
-        self.trace.record("denoise", field, sample, step=self.step)
-        self.calls_in_step += 1
 
-    def _after_scheduler_step(self, args: tuple, kwargs: dict, result: Any) -> None:
-        model_output = args[0] if args else kwargs["model_output"]
-        prev_sample = result[0] if isinstance(result, tuple) else result.prev_sample
-        self.trace.record("denoise", "noise_pred", model_output, step=self.step)
-        self.trace.record("denoise", "latents", prev_sample, step=self.step)
-        self.step += 1
-        self.calls_in_step = 0
-        if self.progress is not None:
-            self.progress(self.step, self.request.steps)
-
-    def _after_vae_decode(self, args: tuple, kwargs: dict, result: Any) -> None:
-        latents = args[0] if args else kwargs["z"]
-        video = result[0] if isinstance(result, tuple) else result.sample
-        self.trace.record("decode", "latents", latents)
-        self.trace.record("decode", "image", video)
-
-
-class _WanForcer:
+class _WanForcer(PipelineForcer):
     """Teacher forcing of the reference from another reference trace (`baseline`), for calibrating local floors.
 
     Instance wrappers only: encode_prompt returns the baseline's embeddings; every DiT call of step i gets the
@@ -147,30 +76,14 @@ class _WanForcer:
     WRAPPED = (("encode_prompt", "pipe"), ("step", "scheduler"), ("decode", "vae"))
 
     def __init__(self, pipe: WanPipeline, baseline: Trace) -> None:
-        self.pipe = pipe
-        self.baseline = baseline
-        self.step = 0
+        super().__init__(pipe, baseline)
         self.initial_state: dict[str, Any] | None = None  # the scheduler's attributes before step 0
-        self._hooks = InstanceHooks()
-
-    def _tensor(self, stage: str, field: str, step: int | None = None, like: torch.Tensor | None = None) -> Any:
-        return baseline_tensor(self.baseline, stage, field, step, like)
 
     def _latents_in(self, step: int, like: torch.Tensor) -> torch.Tensor:
         """The baseline's latents entering `step`, in `like`'s device and dtype."""
         if step == 0:
             return self._tensor("latents", "initial", like=like)
         return self._tensor("denoise", "latents", step - 1, like=like)
-
-    def install(self) -> None:
-        pipe, hooks = self.pipe, self._hooks
-        hooks.around(pipe, "encode_prompt", self._encode)
-        hooks.around(pipe.scheduler, "step", self._scheduler_step)
-        hooks.around(pipe.vae, "decode", functools.partial(decode_baseline_latents, self.baseline))
-        hooks.handle(pipe.transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True))
-
-    def remove(self) -> None:
-        self._hooks.remove()
 
     def _encode(self, original: Any, args: tuple, kwargs: dict) -> Any:
         prompt_embeds, negative = original(*args, **kwargs)
@@ -234,58 +147,24 @@ def run_wan_reference(
 
     After the run the pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
     """
-    _check_pipeline_class(checkpoint)
+    check_pipeline_class(checkpoint, PIPELINE_CLASS, "Wan")
     check_wan_request(request)
-    dtype = torch_dtype(request.dtype)
-    device = torch.device(request.device)
-    quiet_libraries()
-    pipe = WanPipeline.from_pretrained(str(checkpoint), dtype=dtype, use_safetensors=True)  # never a pickle
-    recorder = forcer = None
-    try:
-        pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        recorder = _WanRecorder(pipe, request, trace, progress)
-        recorder.install()
-        if force_from is not None:
-            forcer = _WanForcer(pipe, force_from)
-            forcer.install()
-        guidance_scale = wan_guidance_scale(request)
-        pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt if request.do_true_cfg else None,
-            height=request.height,
-            width=request.width,
-            num_frames=request.frames,
-            num_inference_steps=request.steps,
-            guidance_scale=guidance_scale,
-            max_sequence_length=request.max_sequence_length,
-            generator=make_generator(request),
-            output_type="pt",
-            return_dict=False,
-        )
-        trace.meta.update(
-            {
-                "side": "reference",
-                "pipeline_class": type(pipe).__name__,
-                "diffusers_version": diffusers.__version__,
-                "transformers_version": transformers.__version__,
-                "torch_version": torch.__version__,
-                "dtype": request.dtype,
-                "device": str(device),
-                "wan_guidance_scale": guidance_scale,
-                # WanPipeline's prompt_clean runs ftfy.fix_text only when ftfy is importable: the native side
-                # must clean prompts the same way.
-                "prompt_clean_ftfy": is_ftfy_available(),
-            }
-        )
-        if device.type == "cuda":
-            trace.meta["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    finally:
-        if forcer is not None:
-            forcer.remove()
-        if recorder is not None:
-            recorder.remove()
-        del pipe, recorder, forcer
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    guidance_scale = wan_guidance_scale(request)
+    run_reference_pipeline(
+        WanPipeline, checkpoint, request, trace, recorder=_WanRecorder, forcer=_WanForcer,
+        call_kwargs=lambda pipe: {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt if request.do_true_cfg else None,
+            "height": request.height,
+            "width": request.width,
+            "num_frames": request.frames,
+            "num_inference_steps": request.steps,
+            "guidance_scale": guidance_scale,
+            "max_sequence_length": request.max_sequence_length,
+            "generator": make_generator(request),
+        },
+        progress=progress, force_from=force_from,
+        # WanPipeline's prompt_clean runs ftfy.fix_text only when ftfy is importable: the native side must clean
+        # prompts the same way.
+        meta={"wan_guidance_scale": guidance_scale, "prompt_clean_ftfy": is_ftfy_available()},
+    )

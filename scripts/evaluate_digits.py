@@ -37,29 +37,16 @@ Generate = Callable[[GenerationRequest], torch.Tensor]  # request -> frames (1, 
 
 
 def reference_generator(checkpoint: Path, dtype: str) -> Generate:
-    """Diffusers' FluxPipeline, loaded once, called per request with the harness's generator recipe."""
+    """Diffusers' FluxPipeline, loaded once, called per request with the reference runner's arguments."""
     from diffusers import FluxPipeline
 
-    from references.flux_runner import make_generator, quiet_libraries, torch_dtype
+    from references.flux_runner import flux_pipeline_kwargs
+    from references.reference_pipeline import load_pipeline, torch_dtype
 
-    quiet_libraries()
-    pipe = FluxPipeline.from_pretrained(str(checkpoint), dtype=torch_dtype(dtype), use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(FluxPipeline, checkpoint, torch_dtype(dtype))
 
     def generate(request: GenerationRequest) -> torch.Tensor:
-        image = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            true_cfg_scale=request.true_cfg_scale,
-            guidance_scale=request.guidance_scale,
-            height=request.height,
-            width=request.width,
-            num_inference_steps=request.steps,
-            max_sequence_length=request.max_sequence_length,
-            generator=make_generator(request),
-            output_type="pt",
-            return_dict=False,
-        )[0]
+        image = pipe(**flux_pipeline_kwargs(request), output_type="pt", return_dict=False)[0]
         return image.to(torch.float32)
 
     return generate

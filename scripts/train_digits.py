@@ -52,21 +52,10 @@ from references.digits import (  # noqa: E402
     digit_images,
     digit_prompt,
 )
+from references.flux_components import FLUX_DEV_SCHEDULER, build_flux_components  # noqa: E402
+from references.tiny_build import BUILD_INFO_FILE  # noqa: E402 - the tiny checkpoints' build record name
 
-BUILD_INFO_FILE = "diffparity_build.json"  # same name as the tiny checkpoints' build record
 EXIT_USAGE = 2
-
-# FLUX.1-dev's scheduler/scheduler_config.json (as references/tiny_flux.py).
-FLUX_DEV_SCHEDULER = {
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-    "time_shift_type": "exponential",
-}
 
 
 @dataclass(frozen=True)
@@ -119,98 +108,17 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------------------------------- build
-def _seed(recipe: Recipe, index: int) -> None:
-    """Seed the global RNG per component (index), so changing one component leaves the others' init alone."""
-    torch.manual_seed(recipe.seed * 16 + index)
-
-
 def _generator(recipe: Recipe, index: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(recipe.seed * 16 + index)
 
 
 def build_components(recipe: Recipe) -> dict:
     """All FluxPipeline components with initial weights: encoders stay like this, VAE and DiT get trained."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from references.tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer, build_t5_tokenizer
-
-    clip_tokenizer = build_clip_tokenizer()
-    t5_tokenizer = build_t5_tokenizer()
-    _seed(recipe, 0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(clip_tokenizer),
-            hidden_size=recipe.clip_hidden,
-            intermediate_size=recipe.clip_intermediate,
-            projection_dim=recipe.clip_projection_dim,
-            num_hidden_layers=recipe.clip_layers,
-            num_attention_heads=recipe.clip_heads,
-            max_position_embeddings=CLIP_MAX_LENGTH,
-            hidden_act="quick_gelu",
-            bos_token_id=clip_tokenizer.bos_token_id,  # must be the tokenizer's ids (pooling rule)
-            eos_token_id=clip_tokenizer.eos_token_id,
-            pad_token_id=clip_tokenizer.pad_token_id,
-        )
-    )
-    _seed(recipe, 1)
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tokenizer),
-            d_model=recipe.t5_d_model,
-            d_kv=recipe.t5_d_kv,
-            d_ff=recipe.t5_d_ff,
-            num_layers=recipe.t5_layers,
-            num_heads=recipe.t5_heads,
-            relative_attention_num_buckets=recipe.t5_relative_buckets,
-            relative_attention_max_distance=recipe.t5_relative_max_distance,
-            feed_forward_proj="gated-gelu",
-            dropout_rate=0.0,
-            tie_word_embeddings=False,
-            pad_token_id=t5_tokenizer.pad_token_id,
-            eos_token_id=t5_tokenizer.eos_token_id,
-            decoder_start_token_id=t5_tokenizer.pad_token_id,
-        )
-    )
-    _seed(recipe, 2)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4 * recipe.vae_latent_channels,
-        num_layers=recipe.dit_layers,
-        num_single_layers=recipe.dit_single_layers,
-        attention_head_dim=recipe.dit_head_dim,
-        num_attention_heads=recipe.dit_heads,
-        joint_attention_dim=recipe.t5_d_model,
-        pooled_projection_dim=recipe.clip_hidden,
-        guidance_embeds=False,
-        axes_dims_rope=tuple(recipe.dit_axes_dims_rope),
-    )
-    _seed(recipe, 3)
-    depth = len(recipe.vae_block_out_channels)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * depth,
-        up_block_types=("UpDecoderBlock2D",) * depth,
-        block_out_channels=tuple(recipe.vae_block_out_channels),
-        layers_per_block=recipe.vae_layers_per_block,
-        latent_channels=recipe.vae_latent_channels,
-        norm_num_groups=recipe.vae_norm_groups,
-        sample_size=recipe.image_size,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    for model in (text_encoder, text_encoder_2):
-        model.eval().requires_grad_(False)
-    return {
-        "scheduler": FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": clip_tokenizer,
-        "text_encoder_2": text_encoder_2,
-        "tokenizer_2": t5_tokenizer,
-        "transformer": transformer,
-    }
+    components = build_flux_components(recipe, recipe.seed, guidance_embeds=False, vae_sample_size=recipe.image_size,
+                                       scheduler=FLUX_DEV_SCHEDULER)
+    for name in ("text_encoder", "text_encoder_2"):
+        components[name].eval().requires_grad_(False)
+    return components
 
 
 # ------------------------------------------------------------------------------------------------- helpers

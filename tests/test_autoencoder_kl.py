@@ -13,8 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
+from numerics import cosine, rel_l2
 
 from native_models.attention import attention_backend
 from native_models.loader import load_component
@@ -56,15 +56,6 @@ CONFIGS = {"flux_like": FLUX_LIKE, "sd_like": SD_LIKE, "no_attention": NO_ATTENT
 DTYPES = (torch.float32, torch.bfloat16)
 FP32_REL_L2_MAX = 1e-5  # measured ~5e-7 .. 1e-6 under the CPU default (math) attention backend
 BF16_COSINE_MIN = 0.999  # measured >= 0.9998
-
-
-def rel_l2(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    reference, candidate = reference.double(), candidate.double()
-    return ((candidate - reference).norm() / reference.norm()).item()
-
-
-def cosine(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    return F.cosine_similarity(reference.double().flatten(), candidate.double().flatten(), dim=0).item()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,7 +110,7 @@ def test_fp32_matches_diffusers(case: Case, record_property: Any) -> None:
     expected, actual = case.expected[torch.float32], case.native_decode(torch.float32)
     factor = 2 ** (len(case.config["block_out_channels"]) - 1)
     assert actual.shape == expected.shape == (2, 3, 4 * factor, 6 * factor)
-    error = rel_l2(expected, actual)
+    error = rel_l2(actual, expected)
     record_property("fp32_rel_l2", error)
     print(f"fp32 rel L2 {case.name}: {error:.3e}")
     assert error < FP32_REL_L2_MAX

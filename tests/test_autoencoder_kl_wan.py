@@ -13,8 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKLWan as DiffusersAutoencoderKLWan
+from numerics import cosine, rel_l2
 
 from native_models.attention import attention_backend
 from native_models.loader import load_component
@@ -57,15 +57,6 @@ BF16_COSINE_MIN = 0.999
 # bf16 error against an fp64 decode, as a multiple of Diffusers' own bf16 error against it (PyTorch's accuracy
 # check allows 2x-3x for low precision). Measured 0.83 .. 1.04.
 BF16_FLOOR_RATIO_MAX = 2.0
-
-
-def rel_l2(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    reference, candidate = reference.double(), candidate.double()
-    return ((candidate - reference).norm() / reference.norm()).item()
-
-
-def cosine(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    return F.cosine_similarity(reference.double().flatten(), candidate.double().flatten(), dim=0).item()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -128,7 +119,7 @@ def test_fp32_matches_diffusers(case: Case, frames: int, record_property: Any) -
     spatial, temporal = FACTORS[case.name]
     video_shape = (BATCH, 3, 1 + temporal * (frames - 1), LATENT_H * spatial, LATENT_W * spatial)
     assert actual.shape == expected.shape == video_shape
-    error = rel_l2(expected, actual)
+    error = rel_l2(actual, expected)
     record_property("fp32_rel_l2", error)
     print(f"fp32 rel L2 {case.name} T={frames}: {error:.3e}")
     assert error < FP32_REL_L2_MAX
@@ -151,7 +142,7 @@ def test_bf16_error_within_diffusers_floor(case: Case, frames: int, record_prope
     """Against an fp64 decode, native bf16 is about as accurate as Diffusers' bf16 (a floor, not a fixed number)."""
     exact = case.expected[frames, torch.float64]
     actual = case.native(torch.bfloat16).decode(case.latents[frames].bfloat16())
-    ratio = rel_l2(exact, actual) / rel_l2(exact, case.expected[frames, torch.bfloat16])
+    ratio = rel_l2(actual, exact) / rel_l2(case.expected[frames, torch.bfloat16], exact)
     record_property("bf16_floor_ratio", ratio)
     print(f"bf16 error / Diffusers bf16 error {case.name} T={frames}: {ratio:.2f}")
     assert ratio <= BF16_FLOOR_RATIO_MAX

@@ -7,29 +7,15 @@ output that image statistics cannot see, field notes section 7) and the decoder 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from script_loader import load_script
 
 from harness.faults import FAULTS, get_fault
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLED = ("sigmas_reversed", "rotary_style_swapped", "decode_scale_shift_wrong")
 
 
-def _load_table_script():
-    """scripts/ is not a package: load the fault-table script as a module to reuse its runner."""
-    path = ROOT / "scripts" / "digits_fault_table.py"
-    spec = importlib.util.spec_from_file_location("digits_fault_table", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-table = _load_table_script()
+table = load_script("digits_fault_table")  # reuses the fault-table script's runner
 
 
 def test_judge_ignores_a_detector_that_fires_on_the_correct_output() -> None:

@@ -16,19 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from native_models.schedulers.flow_match_euler import FlowMatchEulerScheduler, flux_default_sigmas
+from references.flux_components import FLUX_DEV_SCHEDULER
 
-# FLUX.1-dev's scheduler_config.json (the keys Diffusers would fill in are left to defaults on both sides).
-FLUX_DEV: dict[str, Any] = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-    "time_shift_type": "exponential",
-}
+# FLUX.1-dev's scheduler_config.json, as the tiny checkpoint ships it (the keys Diffusers would fill in are left to
+# defaults on both sides); the "_class_name" entry is there so that from_config is seen to skip metadata keys.
+FLUX_DEV: dict[str, Any] = {"_class_name": "FlowMatchEulerDiscreteScheduler", **FLUX_DEV_SCHEDULER}
 FLUX_SCHNELL: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False}
 CONFIGS: dict[str, dict[str, Any]] = {
     "flux_dev": FLUX_DEV,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from numerics import cosine, rel_l2
 
 from native_models.attention import attention_backend
 from native_models.errors import CheckpointError
@@ -40,15 +41,6 @@ def image_ids(height: int, width: int) -> torch.Tensor:
     ids[..., 1] = torch.arange(height)[:, None]
     ids[..., 2] = torch.arange(width)[None, :]
     return ids.reshape(height * width, 3)
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a64, b64 = a.double(), b.double()
-    return ((a64 - b64).norm() / b64.norm()).item()
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
 
 
 def make_inputs(guidance: bool, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor | None]:

@@ -3,33 +3,19 @@ layouts and value ranges, the parity-report section, and `diffparity noise` (exi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from script_loader import load_script
 
 from harness import image_stats
 from harness.cli import main
 from harness.noise import FramesError, detect_noise, noise_section
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_calibration():
-    """scripts/ is not a package: load the calibration script as a module to reuse its sample builders."""
-    path = ROOT / "scripts" / "calibrate_noise_detector.py"
-    spec = importlib.util.spec_from_file_location("calibrate_noise_detector", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cal = _load_calibration()
+cal = load_script("calibrate_noise_detector")  # reuses the calibration script's sample builders
 RNG_SEED = 1234
 
 

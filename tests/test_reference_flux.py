@@ -8,10 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DiffusionPipeline, FluxPipeline
+from reference_checks import (
+    assert_build_is_deterministic,
+    assert_cached_build_once,
+    assert_no_all_zero_weights,
+    assert_records_finite_with_signal,
+    assert_reference_records,
+    model_dtype,
+    record,
+)
 from transformers import AutoTokenizer, CLIPTokenizer, T5Tokenizer
 
 from harness.request import GenerationRequest
-from harness.trace import RecordKey, Trace
+from harness.trace import Trace
 from references.flux_runner import make_generator, run_flux_reference, unpack_flux_latents
 from references.tiny_flux import TinyFluxConfig, build_tiny_flux, checkpoint_dir, tiny_flux_checkpoint
 from references.tokenizers import build_clip_tokenizer, build_t5_tokenizer
@@ -22,10 +31,6 @@ PROMPTS = ["a photo of a cat", "Handwritten digit SEVEN, 42!", "", "a " * 100]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_flux(tmp_path_factory.mktemp("flux") / "seed0", seed=0)
-
-
-def _safetensors_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.safetensors"))}
 
 
 # ---- tokenizers ----
@@ -69,18 +74,13 @@ def test_t5_tokenizer_conventions() -> None:
 
 
 def test_build_is_deterministic(checkpoint: Path, tmp_path: Path) -> None:
-    reference = _safetensors_bytes(checkpoint)
-    assert set(reference) == {
+    weight_files = {
         "text_encoder/model.safetensors",
         "text_encoder_2/model.safetensors",
         "transformer/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",
     }
-    state = torch.random.get_rng_state()
-    assert _safetensors_bytes(build_tiny_flux(tmp_path / "again", seed=0)) == reference
-    assert torch.equal(torch.random.get_rng_state(), state)  # the build leaves the global RNG alone
-    other = _safetensors_bytes(build_tiny_flux(tmp_path / "seed1", seed=1))
-    assert all(other[name] != reference[name] for name in reference)
+    assert_build_is_deterministic(build_tiny_flux, checkpoint, tmp_path, weight_files)
 
 
 def test_reloads_as_diffusion_pipeline(checkpoint: Path) -> None:
@@ -94,19 +94,12 @@ def test_reloads_as_diffusion_pipeline(checkpoint: Path) -> None:
     assert pipe.transformer.config.joint_attention_dim == pipe.text_encoder_2.config.d_model
     assert pipe.transformer.config.pooled_projection_dim == pipe.text_encoder.config.hidden_size
     assert pipe.scheduler.config.use_dynamic_shifting and pipe.scheduler.config.shift == 3.0
-    for model in (pipe.text_encoder, pipe.text_encoder_2, pipe.transformer, pipe.vae):
-        for name, param in model.named_parameters():
-            assert param.ndim < 2 or param.any(), f"{name} is all zeros"
+    assert_no_all_zero_weights((pipe.text_encoder, pipe.text_encoder_2, pipe.transformer, pipe.vae))
 
 
 def test_checkpoint_cache_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFPARITY_CACHE", str(tmp_path))
-    first = tiny_flux_checkpoint(seed=0)
-    assert first == tmp_path / "checkpoints" / "flux-tiny-v1-seed0"
-    stamp = (first / "model_index.json").stat().st_mtime_ns
-    assert tiny_flux_checkpoint(seed=0) == first
-    assert (first / "model_index.json").stat().st_mtime_ns == stamp
-    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary folders left behind
+    first = assert_cached_build_once(tiny_flux_checkpoint, tmp_path, "flux-tiny-v1-seed0")
     wide = TinyFluxConfig.wide()
     assert checkpoint_dir(seed=0, config=wide) == first.parent / f"flux-tiny-v1-seed0-{wide.digest()}"
     assert checkpoint_dir(seed=0, config=TinyFluxConfig()) == first
@@ -175,56 +168,45 @@ def _expected_shapes(req: GenerationRequest) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _get(trace: Trace, name: str) -> torch.Tensor:
-    return trace[RecordKey.parse(name)]
-
-
 def test_records_every_key_with_canonical_shapes(run: tuple[GenerationRequest, Trace]) -> None:
     req, trace = run
-    recorded = {key.name(): tuple(tensor.shape) for key, tensor in trace.items()}
-    assert recorded == _expected_shapes(req)
-    assert trace.meta["side"] == "reference" and trace.meta["pipeline_class"] == "FluxPipeline"
-    assert trace.meta["dtype"] == req.dtype and trace.meta["device"] == "cpu"
+    assert_reference_records(trace, req, _expected_shapes(req), "FluxPipeline")
     assert {"diffusers_version", "torch_version"} <= trace.meta.keys()
 
 
 def test_records_are_finite_and_carry_signal(run: tuple[GenerationRequest, Trace]) -> None:
-    _, trace = run
-    for key, tensor in trace.items():
-        values = tensor.double()
-        assert torch.isfinite(values).all(), key.name()
-        assert values.std() > 1e-3, key.name()
-    model_dtype = torch.bfloat16 if run[0].dtype == "bf16" else torch.float32
-    assert _get(trace, "latents/initial").dtype == model_dtype
-    assert _get(trace, "decode/image").dtype == model_dtype
+    req, trace = run
+    assert_records_finite_with_signal(trace)
+    assert record(trace, "latents/initial").dtype == model_dtype(req)
+    assert record(trace, "decode/image").dtype == model_dtype(req)
 
 
 def test_schedule(run: tuple[GenerationRequest, Trace]) -> None:
     req, trace = run
-    sigmas, timesteps = _get(trace, "timesteps/sigmas"), _get(trace, "timesteps/timesteps")
+    sigmas, timesteps = record(trace, "timesteps/sigmas"), record(trace, "timesteps/timesteps")
     assert sigmas[0] == 1.0 and sigmas[-1] == 0.0 and (sigmas.diff() < 0).all()
     torch.testing.assert_close(timesteps, sigmas[:-1] * 1000)
 
 
 def test_initial_noise_follows_documented_rng_recipe(run: tuple[GenerationRequest, Trace]) -> None:
     req, trace = run
-    dtype = torch.bfloat16 if req.dtype == "bf16" else torch.float32
+    dtype = model_dtype(req)
     generator = torch.Generator("cpu").manual_seed(req.seed)
     noise = torch.randn((1, 16, req.height // 8, req.width // 8), generator=generator, dtype=dtype)
-    assert torch.equal(_get(trace, "latents/initial"), noise)
+    assert torch.equal(record(trace, "latents/initial"), noise)
     assert make_generator(req).device.type == "cpu"
 
 
 def test_denoise_steps_are_consistent(run: tuple[GenerationRequest, Trace]) -> None:
     """noise_pred is the (guided) transformer output; each Euler step is x + (sigma_next - sigma) * noise_pred."""
     req, trace = run
-    sigmas = _get(trace, "timesteps/sigmas")
-    latents = _get(trace, "latents/initial")
+    sigmas = record(trace, "timesteps/sigmas")
+    latents = record(trace, "latents/initial")
     for step in range(req.steps):
-        cond = _get(trace, f"denoise/transformer_output/{step}")
-        noise_pred = _get(trace, f"denoise/noise_pred/{step}")
+        cond = record(trace, f"denoise/transformer_output/{step}")
+        noise_pred = record(trace, f"denoise/noise_pred/{step}")
         if req.do_true_cfg:
-            uncond = _get(trace, f"denoise/transformer_output_uncond/{step}")
+            uncond = record(trace, f"denoise/transformer_output_uncond/{step}")
             assert not torch.equal(cond, uncond)
             expected = uncond + req.true_cfg_scale * (cond - uncond)
             torch.testing.assert_close(noise_pred, expected, rtol=0, atol=0)
@@ -233,13 +215,13 @@ def test_denoise_steps_are_consistent(run: tuple[GenerationRequest, Trace]) -> N
         # As FlowMatchEulerDiscreteScheduler.step: the 0-d fp32 dt times the model output stays in the model's
         # dtype (bf16 rounding included), the sum is fp32, the result is cast back.
         stepped = latents.float() + (sigmas[step + 1] - sigmas[step]) * noise_pred
-        latents = _get(trace, f"denoise/latents/{step}")
+        latents = record(trace, f"denoise/latents/{step}")
         torch.testing.assert_close(latents, stepped.to(latents.dtype), rtol=0, atol=0)
 
 
 def test_final_latents_match_latent_output(run: tuple[GenerationRequest, Trace], checkpoint: Path) -> None:
     req, trace = run
-    dtype = torch.bfloat16 if req.dtype == "bf16" else torch.float32
+    dtype = model_dtype(req)
     pipe = FluxPipeline.from_pretrained(checkpoint, dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     packed = pipe(
@@ -256,9 +238,9 @@ def test_final_latents_match_latent_output(run: tuple[GenerationRequest, Trace],
         return_dict=False,
     )[0]
     final = unpack_flux_latents(packed, req.height, req.width, pipe.vae_scale_factor)
-    assert torch.equal(_get(trace, f"denoise/latents/{req.steps - 1}"), final)
+    assert torch.equal(record(trace, f"denoise/latents/{req.steps - 1}"), final)
     vae = pipe.vae.config
-    assert torch.equal(_get(trace, "decode/latents"), final / vae.scaling_factor + vae.shift_factor)
+    assert torch.equal(record(trace, "decode/latents"), final / vae.scaling_factor + vae.shift_factor)
 
 
 def test_unpack_inverts_diffusers_pack() -> None:

@@ -8,10 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DiffusionPipeline, WanPipeline, WanTransformer3DModel
+from reference_checks import (
+    assert_build_is_deterministic,
+    assert_cached_build_once,
+    assert_no_all_zero_weights,
+    assert_records_finite_with_signal,
+    assert_reference_records,
+    model_dtype,
+    record,
+)
 from transformers import AutoTokenizer, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from harness.request import GenerationRequest
-from harness.trace import RecordKey, Trace
+from harness.trace import Trace
 from native_models.components import load_native_component
 from native_models.models.t5_encoder import UMT5EncoderModel as NativeUMT5
 from native_models.schedulers.unipc_flow import UniPCFlowScheduler
@@ -31,10 +40,6 @@ PROMPTS = ["a cat walks through the misty forest", "Ünïcode 中 猫 &amp;  x",
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_wan(tmp_path_factory.mktemp("wan") / "seed0", seed=0)
-
-
-def _safetensors_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.safetensors"))}
 
 
 # ---- tokenizer ----
@@ -65,17 +70,12 @@ def test_umt5_tokenizer_conventions_and_round_trip(tmp_path: Path) -> None:
 
 
 def test_build_is_deterministic(checkpoint: Path, tmp_path: Path) -> None:
-    reference = _safetensors_bytes(checkpoint)
-    assert set(reference) == {
+    weight_files = {
         "text_encoder/model.safetensors",
         "transformer/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",
     }
-    state = torch.random.get_rng_state()
-    assert _safetensors_bytes(build_tiny_wan(tmp_path / "again", seed=0)) == reference
-    assert torch.equal(torch.random.get_rng_state(), state)  # the build leaves the global RNG alone
-    other = _safetensors_bytes(build_tiny_wan(tmp_path / "seed1", seed=1))
-    assert all(other[name] != reference[name] for name in reference)
+    assert_build_is_deterministic(build_tiny_wan, checkpoint, tmp_path, weight_files)
 
 
 def test_reloads_as_wan_pipeline(checkpoint: Path) -> None:
@@ -89,9 +89,7 @@ def test_reloads_as_wan_pipeline(checkpoint: Path) -> None:
     assert pipe.transformer.config.in_channels == pipe.vae.config.z_dim == 16
     assert list(pipe.vae.config.latents_std) == list(config.vae_latents_std)
     assert pipe.scheduler.config.flow_shift == 3.0 and pipe.scheduler.config.use_flow_sigmas
-    for model in (pipe.text_encoder, pipe.transformer, pipe.vae):
-        for name, param in model.named_parameters():
-            assert param.ndim < 2 or param.any(), f"{name} is all zeros"
+    assert_no_all_zero_weights((pipe.text_encoder, pipe.transformer, pipe.vae))
 
 
 def test_native_components_load_from_the_checkpoint(checkpoint: Path) -> None:
@@ -111,12 +109,7 @@ def test_native_components_load_from_the_checkpoint(checkpoint: Path) -> None:
 
 def test_checkpoint_cache_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFPARITY_CACHE", str(tmp_path))
-    first = tiny_wan_checkpoint(seed=0)
-    assert first == tmp_path / "checkpoints" / "wan-tiny-v1-seed0"
-    stamp = (first / "model_index.json").stat().st_mtime_ns
-    assert tiny_wan_checkpoint(seed=0) == first
-    assert (first / "model_index.json").stat().st_mtime_ns == stamp
-    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary folders left behind
+    first = assert_cached_build_once(tiny_wan_checkpoint, tmp_path, "wan-tiny-v1-seed0")
     wide = TinyWanConfig.wide()
     assert checkpoint_dir(seed=0, config=wide) == first.parent / f"wan-tiny-v1-seed0-{wide.digest()}"
 
@@ -172,14 +165,6 @@ def run(request: pytest.FixtureRequest, checkpoint: Path) -> tuple[GenerationReq
     return req, trace
 
 
-def _get(trace: Trace, name: str) -> torch.Tensor:
-    return trace[RecordKey.parse(name)]
-
-
-def _model_dtype(req: GenerationRequest) -> torch.dtype:
-    return torch.bfloat16 if req.dtype == "bf16" else torch.float32
-
-
 def _expected_shapes(req: GenerationRequest) -> dict[str, tuple[int, ...]]:
     latent = TinyWanConfig().latent_shape(req.frames, req.height, req.width)
     shapes = {
@@ -201,11 +186,8 @@ def _expected_shapes(req: GenerationRequest) -> dict[str, tuple[int, ...]]:
 
 def test_records_every_key_with_canonical_shapes(run: tuple[GenerationRequest, Trace]) -> None:
     req, trace = run
-    recorded = {key.name(): tuple(tensor.shape) for key, tensor in trace.items()}
-    assert recorded == _expected_shapes(req)
+    assert_reference_records(trace, req, _expected_shapes(req), "WanPipeline")
     assert TinyWanConfig().latent_shape(5, 48, 64) == (1, 16, 2, 6, 8)
-    assert trace.meta["side"] == "reference" and trace.meta["pipeline_class"] == "WanPipeline"
-    assert trace.meta["dtype"] == req.dtype and trace.meta["device"] == "cpu"
     assert trace.meta["wan_guidance_scale"] == (req.true_cfg_scale if req.do_true_cfg else 1.0)
     assert trace.meta["prompt_clean_ftfy"] in (True, False)
 
@@ -213,25 +195,22 @@ def test_records_every_key_with_canonical_shapes(run: tuple[GenerationRequest, T
 def test_record_dtypes(run: tuple[GenerationRequest, Trace]) -> None:
     """WanPipeline keeps float32 noise and latents whatever the model dtype; model outputs are in the model's."""
     req, trace = run
-    dtype = _model_dtype(req)
-    assert _get(trace, "timesteps/sigmas").dtype == torch.float32
-    assert _get(trace, "timesteps/timesteps").dtype == torch.int64
-    assert _get(trace, "latents/initial").dtype == torch.float32
+    dtype = model_dtype(req)
+    assert record(trace, "timesteps/sigmas").dtype == torch.float32
+    assert record(trace, "timesteps/timesteps").dtype == torch.int64
+    assert record(trace, "latents/initial").dtype == torch.float32
     for step in range(req.steps):
-        assert _get(trace, f"denoise/latents/{step}").dtype == torch.float32
-        assert _get(trace, f"denoise/transformer_output/{step}").dtype == dtype
-        assert _get(trace, f"denoise/noise_pred/{step}").dtype == dtype
+        assert record(trace, f"denoise/latents/{step}").dtype == torch.float32
+        assert record(trace, f"denoise/transformer_output/{step}").dtype == dtype
+        assert record(trace, f"denoise/noise_pred/{step}").dtype == dtype
     for name in ("encode/prompt_embeds", "decode/latents", "decode/image"):
-        assert _get(trace, name).dtype == dtype, name
+        assert record(trace, name).dtype == dtype, name
 
 
 def test_records_are_finite_and_carry_signal(run: tuple[GenerationRequest, Trace]) -> None:
     _, trace = run
-    for key, tensor in trace.items():
-        values = tensor.double()
-        assert torch.isfinite(values).all(), key.name()
-        assert values.std() > 1e-3, key.name()
-    image = _get(trace, "decode/image").double()
+    assert_records_finite_with_signal(trace)
+    image = record(trace, "decode/image").double()
     assert image.abs().max() <= 1 and (image.abs() == 1).double().mean() < 0.05  # clamped, but barely saturated
     frames = image[0].transpose(0, 1).flatten(1)  # (frames, 3 * H * W): no frame is constant
     assert (frames.std(dim=1) > 1e-2).all()
@@ -241,7 +220,7 @@ def test_prompt_embeds_are_zero_past_each_prompt(run: tuple[GenerationRequest, T
     """WanPipeline encodes with the tokenizer's mask, keeps each prompt's first seq_len states, zero-pads the rest."""
     req, trace = run
     tokenizer = AutoTokenizer.from_pretrained(checkpoint / "tokenizer")
-    encoder = UMT5EncoderModel.from_pretrained(checkpoint / "text_encoder", dtype=_model_dtype(req)).eval()
+    encoder = UMT5EncoderModel.from_pretrained(checkpoint / "text_encoder", dtype=model_dtype(req)).eval()
     prompts = {"prompt_embeds": req.prompt}
     if req.do_true_cfg:
         prompts["negative_prompt_embeds"] = req.negative_prompt
@@ -251,7 +230,7 @@ def test_prompt_embeds_are_zero_past_each_prompt(run: tuple[GenerationRequest, T
         length = int(inputs.attention_mask.sum())
         with torch.no_grad():
             states = encoder(inputs.input_ids, inputs.attention_mask).last_hidden_state
-        embeds = _get(trace, f"encode/{field}")
+        embeds = record(trace, f"encode/{field}")
         assert torch.equal(embeds[:, :length], states[:, :length]), field
         assert not embeds[:, length:].any(), field
         assert embeds[:, :length].abs().sum(-1).gt(0).all(), field
@@ -262,16 +241,16 @@ def test_initial_noise_follows_documented_rng_recipe(run: tuple[GenerationReques
     generator = torch.Generator("cpu").manual_seed(req.seed)
     shape = TinyWanConfig().latent_shape(req.frames, req.height, req.width)
     noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-    assert torch.equal(_get(trace, "latents/initial"), noise)
+    assert torch.equal(record(trace, "latents/initial"), noise)
 
 
 def test_schedule_is_wan_unipc(run: tuple[GenerationRequest, Trace]) -> None:
     req, trace = run
     native = UniPCFlowScheduler.from_config(WAN_2_1_SCHEDULER)
     native.set_timesteps(req.steps)
-    assert torch.equal(_get(trace, "timesteps/sigmas"), native.sigmas)
-    assert torch.equal(_get(trace, "timesteps/timesteps"), native.timesteps)
-    assert _get(trace, "timesteps/timesteps")[0] == 999 and _get(trace, "timesteps/sigmas")[-1] == 0
+    assert torch.equal(record(trace, "timesteps/sigmas"), native.sigmas)
+    assert torch.equal(record(trace, "timesteps/timesteps"), native.timesteps)
+    assert record(trace, "timesteps/timesteps")[0] == 999 and record(trace, "timesteps/sigmas")[-1] == 0
 
 
 def test_denoise_steps_are_consistent(run: tuple[GenerationRequest, Trace]) -> None:
@@ -280,30 +259,30 @@ def test_denoise_steps_are_consistent(run: tuple[GenerationRequest, Trace]) -> N
     req, trace = run
     scheduler = UniPCFlowScheduler.from_config(WAN_2_1_SCHEDULER)
     scheduler.set_timesteps(req.steps)
-    latents = _get(trace, "latents/initial")
+    latents = record(trace, "latents/initial")
     for step in range(req.steps):
-        cond = _get(trace, f"denoise/transformer_output/{step}")
-        noise_pred = _get(trace, f"denoise/noise_pred/{step}")
+        cond = record(trace, f"denoise/transformer_output/{step}")
+        noise_pred = record(trace, f"denoise/noise_pred/{step}")
         if req.do_true_cfg:
-            uncond = _get(trace, f"denoise/transformer_output_uncond/{step}")
+            uncond = record(trace, f"denoise/transformer_output_uncond/{step}")
             assert not torch.equal(cond, uncond)
             assert torch.equal(noise_pred, uncond + wan_guidance_scale(req) * (cond - uncond))
         else:
             assert torch.equal(noise_pred, cond)
         latents = scheduler.step(noise_pred, step, latents)
-        assert torch.equal(_get(trace, f"denoise/latents/{step}"), latents), f"step {step}"
+        assert torch.equal(record(trace, f"denoise/latents/{step}"), latents), f"step {step}"
 
 
 def test_decode_latents_are_denormalised(run: tuple[GenerationRequest, Trace]) -> None:
     """decode/latents = final latents in the VAE dtype, divided by (1 / std) and shifted by mean, as WanPipeline
     computes it (the reciprocal taken in the VAE dtype)."""
     req, trace = run
-    dtype = _model_dtype(req)
+    dtype = model_dtype(req)
     config = TinyWanConfig()
-    final = _get(trace, f"denoise/latents/{req.steps - 1}").to(dtype)
+    final = record(trace, f"denoise/latents/{req.steps - 1}").to(dtype)
     mean = torch.tensor(config.vae_latents_mean).view(1, 16, 1, 1, 1).to(dtype)
     inv_std = 1.0 / torch.tensor(config.vae_latents_std).view(1, 16, 1, 1, 1).to(dtype)
-    assert torch.equal(_get(trace, "decode/latents"), final / inv_std + mean)
+    assert torch.equal(record(trace, "decode/latents"), final / inv_std + mean)
 
 
 def test_guidance_mapping_and_request_checks() -> None:

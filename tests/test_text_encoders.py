@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from numerics import assert_fp32_close, assert_half_close
 from safetensors.torch import save_file
 
 from native_models.attention import attention_backend
@@ -21,42 +22,9 @@ from native_models.loader import load_component, load_state_dict
 from native_models.models.clip_text import CLIPTextHParams, CLIPTextModel, CLIPTextModelWithProjection
 from native_models.models.t5_encoder import T5EncoderHParams, T5EncoderModel
 
-FP32_REL_L2 = 1e-6
-FP32_MAX_ABS = 1e-5  # relative to the reference's largest magnitude
-BF16_COSINE = 0.999
-
 VOCAB = 300
 EOS = 299
 PAD = 1
-
-
-def rel_l2(native: torch.Tensor, ref: torch.Tensor) -> float:
-    native, ref = native.double(), ref.double()
-    return ((native - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def max_abs_rel(native: torch.Tensor, ref: torch.Tensor) -> float:
-    native, ref = native.double(), ref.double()
-    return ((native - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-
-
-def cosine(native: torch.Tensor, ref: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(native.double().flatten(), ref.double().flatten(), dim=0).item()
-
-
-def assert_fp32_close(name: str, native: torch.Tensor, ref: torch.Tensor) -> None:
-    assert native.shape == ref.shape, f"{name}: shape {tuple(native.shape)} != {tuple(ref.shape)}"
-    assert native.dtype == ref.dtype, f"{name}: dtype {native.dtype} != {ref.dtype}"
-    err_l2, err_max = rel_l2(native, ref), max_abs_rel(native, ref)
-    assert err_l2 <= FP32_REL_L2 and err_max <= FP32_MAX_ABS, f"{name}: rel L2 {err_l2:.2e}, max abs {err_max:.2e}"
-
-
-def assert_half_close(name: str, native: torch.Tensor, ref: torch.Tensor) -> None:
-    assert native.shape == ref.shape, f"{name}: shape {tuple(native.shape)} != {tuple(ref.shape)}"
-    assert native.dtype == ref.dtype, f"{name}: dtype {native.dtype} != {ref.dtype}"
-    assert torch.isfinite(native).all(), f"{name}: non-finite values"
-    cos = cosine(native, ref)
-    assert cos >= BF16_COSINE, f"{name}: cosine {cos:.6f} (rel L2 {rel_l2(native, ref):.2e})"
 
 
 # ----------------------------------------------------------------------------------------------------------- CLIP

@@ -13,39 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from numerics import HALF_COSINE, assert_fp32_close, cosine
 
 from native_models.attention import attention_backend
 from native_models.errors import CheckpointError
 from native_models.loader import load_component
 from native_models.models.t5_encoder import T5EncoderHParams, T5EncoderModel, UMT5EncoderModel
 
-FP32_REL_L2 = 1e-6
-FP32_MAX_ABS = 1e-5  # relative to the reference's largest magnitude
-HALF_COSINE = 0.999
-
 VOCAB = 120
 LENGTH = 26  # offsets reach beyond max_distance (20): the log-spaced buckets are exercised
 PROMPT_LENGTHS = (26, 9, 1)  # a full row, a padded row, a row holding only its end-of-sequence token
-
-
-def rel_l2(native: torch.Tensor, ref: torch.Tensor) -> float:
-    native, ref = native.double(), ref.double()
-    return ((native - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def max_abs_rel(native: torch.Tensor, ref: torch.Tensor) -> float:
-    native, ref = native.double(), ref.double()
-    return ((native - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-
-
-def cosine(native: torch.Tensor, ref: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(native.double().flatten(), ref.double().flatten(), dim=0).item()
-
-
-def assert_fp32_close(name: str, native: torch.Tensor, ref: torch.Tensor) -> None:
-    assert native.shape == ref.shape and native.dtype == ref.dtype, (name, native.shape, ref.shape, native.dtype)
-    err_l2, err_max = rel_l2(native, ref), max_abs_rel(native, ref)
-    assert err_l2 <= FP32_REL_L2 and err_max <= FP32_MAX_ABS, f"{name}: rel L2 {err_l2:.2e}, max abs {err_max:.2e}"
 
 
 def umt5_config(**overrides: object) -> transformers.UMT5Config:

@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from numerics import cosine, rel_l2
 from safetensors.torch import save_file
 
 from native_models.errors import NativeError
@@ -69,11 +70,6 @@ TOPOLOGIES = {"tp2": (2, 1), "sp2": (1, 2), "tp2sp2": (2, 2)}  # name -> (tp, sp
 # fork: the ranks inherit this process' imports (torch, the models) instead of re-importing them, which costs
 # ~3 s of CPU per rank; nothing multi-threaded or distributed has started in this process when it forks.
 START_METHOD = "fork"
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a64, b64 = a.double(), b.double()
-    return ((a64 - b64).norm() / b64.norm()).item()
 
 
 def make_inputs(shape: tuple[int, int, int], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -224,7 +220,7 @@ def test_bf16_parallel_stays_close(topology: dict, single_rank: dict[str, torch.
     """bf16 under TP rounds partial products before the all-reduce; it must stay within the harness' bf16 bar."""
     expected = single_rank["odd/output_bf16"]
     actual = topology["ranks"][0]["odd/output_bf16"]
-    cos = torch.nn.functional.cosine_similarity(actual.double().flatten(), expected.double().flatten(), dim=0).item()
+    cos = cosine(actual, expected)
     print(f"{topology['name']} bf16 odd/output: cosine {cos:.7f}, rel_l2 {rel_l2(actual, expected):.3e}")
     assert actual.dtype == torch.bfloat16 and cos >= BF16_COSINE, f"bf16 cosine {cos:.6f} < {BF16_COSINE}"
 

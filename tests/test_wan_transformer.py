@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from numerics import cosine, rel_l2
 
 from native_models.attention import attention_backend
 from native_models.components import MODEL_CLASSES
@@ -41,15 +42,6 @@ TINY = {
 LATENT = (3, 6, 10)  # (T, H, W): odd frame count, non-square -> token grid (3, 3, 5), 45 tokens
 TEXT_LEN = 7
 BATCH = 2
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a64, b64 = a.double(), b.double()
-    return ((a64 - b64).norm() / b64.norm()).item()
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
 
 
 def make_inputs(dtype: torch.dtype) -> dict[str, torch.Tensor]:

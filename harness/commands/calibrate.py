@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.cli_common import EXIT_PASS, UsageError, bounded_int, check_out_dir
+from harness.cli_common import EXIT_PASS, UsageError, add_case_argument, bounded_int, check_out_dir
 
 
 def size(text: str) -> tuple[int, int]:
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 written, 2 bad input or usage.",
     )
-    parser.add_argument("case", metavar="CASE", help="case name, e.g. flux-tiny (see `diffparity list`)")
+    add_case_argument(parser)
     parser.add_argument("--seeds", type=bounded_int(1000), default=3, help="seeds 0..N-1 (default 3)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="precision (default fp32)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")

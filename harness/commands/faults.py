@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.cli_common import EXIT_FAIL, EXIT_PASS, UsageError
+from harness.cli_common import EXIT_FAIL, EXIT_PASS, UsageError, add_case_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 every fault detected and localized to its expected stage, 1 any not, 2 bad input.",
     )
-    parser.add_argument("case", metavar="CASE", help="case name, e.g. flux-tiny (see `diffparity list`)")
+    add_case_argument(parser)
     parser.add_argument("--dtype", action="append", choices=("fp32", "bf16"),
                         help="precision (repeatable; default both fp32 and bf16)")
     parser.add_argument("--fault", action="append", metavar="NAME",

@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.cli_common import EXIT_FAIL, EXIT_PASS, OneLineParser, UsageError
+from harness.cli_common import EXIT_FAIL, EXIT_PASS, OneLineParser, UsageError, add_case_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("case", metavar="CASE", help="case name, e.g. flux-tiny (see `diffparity list`)")
+    add_case_argument(parser)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="precision (default fp32)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="device; the golden is keyed by its class: cpu or cuda-smXY (default cpu)")

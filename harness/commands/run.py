@@ -10,6 +10,7 @@ from harness.cli_common import (
     EXIT_FAIL,
     EXIT_PASS,
     UsageError,
+    add_case_argument,
     check_out_dir,
     finite_float,
     make_progress,
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 parity holds, 1 parity fails (first divergence printed), 2 bad input or usage.",
     )
-    run.add_argument("case", metavar="CASE", help="case name, e.g. flux-tiny (see `diffparity list`)")
+    add_case_argument(run)
     run.add_argument("--model", metavar="PATH_OR_HF_ID",
                      help="run the case on this checkpoint instead of its tiny one: a local Diffusers folder or a "
                           "Hugging Face id already in the offline cache")

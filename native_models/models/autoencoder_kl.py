@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from native_models.attention import attention
+from native_models.config_dict import split_config
 
 # Every normalisation in the VAE decoder uses this epsilon (Diffusers hard-codes it in Decoder).
 NORM_EPS = 1e-6
@@ -60,16 +61,7 @@ class AutoencoderKLConfig:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> AutoencoderKLConfig:
         """Parse a Diffusers config.json dict; unknown keys and unsupported options raise ValueError."""
-        known = {name for name in cls.__dataclass_fields__ if name != "ignored"}
-        values: dict[str, Any] = {}
-        ignored: dict[str, Any] = {}
-        for key, value in config.items():
-            if key.startswith("_") or key in ENCODER_ONLY_KEYS:
-                ignored[key] = value
-            elif key in known:
-                values[key] = tuple(value) if isinstance(value, list) else value
-            else:
-                raise ValueError(f"unknown AutoencoderKL config key '{key}' (value {value!r})")
+        values, ignored = split_config(cls, config, ENCODER_ONLY_KEYS, "AutoencoderKL", lists_to_tuples=True)
         parsed = cls(**values, ignored=ignored)
         parsed.validate()
         return parsed

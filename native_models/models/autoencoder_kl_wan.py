@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from native_models.attention import attention
+from native_models.config_dict import split_config
 
 # Frames of history a 3-frame causal convolution needs from the previous decode step (Diffusers' CACHE_T).
 CACHE_T = 2
@@ -58,16 +59,7 @@ class AutoencoderKLWanConfig:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> AutoencoderKLWanConfig:
         """Parse a Diffusers config.json dict; unknown keys and unsupported options raise ValueError."""
-        known = {name for name in cls.__dataclass_fields__ if name != "ignored"}
-        values: dict[str, Any] = {}
-        ignored: dict[str, Any] = {}
-        for key, value in config.items():
-            if key.startswith("_") or key in IGNORED_KEYS:
-                ignored[key] = value
-            elif key in known:
-                values[key] = tuple(value) if isinstance(value, list) else value
-            else:
-                raise ValueError(f"unknown AutoencoderKLWan config key '{key}' (value {value!r})")
+        values, ignored = split_config(cls, config, IGNORED_KEYS, "AutoencoderKLWan", lists_to_tuples=True)
         parsed = cls(**values, ignored=ignored)
         parsed.validate()
         return parsed

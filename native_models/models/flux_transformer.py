@@ -7,7 +7,7 @@ step (dtype casts, operation order, memory layout into attention), so fp32 outpu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from native_models.attention import attention
+from native_models.config_dict import known_config_values
 from native_models.models.rope import apply_rotary, rotary_cos_sin, timestep_embedding
 
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep/guidance features
@@ -66,13 +67,7 @@ class FluxConfig:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> FluxConfig:
         """Read Diffusers' config.json; keys starting with '_' are metadata and ignored, unknown keys rejected."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
-        if unknown:
-            raise ValueError(f"unsupported FLUX transformer config keys {unknown}")
-        values = {k: v for k, v in config.items() if k in known}
-        if "axes_dims_rope" in values:
-            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
+        values = known_config_values(cls, config, "FLUX transformer", tuple_keys=("axes_dims_rope",))
         result = cls(**values)
         result.validate()
         return result

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any, ClassVar, NamedTuple
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from native_models.attention import attention
+from native_models.config_dict import known_config_values
 from native_models.models.rope import apply_rotary, axis_frequencies, timestep_embedding
 from native_models.parallel.sequence_parallel import GatherOutput, SplitInput, SplitOutput, Ulysses
 from native_models.parallel.tensor_parallel import Colwise, HeadShardedRMSNorm, Rowwise
@@ -94,13 +95,7 @@ class WanConfig:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> WanConfig:
         """Read Diffusers' config.json; keys starting with '_' are metadata and ignored, unknown keys rejected."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
-        if unknown:
-            raise ValueError(f"unsupported Wan transformer config keys {unknown}")
-        values = {k: v for k, v in config.items() if k in known}
-        if "patch_size" in values:
-            values["patch_size"] = tuple(values["patch_size"])
+        values = known_config_values(cls, config, "Wan transformer", tuple_keys=("patch_size",))
         result = cls(**values)
         result.validate()
         return result

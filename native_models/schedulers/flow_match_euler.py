@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from native_models.config_dict import split_config
+
 # Options of Diffusers' scheduler that change the numbers and are not reproduced here.
 UNSUPPORTED_FLAGS = (
     "use_karras_sigmas",
@@ -29,6 +31,12 @@ IGNORED_KEYS = frozenset({"sigma_min", "sigma_max"})
 # Upper bounds of integer config values: far above any real scheduler (1000 training steps, 4096 tokens), far
 # below what would allocate gigabytes (the training sigma table has num_train_timesteps entries).
 MAX_CONFIG_INT = {"num_train_timesteps": 100_000, "base_image_seq_len": 2**31, "max_image_seq_len": 2**31}
+
+
+def _refuse_unsupported_flag(key: str, value: Any) -> None:
+    """A flag of UNSUPPORTED_FLAGS is accepted (and ignored) only when off: on, it would sample differently."""
+    if key in UNSUPPORTED_FLAGS and value:
+        raise ValueError(f"scheduler option {key}={value!r} is not supported (only the FLUX.1 path)")
 
 
 @dataclass(frozen=True)
@@ -49,20 +57,10 @@ class FlowMatchEulerConfig:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> FlowMatchEulerConfig:
         """Parse a Diffusers scheduler config; unknown keys and unsupported options raise ValueError."""
-        known = {name for name in cls.__dataclass_fields__ if name != "ignored"}
-        values: dict[str, Any] = {}
-        ignored: dict[str, Any] = {}
-        for key, value in config.items():
-            if key in UNSUPPORTED_FLAGS:
-                if value:
-                    raise ValueError(f"scheduler option {key}={value!r} is not supported (only the FLUX.1 path)")
-                ignored[key] = value
-            elif key.startswith("_") or key in IGNORED_KEYS:
-                ignored[key] = value
-            elif key in known:
-                values[key] = value
-            else:
-                raise ValueError(f"unknown FlowMatchEulerDiscreteScheduler config key '{key}' (value {value!r})")
+        values, ignored = split_config(
+            cls, config, IGNORED_KEYS | set(UNSUPPORTED_FLAGS), "FlowMatchEulerDiscreteScheduler",
+            check_key=_refuse_unsupported_flag,
+        )
         parsed = cls(**values, ignored=ignored)
         parsed.check_values()
         if parsed.time_shift_type not in ("exponential", "linear"):

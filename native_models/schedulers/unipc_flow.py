@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from native_models.config_dict import split_config
+
 # Options of Diffusers' scheduler that would take another code path, with the only value supported here.
 REQUIRED_VALUES: dict[str, Any] = {
     "prediction_type": "flow_prediction",
@@ -43,18 +45,8 @@ REQUIRED_VALUES: dict[str, Any] = {
     "solver_p": None,
 }
 # Diffusers' defaults for the required options (a config may leave them out: then the default must be supported).
-REQUIRED_DEFAULTS: dict[str, Any] = {
-    "prediction_type": "epsilon",
-    "use_flow_sigmas": False,
-    "predict_x0": True,
-    "thresholding": False,
-    "use_karras_sigmas": False,
-    "use_exponential_sigmas": False,
-    "use_beta_sigmas": False,
-    "use_dynamic_shifting": False,
-    "shift_terminal": None,
-    "solver_p": None,
-}
+# Only two differ from the supported values.
+REQUIRED_DEFAULTS: dict[str, Any] = {**REQUIRED_VALUES, "prediction_type": "epsilon", "use_flow_sigmas": False}
 # Keys that only shape the (unused) discrete beta schedule or other paths: accepted, without effect here.
 IGNORED_KEYS = frozenset(
     {
@@ -92,18 +84,8 @@ class UniPCFlowConfig:
                     f"UniPCMultistepScheduler option {key}={value!r} is not supported "
                     f"(only the flow-matching path with {key}={required!r})"
                 )
-        known = {name for name in cls.__dataclass_fields__ if name != "ignored"}
-        values: dict[str, Any] = {}
-        ignored: dict[str, Any] = {}
-        for key, value in config.items():
-            if key in REQUIRED_VALUES:
-                continue
-            if key.startswith("_") or key in IGNORED_KEYS:
-                ignored[key] = value
-            elif key in known:
-                values[key] = value
-            else:
-                raise ValueError(f"unknown UniPCMultistepScheduler config key '{key}' (value {value!r})")
+        rest = {key: value for key, value in config.items() if key not in REQUIRED_VALUES}  # checked above
+        values, ignored = split_config(cls, rest, IGNORED_KEYS, "UniPCMultistepScheduler")
         if values.get("solver_type") in _LEGACY_SOLVER_TYPES:
             values["solver_type"] = "bh2"
         if "disable_corrector" in values:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import signal
 from collections.abc import Iterator
@@ -55,6 +56,22 @@ def assert_only_error_json(out_dir: Path, needle: str | None = None) -> None:
         assert needle in report["error"], report["error"]
 
 
+def assert_one_line_message(error: BaseException, needle: str, max_length: int = 600) -> None:
+    """The refusal names its cause (`needle`) in one short line: what a user reads next to a file name."""
+    message = str(error)
+    assert needle in message and "\n" not in message and len(message) < max_length, message
+
+
+def make_fifo(path: Path) -> None:
+    """A FIFO at `path`: opening it would block until a writer came, so a reader must refuse it unopened."""
+    os.mkfifo(path)
+
+
+def make_symlink_loop(path: Path) -> None:
+    """`path` -> PATH.a -> PATH.b -> PATH.a: resolving it never ends (ELOOP)."""
+    os.symlink(path.name + ".b", str(path) + ".a")
+    os.symlink(path.name + ".a", str(path) + ".b")
+    os.symlink(path.name + ".a", path)
 
 
 class Overran(AssertionError):

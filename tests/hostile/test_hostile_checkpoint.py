@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
 import shutil
 import struct
@@ -18,7 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hostile_helpers import HOSTILE, assert_one_line_error, assert_only_error_json, fails_fast
+from hostile_helpers import (
+    HOSTILE,
+    assert_one_line_error,
+    assert_one_line_message,
+    assert_only_error_json,
+    fails_fast,
+    make_symlink_loop,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load as safetensors_load
@@ -65,9 +71,7 @@ def symlink_loop(relative: str) -> Callable[[Path], None]:
     def apply(folder: Path) -> None:
         path = folder / relative
         path.unlink()
-        os.symlink(path.name + ".b", str(path) + ".a")
-        os.symlink(path.name + ".a", str(path) + ".b")
-        os.symlink(path.name + ".a", path)
+        make_symlink_loop(path)
 
     return apply
 
@@ -197,8 +201,7 @@ def test_plan_refuses_a_malformed_checkpoint(name: str, tiny_flux_copy: Path) ->
     damage(tiny_flux_copy)
     with fails_fast(), pytest.raises(CheckpointError) as info:
         plan_native_run(tiny_flux_copy, REQUEST)
-    message = str(info.value)
-    assert needle in message and "\n" not in message and len(message) < 400, message
+    assert_one_line_message(info.value, needle, max_length=400)
 
 
 # ---- sizes: a config or a header declaring something absurd fails at once, allocating nothing -------------------

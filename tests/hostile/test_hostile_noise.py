@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile_helpers import HOSTILE, assert_one_line_error, fails_fast
+from hostile_helpers import HOSTILE, assert_one_line_error, fails_fast, make_fifo, make_symlink_loop
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -115,16 +115,6 @@ def test_non_finite_frames_are_flagged_not_errors(value: float, tmp_path: Path, 
     assert code == 1 and "non_finite" in out and not err.strip(), (out, err)
 
 
-def _fifo(path: Path) -> None:
-    os.mkfifo(path)
-
-
-def _symlink_loop(path: Path) -> None:
-    os.symlink(path.name + ".b", str(path) + ".a")
-    os.symlink(path.name + ".a", str(path) + ".b")
-    os.symlink(path.name + ".a", path)
-
-
 def _device(path: Path) -> None:
     os.symlink("/dev/zero", path)
 
@@ -146,10 +136,10 @@ def _empty_folder(path: Path) -> None:
 
 
 PATH_CASES: dict[str, tuple[str, Callable[[Path], None], str]] = {
-    "fifo-png": ("x.png", _fifo, "is not a regular file"),  # opening it would block forever
-    "fifo-npy": ("x.npy", _fifo, "is not a regular file"),
+    "fifo-png": ("x.png", make_fifo, "is not a regular file"),  # opening it would block forever
+    "fifo-npy": ("x.npy", make_fifo, "is not a regular file"),
     "dev-zero-npy": ("x.npy", _device, "is not a regular file"),
-    "symlink-loop": ("x.png", _symlink_loop, "no such file or folder"),
+    "symlink-loop": ("x.png", make_symlink_loop, "no such file or folder"),
     "mixed-shapes": ("frames", _folder_of_mixed_shapes, "frames of different shapes"),
     "folder-named-png": ("frames", _folder_with_folder, "is not a regular file"),
     "empty-folder": ("frames", _empty_folder, "holds no image or .npy frames"),

@@ -8,7 +8,6 @@ and its report.json is valid JSON; it never crashes the command.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import struct
 import zlib
@@ -17,7 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hostile_helpers import HOSTILE, assert_one_line_error, assert_only_error_json, fails_fast
+from hostile_helpers import (
+    HOSTILE,
+    assert_one_line_error,
+    assert_one_line_message,
+    assert_only_error_json,
+    fails_fast,
+    make_fifo,
+    make_symlink_loop,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -137,25 +144,14 @@ def test_trace_reader_refuses_a_bad_file(name: str, sound_bytes: bytes, tmp_path
     path.write_bytes(damage(sound_bytes))
     with fails_fast(), pytest.raises(TraceError) as info:
         Trace.load(path)  # reads every record: checksums too
-    message = str(info.value)
-    assert needle in message and "\n" not in message and len(message) < 600, message
-
-
-def _fifo(path: Path) -> None:
-    os.mkfifo(path)
-
-
-def _symlink_loop(path: Path) -> None:
-    os.symlink(path.name + ".b", str(path) + ".a")
-    os.symlink(path.name + ".a", str(path) + ".b")
-    os.symlink(path.name + ".a", path)
+    assert_one_line_message(info.value, needle)
 
 
 PATH_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing": (lambda p: None, "trace file not found"),
     "folder": (lambda p: p.mkdir(), "is not a file"),
-    "fifo": (_fifo, "is not a file"),  # opening a FIFO would block forever: it must never be opened
-    "symlink-loop": (_symlink_loop, "trace file not found"),
+    "fifo": (make_fifo, "is not a file"),  # opening a FIFO would block forever: it must never be opened
+    "symlink-loop": (make_symlink_loop, "trace file not found"),
 }
 
 

@@ -1,0 +1,97 @@
+"""What every tiny checkpoint builder shares: per-component seeding, the zero-weight guard, the build record, and
+the build-once cache under $DIFFPARITY_CACHE/checkpoints.
+
+A tiny checkpoint is a pure function of (family, build version, seed, config): the builders in tiny_flux.py and
+tiny_wan.py differ only in the components they make, so the rules that keep the result reproducible and the
+cache safe under concurrent pytest workers live here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from native_models.tokenizer_cache import cache_root
+
+BUILD_INFO_FILE = "diffparity_build.json"
+
+
+def seed_component(seed: int, index: int) -> None:
+    """Seed the global RNG per component, so resizing one component leaves the others' weights unchanged."""
+    torch.manual_seed(seed * 16 + index)
+
+
+def reinit_zero_weights(module: torch.nn.Module) -> list[str]:
+    """Give all-zero weight matrices (and all-zero modulation tables) small random values, so no stage of a random
+    model is silent. Diffusers 0.42 initialises none for FLUX or Wan (checked by the tests); the guard is for other
+    versions."""
+    fixed = []
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 2 and not param.any():
+                param.normal_(0.0, param[0].numel() ** -0.5)
+                fixed.append(name)
+    return fixed
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """Short stable hash of a builder config, for cache folder names."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def save_checkpoint(pipe: Any, out_dir: Path, build_version: int, seed: int, config: dict[str, Any]) -> Path:
+    """save_pretrained (safetensors) plus the build record: what made this folder, to rebuild or compare it."""
+    import diffusers
+    import transformers
+
+    out_dir = Path(out_dir)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    info = {
+        "build_version": build_version,
+        "seed": seed,
+        "config": config,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+    (out_dir / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def checkpoint_folder(family: str, build_version: int, seed: int, digest: str | None) -> Path:
+    """The cache folder of a tiny checkpoint; a non-default config adds its digest to the name."""
+    name = f"{family}-tiny-v{build_version}-seed{seed}"
+    if digest is not None:
+        name += f"-{digest}"
+    return cache_root() / "checkpoints" / name
+
+
+def build_once(final: Path, build: Callable[[Path], Any]) -> Path:
+    """`final`, built by `build(folder)` on first use.
+
+    Builds into a temporary sibling folder and renames it into place, so concurrent callers (pytest-xdist
+    workers) see either no folder or a complete one; a loser of the race discards its own copy.
+    """
+    if (final / "model_index.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "model_index.json").is_file():
+                raise RuntimeError(f"cannot create {final}: it exists but is not a checkpoint; delete it") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
