@@ -156,6 +156,23 @@ def test_umt5_padding_faults_are_charged_to_encode(name: str) -> None:
     assert not others, [f"{r.stage}/{r.field}/{r.step} ({r.mode})" for r in others]
 
 
+NORM_FAULTS = [(name, dtype) for name in ("wan_norm_weight_dropped", "wan_qk_norm_weights_swapped",
+                                           "wan_norm_bias_dropped") for dtype in ("fp32", "bf16")
+               if FAULTS[name].applies_to(dtype)]
+
+
+@pytest.mark.parametrize(("name", "dtype"), NORM_FAULTS, ids=[f"{n}-{d}" for n, d in NORM_FAULTS])
+def test_norm_weight_faults_are_charged_to_the_dit_at_step_0(name: str, dtype: str) -> None:
+    """Norm parameters the tiny checkpoint randomises (references/tiny_build.py): dropping or swapping them is
+    caught at the DiT's first step, every other stage's local records passing."""
+    fault = FAULTS[name]
+    case = get_case("wan-tiny")
+    result = run_parity(case, fault.request_for(case.request(steps=2, dtype=dtype)), mutate_native=fault.apply)
+    assert result.report["first_divergence"] == {"stage": "denoise", "field": "transformer_output", "step": 0}
+    others = [r for r in result.comparison.local_records() if r.stage != "denoise" and not r.passed]
+    assert not others, [f"{r.stage}/{r.field}/{r.step} ({r.mode})" for r in others]
+
+
 def test_forcing_from_its_own_trace_is_bit_identical() -> None:
     """UniPC's history is rebuilt exactly: forcing a side from its own free trace reproduces it bit for bit
     (bf16 model, float32 latents), on the native side (`warm_start`) and on the reference side (replay)."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from harness.file_modes import default_file_mode
 from harness.image_metrics import ImageMetricsError, image_metrics, json_safe
 from harness.report import save_side_by_side, write_json_atomic
 from harness.report_html import render_html
@@ -27,7 +28,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be opened by whoever reads the folder
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -45,8 +45,10 @@ CALIBRATION_SIZES: dict[str, list[tuple[int, int]]] = {"flux-tiny": [(64, 64), (
 # sizes): one Euler step (sigma 1 -> 0) puts a whole noise_pred error into that step's latents, and 32x32 is the
 # fewest latent tokens. The false-alarm campaign (harness/campaign.py) met 1-step true-CFG runs at 2.4-2.8x the
 # floors measured with 4 steps; measured there, the forced denoise/latents floor is 3x (fp32) and 1.9x (bf16)
-# the 4-step one, decode/image 1.3x and 1.4x.
-CALIBRATION_CORNERS: dict[str, list[tuple[int, int, int]]] = {"flux-tiny": [(1, 32, 32)]}  # (steps, height, width)
+# the 4-step one, decode/image 1.3x and 1.4x. Wan the same: its campaign met 1-step runs at 2.05x the 4-step floors.
+CALIBRATION_CORNERS: dict[str, list[tuple[int, int, int]]] = {  # (steps, height, width)
+    "flux-tiny": [(1, 32, 32)], "wan-tiny": [(1, 32, 32)],
+}
 CFG_NEGATIVE_PROMPT = "blurry, low quality"
 CFG_SCALE = 2.5
 
@@ -129,9 +131,10 @@ def perturbations_for(device: str, dtype: str) -> list[Perturbation]:
 
 def calibration_requests(case: Case, dtype: str, device: str, seeds: int,
                          sizes: list[tuple[int, int]] | None = None, cfg: bool = True) -> list[GenerationRequest]:
-    """seeds 0..N-1 at each size, plus, per seed, one true-CFG request at the last size (so the negative
-    embeddings and the unconditional DiT output get floors too) and, for the case's default sizes, one
-    true-CFG request per `CALIBRATION_CORNERS` entry (steps, height, width)."""
+    """seeds 0..N-1 at each size, plus, per seed, one request at the last size with true CFG switched the other
+    way from the case's default (on for FLUX, so the negative embeddings and the unconditional DiT output get
+    floors too; off for Wan, whose default guides, so unguided runs get floors too) and, for the case's default
+    sizes, one true-CFG request per `CALIBRATION_CORNERS` entry (steps, height, width)."""
     if seeds < 1:
         raise ValueError(f"calibration needs at least 1 seed, got {seeds}")
     base = case.request(dtype=dtype, device=device)
@@ -143,8 +146,9 @@ def calibration_requests(case: Case, dtype: str, device: str, seeds: int,
             requests.append(replace(base, seed=seed, height=height, width=width))
         if cfg:
             height, width = sizes[-1]
-            requests.append(replace(base, seed=seed, height=height, width=width,
-                                    negative_prompt=CFG_NEGATIVE_PROMPT, true_cfg_scale=CFG_SCALE))
+            guided = {"negative_prompt": None, "true_cfg_scale": 1.0} if base.do_true_cfg else {
+                "negative_prompt": CFG_NEGATIVE_PROMPT, "true_cfg_scale": CFG_SCALE}
+            requests.append(replace(base, seed=seed, height=height, width=width, **guided))
         for steps, height, width in corners:
             requests.append(replace(base, seed=seed, steps=steps, height=height, width=width,
                                     negative_prompt=CFG_NEGATIVE_PROMPT, true_cfg_scale=CFG_SCALE))
@@ -280,7 +284,7 @@ def calibrate(
 def write_calibration(document: dict[str, Any], path: Path) -> None:
     """Write through a temporary file renamed into place (never a half-written calibration), with the 0644
     permissions of the other files under golden/ (mkstemp alone makes 0600)."""
-    write_json_atomic(path, document, mode=0o644)
+    write_json_atomic(path, document)
 
 
 def format_floors(document: dict[str, Any]) -> str:

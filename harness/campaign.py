@@ -15,19 +15,17 @@ tests/test_false_alarms.py runs `covering_sample(plan)` in CI: the fewest runs t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harness.cases import Case, CaseError, get_case
+from harness.environment import intra_op_threads
 from harness.grid import GridResult, format_cells, summary
 from harness.parity import run_parity
 from harness.request import GenerationRequest
@@ -117,17 +115,6 @@ def covering_sample(plan: list[CampaignRun]) -> list[CampaignRun]:
         chosen.append(best)
         uncovered -= gained
     return sorted(chosen, key=lambda run: run.index)
-
-
-@contextlib.contextmanager
-def intra_op_threads(count: int) -> Iterator[None]:
-    """torch's intra-op thread count set to `count` for the block (both sides of a run), then restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         if out_dir is None and hasattr(args, "out_default"):
             out_dir = args.out_default(args)
         write_error_report(out_dir, getattr(args, "case", None), message)
+        if getattr(args, "point_latest", False):  # a default run folder (harness/run_folders.py): the newest run
+            from harness.run_folders import point_latest
+
+            point_latest(out_dir)
         return EXIT_USAGE
 
 

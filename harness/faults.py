@@ -519,6 +519,67 @@ register(Fault(
 ))
 
 
+# ==================================================================================================== norm weights
+# Visible only on checkpoints whose norm parameters are not all 1 / 0 (the tiny builders randomise them:
+# references/tiny_build.py randomise_constant_parameters); on default-initialised weights these bugs change no bit.
+def _modules_named(pipeline: ComposedPipeline, component: str, suffix: str) -> list[torch.nn.Module]:
+    found = [m for name, m in pipeline.get_module(component).named_modules() if name.endswith(suffix)]
+    if not found:
+        raise ValueError(f"no module of {component} ends with '{suffix}'")
+    return found
+
+
+def _drop_weight(pipeline: ComposedPipeline, component: str, suffix: str, parameter: str = "weight") -> None:
+    for module in _modules_named(pipeline, component, suffix):
+        setattr(module, parameter, None)  # the module's own no-affine path: as if the weight were never loaded
+
+
+def _swap_qk_norm_weights(pipeline: ComposedPipeline, attention_suffix: str) -> None:
+    for attention in _modules_named(pipeline, "transformer", attention_suffix):
+        attention.norm_q.weight, attention.norm_k.weight = attention.norm_k.weight, attention.norm_q.weight
+
+
+def _flux_norm_q_weight_dropped(pipeline: ComposedPipeline) -> None:
+    _drop_weight(pipeline, "transformer", ".norm_q")
+
+
+register(Fault(
+    name="norm_weight_dropped",
+    description="the DiT's q RMSNorm run without its weight (every block's attn.norm_q: normalised, not scaled), "
+                "as when a port's RMSNorm has no affine parameter or the weight is not loaded",
+    expected_stage="denoise", expected_field="transformer_output", expected_step=0,
+    apply=_flux_norm_q_weight_dropped,
+))
+
+
+def _flux_qk_norm_swapped(pipeline: ComposedPipeline) -> None:
+    _swap_qk_norm_weights(pipeline, ".attn")
+
+
+register(Fault(
+    name="qk_norm_weights_swapped",
+    description="every block's attn.norm_q weight loaded into norm_k and the other way round (a name-mapping "
+                "slip in a weight loader)",
+    expected_stage="denoise", expected_field="transformer_output", expected_step=0,
+    apply=_flux_qk_norm_swapped,
+))
+
+
+def _flux_vae_norm_bias_dropped(pipeline: ComposedPipeline) -> None:
+    vae = find_stage(pipeline, DecodingStage).vae
+    for module in vae.modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            module.bias = None  # affine weight kept, bias dropped
+
+
+register(Fault(
+    name="norm_bias_dropped",
+    description="the VAE decoder's GroupNorms scale by their weight but drop their bias",
+    expected_stage="decode", expected_field="image", expected_step=None,
+    apply=_flux_vae_norm_bias_dropped,
+))
+
+
 # ============================================================================================== Wan 2.1 (video)
 def _wan_text_spec_changed(pipeline: ComposedPipeline, **changes: Any) -> None:
     stage = find_stage(pipeline, TextEncodingStage)
@@ -548,6 +609,46 @@ register(Fault(
                 "prompt's states at its token count and pads with zeros)",
     expected_stage="encode", expected_field="prompt_embeds", expected_step=None,
     apply=_umt5_padding_not_zeroed, families=("wan",),
+))
+
+
+def _wan_cross_norm_weight_dropped(pipeline: ComposedPipeline) -> None:
+    _drop_weight(pipeline, "transformer", ".norm2")
+
+
+register(Fault(
+    name="wan_norm_weight_dropped",
+    description="every block's cross-attention LayerNorm (norm2, affine in Wan 2.1) run without its weight",
+    expected_stage="denoise", expected_field="transformer_output", expected_step=0,
+    apply=_wan_cross_norm_weight_dropped, families=("wan",),
+))
+
+
+def _wan_qk_norm_swapped(pipeline: ComposedPipeline) -> None:
+    _swap_qk_norm_weights(pipeline, ".attn1")
+
+
+register(Fault(
+    name="wan_qk_norm_weights_swapped",
+    description="every block's self-attention norm_q weight loaded into norm_k and the other way round (Wan's "
+                "q/k RMSNorm spans all heads: one weight of dim entries each)",
+    expected_stage="denoise", expected_field="transformer_output", expected_step=0,
+    apply=_wan_qk_norm_swapped, families=("wan",),
+))
+
+
+def _wan_cross_norm_bias_dropped(pipeline: ComposedPipeline) -> None:
+    _drop_weight(pipeline, "transformer", ".norm2", "bias")
+
+
+register(Fault(
+    name="wan_norm_bias_dropped",
+    description="every block's cross-attention LayerNorm (norm2) keeps its weight but drops its bias",
+    expected_stage="denoise", expected_field="transformer_output", expected_step=0,
+    apply=_wan_cross_norm_bias_dropped, families=("wan",), dtypes=("fp32",),
+    scope_note="fp32 only: the bias of a norm whose output feeds the tiny DiT's cross-attention moves the forced "
+               "step-0 output by rel_l2 7.2e-3 in fp32 and 8.5e-3 in bf16, below the bf16 threshold (9.8e-3, 3x "
+               "the floor of two correct bf16 runs): no bf16 tolerance can see it without failing correct runs",
 ))
 
 

@@ -6,7 +6,8 @@ A golden is the reference trace of a case at its default request (fixed seed), r
   cases), else, per record above `SMALL_RECORD_LIMIT`, statistics, a strided sample and the sha256 of the
   whole tensor (a *compact* golden: large cases);
 - the tolerance floors of the case, dtype and device class (the calibration in golden/tolerances/, copied in);
-- the environment fingerprint of the recording process, the command that made it, the checkpoint's digest.
+- the environment fingerprint of the recording process, the command that made it, the checkpoint's identity
+  (harness/checkpoint_identity.py: its tensors, semantic configs and tokenizers, not incidental bytes).
 
 Files are keyed by case, dtype and device class (`golden/CASE/DTYPE.DEVICE_CLASS.safetensors`, device class
 `cpu` or `cuda-smXY` as harness/tolerances.py names it), so a golden recorded on one class of machine is never
@@ -26,6 +27,7 @@ all (forcing needs the reference's embeddings, schedule and per-step latents). I
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -41,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from harness.checkpoint_identity import IdentityComparison, checkpoint_identity, compare_identities
 from harness.compare import Comparison, RecordResult, compare_record, floor_multiple
+from harness.file_modes import default_file_mode
 from harness.metrics import tensor_metrics
 from harness.request import GenerationRequest
 from harness.tolerances import FLOOR_METRIC, ToleranceSpec, calibration_path, device_class, read_calibration
@@ -56,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_ROOT = ROOT / "golden"
 GOLDEN_DIR_ENV = "DIFFPARITY_GOLDEN_DIR"  # another golden root, for every command and test that takes the default
 FORMAT = "diffparity-golden"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the checkpoint is identified by content that matters (entries), not by its bytes
 HASH_KEY = "golden_sha256"
 _ZERO_HASH = "0" * 64
 KINDS = {"golden": ".safetensors", "draft": ".draft.safetensors", "obtained": ".obtained.safetensors"}
@@ -64,9 +68,8 @@ KINDS = {"golden": ".safetensors", "draft": ".draft.safetensors", "obtained": ".
 FULL_GOLDEN_LIMIT = 1024 * 1024  # a reference trace up to 1 MiB is stored whole (the tiny cases: 0.1-0.4 MiB)
 SMALL_RECORD_LIMIT = 16 * 1024  # in a compact golden, records up to 16 KiB (schedules, pooled embeddings) stay whole
 SAMPLE_ELEMENTS = 4096  # a compact record keeps every k-th element, k = ceil(numel / SAMPLE_ELEMENTS)
+RECORD_THREADS = 1  # intra-op threads of a CPU recording
 MAX_GOLDEN_BYTES = 256 * 1024 * 1024  # refuse to read more than this: a golden is compact by construction
-CHECKPOINT_CONTENT_LIMIT = 64 * 1024 * 1024  # checkpoints up to this size are digested byte for byte
-BUILD_INFO_FILES = {"diffparity_build.json"}  # provenance written by the tiny builders, not model content
 STAT_NAMES = ("mean", "std", "rms", "min", "max", "nonfinite")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
@@ -346,7 +349,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -542,8 +545,10 @@ def _check_info(path: Path, info: dict) -> None:
     for name, kind in expected.items():
         if not isinstance(info.get(name), kind):
             raise GoldenCorrupt(f"{path} is corrupt: field '{name}' is missing or of the wrong type")
-    if not isinstance(info["checkpoint"].get("digest"), str):
-        raise GoldenCorrupt(f"{path} is corrupt: the checkpoint digest is missing")
+    checkpoint = info["checkpoint"]
+    if not isinstance(checkpoint.get("digest"), str) or not isinstance(checkpoint.get("entries"), dict) \
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in checkpoint["entries"].items()):
+        raise GoldenCorrupt(f"{path} is corrupt: the checkpoint identity is missing or malformed")
     request_from_dict(info["request"], path)
     tolerances = info["tolerances"]
     if tolerances is not None and not _floors_ok(tolerances, info["dtype"]):
@@ -621,30 +626,16 @@ def _one_line(exc: BaseException) -> str:
 # --- the checkpoint a golden was recorded from ---------------------------------------------------------------------
 
 
-def checkpoint_digest(folder: Path) -> dict[str, Any]:
-    """A sha256 over a checkpoint folder's files (names and bytes), the builders' provenance file excluded.
-
-    Folders up to CHECKPOINT_CONTENT_LIMIT are digested byte for byte ("content"); larger ones by file names,
-    sizes, safetensors headers and JSON/text files ("headers"), so a real checkpoint is not read whole.
-    """
-    files = sorted(p for p in Path(folder).rglob("*")
-                   if p.is_file() and p.name not in BUILD_INFO_FILES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    total = sum(p.stat().st_size for p in files)
-    kind = "content" if total <= CHECKPOINT_CONTENT_LIMIT else "headers"
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(str(file.relative_to(folder)).encode() + b"\0")
-        size = file.stat().st_size
-        digest.update(size.to_bytes(8, "little"))
-        with open(file, "rb") as handle:
-            if kind == "content" or file.suffix in (".json", ".txt", ".model"):
-                for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
-                    digest.update(chunk)
-            elif file.suffix == ".safetensors" and size >= 8:
-                length = int.from_bytes(handle.read(8), "little")
-                digest.update(handle.read(min(length, size - 8)))
-    return {"digest": digest.hexdigest(), "kind": kind, "files": len(files), "bytes": total}
+def check_checkpoint(golden: Golden, checkpoint: Path) -> IdentityComparison:
+    """The checkpoint against the one the golden was recorded from. Raises GoldenError naming the first changed
+    tensors / config values / tokenizer sections when it is another checkpoint; a checkpoint that differs only
+    in provenance (library versions in its configs) passes, with the difference in the returned comparison."""
+    comparison = compare_identities(golden.info["checkpoint"], checkpoint_identity(checkpoint))
+    if not comparison.same:
+        raise GoldenError(f"{golden.path} was recorded from another checkpoint: {checkpoint} differs in "
+                          f"{len(comparison.changes)} entries: {comparison.summary()}; if the change is "
+                          "intended, record the golden again")
+    return comparison
 
 
 # --- record, promote, verify ---------------------------------------------------------------------------------------
@@ -663,21 +654,27 @@ def embedded_tolerances(case: str, dtype: str, device: str) -> dict[str, Any] | 
 
 def record_golden(case: Case, dtype: str = "fp32", device: str = "cpu", root: Path | None = None,
                   command: str | None = None, full_limit: int = FULL_GOLDEN_LIMIT) -> Golden:
-    """Run the case's reference at its default request and write the golden's draft (never the golden)."""
-    from harness.environment import environment
+    """Run the case's reference at its default request and write the golden's draft (never the golden).
+
+    On the CPU the reference runs on one intra-op thread (RECORD_THREADS), so recording again on any machine with
+    the same library versions gives the same bits, and `promote --force` shows only what really changed."""
+    from harness.environment import environment, intra_op_threads
 
     request = case.request(dtype=dtype, device=device)
     checkpoint = case.build_checkpoint()
     trace = Trace({"case": case.name, "request": request.to_dict(), "side": "reference"})
-    case.run_reference(checkpoint, request, trace, None)
+    threads = intra_op_threads(RECORD_THREADS) if device == "cpu" else contextlib.nullcontext()
+    with threads:
+        case.run_reference(checkpoint, request, trace, None)
+        fingerprint = environment(device, dtype, "torch default")
     info = {
         "case": case.name,
         "family": case.family,
         "dtype": dtype,
         "device_class": device_class(device),
         "request": request.to_dict(),
-        "checkpoint": checkpoint_digest(checkpoint),
-        "environment": environment(device, dtype, "torch default"),
+        "checkpoint": checkpoint_identity(checkpoint),
+        "environment": fingerprint,
         "command": command or f"diffparity golden record {case.name} --dtype {dtype} --device {device}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tolerances": embedded_tolerances(case.name, dtype, device),
@@ -838,7 +835,7 @@ def verify_golden(case: Case, dtype: str = "fp32", device: str = "cpu", root: Pa
     obtained file is removed. `draft` checks the draft instead (a review before `promote`); `mutate` breaks the
     built native pipeline on purpose (harness/faults.py), as in `run_parity`.
     """
-    from harness.environment import environment
+    from harness.environment import environment, environment_changes
     from harness.forcing import FORCED_STAGES
     from harness.native_runner import plan_native_run, run_native
     from harness.report import build_report
@@ -850,11 +847,7 @@ def verify_golden(case: Case, dtype: str = "fp32", device: str = "cpu", root: Pa
     timings["golden"] = time.perf_counter() - start
     start = time.perf_counter()
     checkpoint = checkpoint or case.build_checkpoint()
-    digest = checkpoint_digest(checkpoint)
-    if digest["digest"] != golden.info["checkpoint"]["digest"]:
-        raise GoldenError(f"{golden.path} was recorded from another checkpoint (digest "
-                          f"{golden.info['checkpoint']['digest'][:12]}, {checkpoint} is {digest['digest'][:12]}): "
-                          "another experiment; record the golden again")
+    identity = check_checkpoint(golden, checkpoint)
     timings["checkpoint"] = time.perf_counter() - start
     request = replace(golden.request(), device=device)
     plan = plan_native_run(checkpoint, request)
@@ -885,7 +878,12 @@ def verify_golden(case: Case, dtype: str = "fp32", device: str = "cpu", root: Pa
         "path": str(golden.path), "sha256": golden.sha256, "created": golden.info["created"],
         "command": golden.info["command"], "environment": golden.info["environment"], "compact": golden.compact,
         "sampled_records": sum(not r.full for r in golden.records.values()),
+        "environment_changes": environment_changes(golden.info["environment"], report["environment"]),
+        "checkpoint_provenance_changes": identity.provenance,
     }
+    warning = identity.warning()
+    if warning is not None:
+        report.setdefault("warnings", []).append(warning)
     if forcing_skipped is not None:
         report["forcing_skipped"] = forcing_skipped
     noise_fails = False

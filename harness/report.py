@@ -15,6 +15,7 @@ from PIL import Image
 
 from harness.compare import Comparison, RecordResult
 from harness.drift import drift
+from harness.file_modes import default_file_mode
 from harness.trace import STAGES
 
 REPORT_SCHEMA_VERSION = 2
@@ -23,7 +24,8 @@ REPORT_SCHEMA_VERSION = 2
 def write_json_atomic(path: Path, data: Any, mode: int | None = None) -> None:
     """Write JSON through a temporary file in the same folder, renamed into place: never a half-written file.
 
-    `mode` sets the file's permissions (mkstemp makes 0600, readable by the owner only); None keeps them.
+    `mode` sets the file's permissions; None gives the umask's default, as for every other artifact (mkstemp
+    alone would leave 0600).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -31,8 +33,7 @@ def write_json_atomic(path: Path, data: Any, mode: int | None = None) -> None:
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2, allow_nan=False)
             handle.write("\n")
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, default_file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

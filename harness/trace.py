@@ -29,6 +29,8 @@ from typing import IO, Any
 
 import torch
 
+from harness.file_modes import default_file_mode
+
 STAGES = ("encode", "timesteps", "latents", "denoise", "decode")
 # 2: adds the environment fingerprint, a crc32 per record and the "format" marker; records in pipeline order.
 SCHEMA_VERSION = 2
@@ -266,7 +268,7 @@ class Trace:
                 out.write(header_bytes)
                 for key in keys:
                     self._write_record(key, out)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a trace is meant to be read by whoever reads the folder
+            os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

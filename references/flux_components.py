@@ -52,15 +52,17 @@ class FluxSizes(Protocol):
 
 
 def build_flux_components(sizes: FluxSizes, seed: int, *, guidance_embeds: bool, vae_sample_size: int,
-                          scheduler: dict[str, Any], **vae_factors: float) -> dict[str, Any]:
+                          scheduler: dict[str, Any], clip_merges: tuple[tuple[str, str], ...] = (),
+                          **vae_factors: float) -> dict[str, Any]:
     """Every FluxPipeline component, initial weights drawn from the global RNG seeded per component
-    (seed * 16 + 0..3 for CLIP, T5, DiT, VAE). `vae_factors`: scaling_factor / shift_factor when given."""
+    (seed * 16 + 0..3 for CLIP, T5, DiT, VAE). `clip_merges`: the CLIP tokenizer's BPE merges (none for the
+    digits recipe, which was trained without); `vae_factors`: scaling_factor / shift_factor when given."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from references.tokenizers import CLIP_MAX_LENGTH, build_clip_tokenizer, build_t5_tokenizer
 
-    clip_tokenizer = build_clip_tokenizer()
+    clip_tokenizer = build_clip_tokenizer(clip_merges)
     t5_tokenizer = build_t5_tokenizer()
 
     seed_component(seed, 0)

@@ -42,6 +42,29 @@ def reinit_zero_weights(module: torch.nn.Module) -> list[str]:
     return fixed
 
 
+def randomise_constant_parameters(module: torch.nn.Module, seed: int, index: int) -> list[str]:
+    """Give every parameter whose values are all equal (norm weights of 1, norm biases of 0, constant tables)
+    random values around that constant, drawn from a generator of its own (seed, component index).
+
+    Architectures initialise norm affine parameters to exactly 1 and 0: on such a checkpoint a dropped norm
+    weight, or `norm_q` loaded into `norm_k`, changes no bit of any trace. A nonzero constant c becomes
+    c * exp(0.5 z) (same sign, median c, about c/2.7 to 2.7c, as trained norm weights spread), a zero one 0.2 z:
+    activations keep their usual range while every weight becomes visible to parity.
+    """
+    generator = torch.Generator().manual_seed(seed * 16 + index + 7919)  # independent of the init's RNG stream
+    changed = []
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.numel() < 2 or not bool((param == param.reshape(-1)[0]).all()):
+                continue
+            constant = float(param.reshape(-1)[0])
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            values = constant * torch.exp(0.5 * noise) if constant != 0 else 0.2 * noise
+            param.copy_(values.to(param.dtype))
+            changed.append(name)
+    return changed
+
+
 def config_digest(config: dict[str, Any]) -> str:
     """Short stable hash of a builder config, for cache folder names."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]

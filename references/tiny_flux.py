@@ -18,6 +18,7 @@ from references.tiny_build import (
     build_once,
     checkpoint_folder,
     config_digest,
+    randomise_constant_parameters,
     reinit_zero_weights,
     save_checkpoint,
 )
@@ -27,7 +28,8 @@ from references.tiny_build import (
 # runs the native side (`diffparity golden verify`).
 
 # Bump when the build recipe changes, so caches built by an older recipe are not reused.
-BUILD_VERSION = 1
+# 2: no constant parameter (norm weights and biases randomised), CLIP tokenizer with BPE merges.
+BUILD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,16 @@ class TinyFluxConfig:
 
 
 def _build_components(seed: int, config: TinyFluxConfig) -> dict:
+    from references.tokenizers import CLIP_MERGES
+
     components = build_flux_components(
         config, seed, guidance_embeds=config.dit_guidance_embeds, vae_sample_size=32 * config.vae_scale_factor,
         scheduler=config.scheduler, scaling_factor=config.vae_scaling_factor, shift_factor=config.vae_shift_factor,
+        clip_merges=CLIP_MERGES,
     )
-    for name in ("text_encoder", "text_encoder_2", "transformer", "vae"):
+    for index, name in enumerate(("text_encoder", "text_encoder_2", "transformer", "vae")):
         reinit_zero_weights(components[name])  # FLUX in Diffusers 0.42 has none; kept for other versions
+        randomise_constant_parameters(components[name], seed, index)
         components[name].eval()
     return components
 

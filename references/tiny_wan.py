@@ -24,6 +24,7 @@ from references.tiny_build import (
     build_once,
     checkpoint_folder,
     config_digest,
+    randomise_constant_parameters,
     reinit_zero_weights,
     save_checkpoint,
     seed_component,
@@ -31,7 +32,8 @@ from references.tiny_build import (
 from references.tokenizers import build_umt5_tokenizer
 
 # Bump when the build recipe changes, so caches built by an older recipe are not reused.
-BUILD_VERSION = 1
+# 2: no constant parameter (norm weights and biases randomised).
+BUILD_VERSION = 2
 
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers scheduler/scheduler_config.json (flow_shift 3.0 for 480p, 5.0 for 720p).
 WAN_2_1_SCHEDULER = {
@@ -200,8 +202,9 @@ def _build_components(seed: int, config: TinyWanConfig) -> dict:
         scale_factor_spatial=config.vae_scale_factor_spatial,
     )
 
-    for model in (text_encoder, transformer, vae):
+    for index, model in enumerate((text_encoder, transformer, vae)):
         reinit_zero_weights(model)
+        randomise_constant_parameters(model, seed, index)
         model.eval()
 
     return {

@@ -47,22 +47,33 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(by_byte[b]) for b in range(256)]
 
 
-def clip_vocab() -> dict[str, int]:
-    """Byte-level vocabulary: 256 byte symbols, the same with the end-of-word suffix, then bos and eos.
+# A few BPE merges, in priority order, so that common prompt words become one or two tokens as with the real CLIP
+# vocabulary (and a tokenizer whose merges are lost or reordered tokenizes differently).
+CLIP_MERGES = (
+    ("c", "a"), ("ca", "t</w>"), ("p", "h"), ("ph", "o"), ("o", "f</w>"), ("t", "h"), ("th", "e</w>"),
+    ("a", "n"), ("an", "d</w>"), ("i", "n"), ("in", "g</w>"),
+)  # fmt: skip
 
-    With no merges every word splits into single bytes and its last byte carries "</w>", so both variants of
+
+def clip_vocab(merges: tuple[tuple[str, str], ...] = CLIP_MERGES) -> dict[str, int]:
+    """Byte-level vocabulary: 256 byte symbols, the same with the end-of-word suffix, the merged symbols, then
+    bos and eos.
+
+    A word splits into bytes, its last byte carrying "</w>", and then merges by CLIP_MERGES; so both variants of
     every byte are needed; that is also how the real CLIP vocabulary starts.
     """
     symbols = _bytes_to_unicode()
-    tokens = symbols + [s + "</w>" for s in symbols] + [CLIP_BOS, CLIP_EOS]
+    merged = [left + right for left, right in merges]
+    tokens = symbols + [s + "</w>" for s in symbols] + merged + [CLIP_BOS, CLIP_EOS]
     return {token: index for index, token in enumerate(tokens)}
 
 
-def build_clip_tokenizer() -> CLIPTokenizer:
-    """A byte-level BPE CLIP tokenizer without merges; pad is end-of-text, as in FLUX.1's CLIP tokenizer."""
+def build_clip_tokenizer(merges: tuple[tuple[str, str], ...] = CLIP_MERGES) -> CLIPTokenizer:
+    """A byte-level BPE CLIP tokenizer with a few merges; pad is end-of-text, as in FLUX.1's CLIP tokenizer.
+    (The shipped digits model was trained with `merges=()`: its recipe keeps that.)"""
     return CLIPTokenizer(
-        vocab=clip_vocab(),
-        merges=[],
+        vocab=clip_vocab(merges),
+        merges=list(merges),
         unk_token=CLIP_EOS,
         bos_token=CLIP_BOS,
         eos_token=CLIP_EOS,

@@ -128,7 +128,8 @@ def run_wan_reference(
 ) -> None:
     """Run Diffusers' WanPipeline for `request` and record every stage into `trace`.
 
-    Records (canonical layouts; B = 1): `encode/prompt_embeds` (B, L, D) and, under true CFG,
+    Records (canonical layouts; B = request.batch_size, WanPipeline's num_videos_per_prompt):
+    `encode/prompt_embeds` (B, L, D) and, under true CFG,
     `encode/negative_prompt_embeds` (each prompt's states past its token count zeroed by the pipeline);
     `timesteps/sigmas` (N + 1, float32) and `timesteps/timesteps` (N, int64); `latents/initial` (B, C, T, h, w),
     T = (frames - 1) // 4 + 1, h, w = H // 8, W // 8; per step `denoise/transformer_output` (conditional pass),
@@ -137,7 +138,7 @@ def run_wan_reference(
     latents / (1 / std) + mean) and `decode/image` (B, 3, frames, H, W), the VAE output clamped to [-1, 1].
 
     RNG recipe (for identical initial noise): `g = torch.Generator("cpu").manual_seed(request.seed)` on every
-    device (see `make_generator`); one draw `torch.randn((1, C, T, h, w), generator=g, dtype=torch.float32)`
+    device (see `make_generator`); one draw `torch.randn((B, C, T, h, w), generator=g, dtype=torch.float32)`
     moved to the run's device: WanPipeline draws float32 noise and keeps float32 latents whatever the model
     dtype. No other random numbers are drawn (UniPC is deterministic).
 
@@ -162,6 +163,7 @@ def run_wan_reference(
             "guidance_scale": guidance_scale,
             "max_sequence_length": request.max_sequence_length,
             "generator": make_generator(request),
+            "num_videos_per_prompt": request.batch_size,
         },
         progress=progress, force_from=force_from,
         # WanPipeline's prompt_clean runs ftfy.fix_text only when ftfy is importable: the native side must clean

@@ -50,6 +50,10 @@ def test_calibration_requests_cover_seeds_sizes_and_cfg() -> None:
     named = calibration_requests(get_case("flux-tiny"), "bf16", "cpu", seeds=1, sizes=[(64, 64)])
     assert [(r.height, r.width, r.do_true_cfg, r.steps) for r in named] == [(64, 64, False, 4), (64, 64, True, 4)]
     assert all(r.dtype == "bf16" for r in requests)
+    # a case that guides by default (Wan) gets its other request unguided: both kinds of run have floors
+    wan = calibration_requests(get_case("wan-tiny"), "fp32", "cpu", seeds=1)
+    assert [(r.height, r.width, r.do_true_cfg, r.steps) for r in wan] == [
+        (48, 80, True, 4), (48, 80, False, 4), (32, 32, True, 1)]
 
 
 def test_floors_are_measured_not_assumed(small_calibration: dict) -> None:

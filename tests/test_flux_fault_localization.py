@@ -47,7 +47,7 @@ def test_fault_is_localized_with_forcing(fault: Fault, dtype: str) -> None:
 
 def test_rotary_fault_on_a_non_square_bf16_image() -> None:
     """One of the weakest catches of the catalog: with 3x5 patches the tiny DiT's rotary angles are small, and
-    the split-half rotation moves the forced step-0 output by rel_l2 1.5e-2 against a threshold of 7.8e-3."""
+    the split-half rotation moves the forced step-0 output by rel_l2 2.2e-2 against a threshold of 9.2e-3."""
     fault = FAULTS["rotary_style_swapped"]
     case = get_case("flux-tiny")
     result = run_parity(case, case.request(dtype="bf16", height=48, width=80), mutate_native=fault.apply)

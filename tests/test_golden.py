@@ -28,7 +28,6 @@ from harness.golden import (
     GoldenCorrupt,
     GoldenError,
     GoldenMissing,
-    checkpoint_digest,
     golden_bytes,
     golden_from_trace,
     golden_path,
@@ -299,8 +298,7 @@ def test_a_golden_of_another_checkpoint_is_refused(root: Path, tiny_flux_copy: P
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
-    assert checkpoint_digest(tiny_flux_copy)["digest"] != read_golden(golden_file(root)).info["checkpoint"]["digest"]
-    with pytest.raises(GoldenError, match="recorded from another checkpoint"):
+    with pytest.raises(GoldenError, match="recorded from another checkpoint.*vae/"):
         verify_golden(get_case(CASE), "fp32", "cpu", root, checkpoint=tiny_flux_copy)
 
 

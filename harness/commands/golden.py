@@ -120,6 +120,7 @@ def command_promote(args: argparse.Namespace) -> int:
 
 def command_verify(args: argparse.Namespace) -> int:
     from harness.cases import get_case
+    from harness.environment import format_environment_changes
     from harness.golden import verify_golden
     from harness.report import format_stage_table, write_json_atomic
 
@@ -131,6 +132,9 @@ def command_verify(args: argparse.Namespace) -> int:
     print(f"{case.name}: native against golden {result.golden.path} ({request['height']}x{request['width']}, "
           f"{request['steps']} steps, seed {request['seed']}, {args.dtype} on {args.device})", file=sys.stderr)
     print(format_stage_table(result.comparison, result.report.get("noise")))
+    print(format_environment_changes(result.report["golden"]["environment_changes"]))
+    for warning in result.report.get("warnings", []):
+        print(f"warning: {warning}")
     if result.report.get("forcing_skipped"):
         print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
     if result.obtained is not None:

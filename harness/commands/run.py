@@ -49,25 +49,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="tensor-parallel ranks of the native side (default 1); tp x sp processes are launched")
     run.add_argument("--sp", type=positive_int, default=1, metavar="N",
                      help="sequence-parallel (Ulysses) ranks of the native side (default 1)")
-    run.add_argument("--out", type=Path, metavar="DIR", help="output folder (default out/CASE)")
+    run.add_argument("--out", type=Path, metavar="DIR",
+                     help="output folder, replaced by this run (default: a new out/CASE/run-DATE-TIME per run, "
+                          "out/CASE/latest pointing at the newest)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-forcing", action="store_true",
                      help="skip the teacher-forced native run: first divergence then comes from the free run")
-    run.set_defaults(handler=command_run, out_default=default_out)
-
-
-def default_out(args: argparse.Namespace) -> Path | None:
-    """out/CASE for a known case; None for any other name (`../x`, `/etc`: never a path to write under)."""
-    from harness.cases import CASES
-
-    return Path("out") / args.case if args.case in CASES else None
+    run.set_defaults(handler=command_run)
 
 
 def command_run(args: argparse.Namespace) -> int:
     from harness.cases import get_case
+    from harness.run_folders import new_run_folder
 
-    case = get_case(args.case)
-    out_dir: Path = args.out or Path("out") / case.name
+    case = get_case(args.case)  # a known name: never a path to write under (`../x`, `/etc`)
+    if args.out is None:
+        check_out_dir(Path("out") / case.name)
+        # every later error lands in this run's own folder (error.json), which `latest` then points at
+        args.out, args.point_latest = new_run_folder(Path("out") / case.name), True
+    out_dir: Path = args.out
     check_out_dir(out_dir)
     if args.frames not in (None, 1) and not case.video:
         raise UsageError(f"case {case.name} makes images; --frames applies to video cases only")
@@ -102,5 +102,9 @@ def command_run(args: argparse.Namespace) -> int:
         if not result.ranks.ranks_identical:
             print("the ranks decoded different frames: every rank must hold the same output")
         print(f"overall: {'PASS' if result.passed else 'FAIL'} (against Diffusers and against one rank)")
+    if getattr(args, "point_latest", False):
+        from harness.run_folders import point_latest
+
+        point_latest(out_dir)
     print(f"report: {out_dir / 'report.json'}")
     return EXIT_PASS if result.passed else EXIT_FAIL

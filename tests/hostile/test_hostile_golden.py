@@ -34,7 +34,8 @@ INFO = {
     "request": {"prompt": "a cat", "seed": 0, "steps": 2, "height": 32, "width": 32, "frames": 1,
                 "guidance_scale": 3.5, "negative_prompt": None, "true_cfg_scale": 1.0, "max_sequence_length": 16,
                 "dtype": "fp32", "device": "cpu", "batch_size": 1},
-    "checkpoint": {"digest": "0" * 64}, "environment": {"torch": "test"}, "command": "test", "created": "now",
+    "checkpoint": {"digest": "0" * 64, "entries": {}}, "environment": {"torch": "test"}, "command": "test",
+    "created": "now",
     "tolerances": None,
 }
 
