@@ -27,6 +27,7 @@ MODEL_CLASSES: dict[str, str] = {
     "Qwen3ForCausalLM": "native_models.models.qwen_text:Qwen3ForCausalLM",
     "FluxTransformer2DModel": "native_models.models.flux_transformer:FluxTransformer2DModel",
     "WanTransformer3DModel": "native_models.models.wan_transformer:WanTransformer3DModel",
+    "QwenImageTransformer2DModel": "native_models.models.qwenimage_transformer:QwenImageTransformer2DModel",
     "AutoencoderKL": "native_models.models.autoencoder_kl:AutoencoderKL",
     "AutoencoderKLWan": "native_models.models.autoencoder_kl_wan:AutoencoderKLWan",
 }
