@@ -30,6 +30,7 @@ MODEL_CLASSES: dict[str, str] = {
     "QwenImageTransformer2DModel": "native_models.models.qwenimage_transformer:QwenImageTransformer2DModel",
     "AutoencoderKL": "native_models.models.autoencoder_kl:AutoencoderKL",
     "AutoencoderKLWan": "native_models.models.autoencoder_kl_wan:AutoencoderKLWan",
+    "AutoencoderKLQwenImage": "native_models.models.autoencoder_kl_qwenimage:AutoencoderKLQwenImage",
 }
 SCHEDULER_CLASSES: dict[str, str] = {
     "FlowMatchEulerDiscreteScheduler": "native_models.schedulers.flow_match_euler:FlowMatchEulerScheduler",

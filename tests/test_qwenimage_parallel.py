@@ -177,7 +177,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     randomise_constant_parameters(model, seed=0, index=2)
     folder = tmp_path_factory.mktemp("qwenimage-parallel") / "transformer"
     folder.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "diffusion_pytorch_model.safetensors")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, folder / "diffusion_pytorch_model.safetensors")
     (folder / "config.json").write_text(json.dumps({"_class_name": "QwenImageTransformer2DModel", **TINY}))
     return folder
 
