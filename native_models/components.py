@@ -28,6 +28,7 @@ MODEL_CLASSES: dict[str, str] = {
     "FluxTransformer2DModel": "native_models.models.flux_transformer:FluxTransformer2DModel",
     "WanTransformer3DModel": "native_models.models.wan_transformer:WanTransformer3DModel",
     "QwenImageTransformer2DModel": "native_models.models.qwenimage_transformer:QwenImageTransformer2DModel",
+    "ZImageTransformer2DModel": "native_models.models.zimage_transformer:ZImageTransformer2DModel",
     "AutoencoderKL": "native_models.models.autoencoder_kl:AutoencoderKL",
     "AutoencoderKLWan": "native_models.models.autoencoder_kl_wan:AutoencoderKLWan",
     "AutoencoderKLQwenImage": "native_models.models.autoencoder_kl_qwenimage:AutoencoderKLQwenImage",

@@ -35,6 +35,7 @@ from torch import nn
 from native_models.attention import attention
 from native_models.config_dict import known_config_values
 from native_models.models.flux_transformer import FeedForward, FinalLayer, MLPEmbedder
+from native_models.models.norms import RMSNorm
 from native_models.models.rope import timestep_embedding
 from native_models.parallel.joint_sequence_parallel import JointUlysses
 from native_models.parallel.sequence_parallel import GatherOutput, SplitInput, SplitOutput
@@ -152,23 +153,6 @@ def apply_rotary(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs of x (B, L, H, D) by the complex table (L, D/2): complex product in fp32."""
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, L, H, D/2)
     return torch.view_as_real(pairs * table.to(x.device).unsqueeze(1)).flatten(3).type_as(x)
-
-
-class RMSNorm(nn.Module):
-    """Diffusers' RMSNorm: variance in fp32, x * rsqrt (promoted to fp32), cast to a half-precision weight's dtype,
-    then times the weight."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
-        x = x * torch.rsqrt(variance + self.eps)
-        if self.weight.dtype in (torch.float16, torch.bfloat16):
-            x = x.to(self.weight.dtype)
-        return x * self.weight
 
 
 def joint_key_mask(
