@@ -175,6 +175,7 @@ def test_causal_lm_with_tied_head_loads_and_matches(causal_lm: Models) -> None:
         ({"rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}}, "1D rotary"),
         ({"attention_bias": "yes"}, "'attention_bias' must be a boolean"),
         ({"head_dim": 15}, "head_dim=15 must be even"),
+        ({"num_key_value_heads": 0}, "'num_key_value_heads' must be an integer >= 1, got 0"),
     ],
 )
 def test_unsupported_config_raises(change: dict, message: str) -> None:
@@ -185,7 +186,8 @@ def test_unsupported_config_raises(change: dict, message: str) -> None:
 def test_defaults_for_missing_keys() -> None:
     """Keys a config.json leaves out take Qwen3Config's defaults (rope_theta 1e4, head_dim 128)."""
     expected = transformers.Qwen3Config()
-    config = Qwen3Model.from_config({"model_type": "qwen3", "num_hidden_layers": 1, "vocab_size": 8}).config
+    with torch.device("meta"):  # the default widths hold ~0.2 B parameters per layer: build without memory
+        config = Qwen3Model.from_config({"model_type": "qwen3", "num_hidden_layers": 1, "vocab_size": 8}).config
     assert (config.hidden_size, config.head_dim, config.num_key_value_heads, config.rope_theta, config.rms_norm_eps) \
         == (expected.hidden_size, expected.head_dim, expected.num_key_value_heads,
             expected.rope_parameters["rope_theta"], expected.rms_norm_eps)  # fmt: skip

@@ -135,10 +135,10 @@ def _common(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str,
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     }
     kv = config.get("num_key_value_heads", defaults["num_key_value_heads"])
-    values["num_key_value_heads"] = config_int({"k": values["num_attention_heads"] if kv is None else kv}, "k")
+    kv = values["num_attention_heads"] if kv is None else kv  # transformers: None means one k/v head per query head
+    values["num_key_value_heads"] = config_int({"num_key_value_heads": kv}, "num_key_value_heads")
     values["rms_norm_eps"] = config_float(dict(config), "rms_norm_eps", defaults["rms_norm_eps"])
-    act = config.get("hidden_act", "silu")
-    values["hidden_act"] = act
+    values["hidden_act"] = config.get("hidden_act", "silu")
     _check_full_attention(config)
     return values
 
