@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cases import get_case
-from harness.parity import run_parity
-from harness.report import describe_failure
+from harness.report.build import describe_failure
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
 
 SIZES = [(64, 64), (48, 80)]
 SEEDS = [0, 1]

@@ -19,18 +19,14 @@ import os
 import pytest
 import torch
 
-from harness.cases import cases_for_family, get_case
-from harness.gate import GATE_DTYPE, registry_entries
-from harness.golden import (
-    GoldenMissing,
-    golden_path,
-    load_golden_for,
-    record_golden,
-    scan_goldens,
-    verify_golden,
-)
-from harness.report import describe_failure
-from harness.tolerances import device_class
+from harness.compare.tolerances import device_class
+from harness.golden.errors import GoldenMissing
+from harness.golden.record import record_golden
+from harness.golden.store import golden_path, scan_goldens
+from harness.golden.verify import load_golden_for, verify_golden
+from harness.report.build import describe_failure
+from harness.run.cases import cases_for_family, get_case
+from harness.verdicts.gate import GATE_DTYPE, registry_entries
 
 REGEN_ENV = "DIFFPARITY_GOLDEN_REGEN"
 
@@ -90,7 +86,7 @@ def test_registered_case_matches_its_golden(family: str, case_name: str | None, 
 
 def test_every_golden_belongs_to_a_case() -> None:
     """Unused goldens are reported: a golden of a case that no longer exists, or a stray file under golden/."""
-    from harness.cases import CASES
+    from harness.run.cases import CASES
 
     found, strays = scan_goldens()
     unused = [str(f.path) for f in found if f.case not in CASES] + [str(p) for p in strays]

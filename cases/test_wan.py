@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.artifacts import image_metrics_section
-from harness.cases import get_case
-from harness.faults import FAULTS
-from harness.multirank import Topology
-from harness.parity import ParityResult, run_parity
-from harness.report import describe_failure
+from harness.report.artifacts import image_metrics_section
+from harness.report.build import describe_failure
+from harness.run.cases import get_case
+from harness.run.multirank import Topology
+from harness.run.parity import ParityResult, run_parity
+from harness.verdicts.faults import FAULTS
 
 PARITY_REL_L2 = 1e-5  # the issue's fp32 bar, per record, against Diffusers and against one rank
 FRAMES = {"5frames": 5, "9frames": 9}  # 30 and 45 DiT tokens at 48x80
@@ -178,9 +178,10 @@ def test_forcing_from_its_own_trace_is_bit_identical() -> None:
     (bf16 model, float32 latents), on the native side (`warm_start`) and on the reference side (replay)."""
     import torch
 
-    from harness.forcing import FORCED_STAGES
-    from harness.native_runner import plan_native_run, run_native
-    from harness.trace import RecordKey, Trace
+    from harness.run.forcing import FORCED_STAGES
+    from harness.run.native_runner import plan_native_run, run_native
+    from harness.trace.keys import RecordKey
+    from harness.trace.memory import Trace
 
     case = get_case("wan-tiny")
     checkpoint = case.build_checkpoint()

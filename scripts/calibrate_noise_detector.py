@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.noise import DEFAULT_THRESHOLDS, NoiseVerdict, detect_noise  # noqa: E402
+from harness.noise.detector import DEFAULT_THRESHOLDS, NoiseVerdict, detect_noise
 
 EXPECTS = ("picture", "degenerate", "either")
 PICTURE_SIZES = (64, 256, None)  # None: the image as shipped

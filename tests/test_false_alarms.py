@@ -12,18 +12,11 @@ from collections import Counter
 
 import pytest
 
-from harness.campaign import (
-    AXES,
-    FIRST_SEED,
-    CampaignRun,
-    campaign_plan,
-    coverage_items,
-    covering_sample,
-    intra_op_threads,
-)
-from harness.cases import get_case
-from harness.parity import run_parity
-from harness.report import describe_failure
+from harness.environment import intra_op_threads
+from harness.report.build import describe_failure
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
+from harness.verdicts.campaign import AXES, FIRST_SEED, CampaignRun, campaign_plan, coverage_items, covering_sample
 
 PLAN = campaign_plan(120)
 SAMPLE = covering_sample(PLAN)

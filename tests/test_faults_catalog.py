@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cases import get_case
-from harness.cli import main
-from harness.faults import DTYPES, FAULTS, Fault, faults_for, register
-from harness.native_runner import plan_native_run, run_native
-from harness.trace import STAGES, Trace
+from harness.cli.main import main
+from harness.run.cases import get_case
+from harness.run.native_runner import plan_native_run, run_native
+from harness.trace.keys import STAGES
+from harness.trace.memory import Trace
+from harness.verdicts.faults import DTYPES, FAULTS, Fault, faults_for, register
 
 REQUIRED = {
     # field notes section 5

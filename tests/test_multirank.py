@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cases import get_case
-from harness.cli import main
-from harness.multirank import Topology, check_topology
-from harness.native_runner import plan_native_run
+from harness.cli.main import main
+from harness.run.cases import get_case
+from harness.run.multirank import Topology, check_topology
+from harness.run.native_runner import plan_native_run
 from native_models.parallel import ParallelError
 
 

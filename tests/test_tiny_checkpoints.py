@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.cases import CASES, Case
+from harness.run.cases import CASES, Case
 
 RANDOM_WEIGHT_CASES = [case for case in CASES.values() if not case.expects_picture]
 
