@@ -1,7 +1,7 @@
 """Every model of the native registry, through its cases and their goldens: no list to edit.
 
 Parameters come from the registry (native_models/registry.py: every `native_models/pipelines/<family>.py`
-registers its family at import), the cases that name each family (`Case.family`, harness/cases.py) and the
+registers its family at import), the cases that name each family (`Case.family`, harness/run/cases.py) and the
 goldens found under golden/: a new model appears here, and in `pytest cases/ -k <family>`, as soon as it is
 registered. Per case: the native side against its fp32 CPU golden (and any other CPU golden it has, e.g. bf16),
 without running Diffusers (`diffparity golden verify`); a family without a case fails, named.
@@ -55,7 +55,7 @@ def registered_params() -> list:
 def test_registered_case_matches_its_golden(family: str, case_name: str | None, dtype: str, device: str) -> None:
     if case_name is None:
         pytest.fail(f"model family '{family}' is registered in the native registry but no Case declares it "
-                    f"(harness/cases.py); `diffparity gate {family}` lists everything it still needs")
+                    f"(references/{family}/cases.py); `diffparity gate {family}` lists everything it still needs")
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     case = get_case(case_name)

@@ -1,4 +1,4 @@
-"""Calibrate the noise detector (`harness/noise.py`) on a labelled set built in memory from shipped images.
+"""Calibrate the noise detector (`harness/noise/detector.py`) on a labelled set built in memory from shipped images.
 
 Pictures (must not be flagged): the scikit-image `data` images that ship inside the package (those that need a
 download are skipped), scikit-learn's two sample photos and its 8x8 handwritten digits, at 64 px, 256 px and

@@ -1,14 +1,14 @@
 """Which broken native variant of the flux-digits model does each detector catch: parity, noise, classifier?
 
 A random-weight checkpoint draws noise even when it is right, so only a trained model can show what a wrong
-pipeline does to a real picture. For every FLUX fault in the catalog (harness/faults.py, read at run time) and
+pipeline does to a real picture. For every FLUX fault in the catalog (references/flux/faults.py, read at run time) and
 for the correct pipeline (the control), this runs flux-digits in fp32 for a few digits x seeds, as teacher-
 forced parity runs with the fault applied to the native side (`fault.request_for` gives each fault what it
 needs to show, e.g. a non-square size), and records per run:
 
 - parity: the trace comparison fails (first divergence) or the native pipeline refuses the run;
 - noise: `detect_noise` flags the native output;
-- classifier: the digit classifier (references/digits.py) does not read the native output as the prompted
+- classifier: the digit classifier (references/flux/digits.py) does not read the native output as the prompted
   digit.
 
 A detector *catches* a run only when it fires on the faulty output and not on the correct pipeline's output

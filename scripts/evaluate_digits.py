@@ -1,7 +1,7 @@
 """Score the flux-digits model: generate every digit for several seeds and classify what comes out.
 
 The acceptance figure of the trained checkpoint: the share of generated images a digit classifier (an SVC fit
-on scikit-learn's real digits at run time, references/digits.py) reads as the prompted digit. Runs the
+on scikit-learn's real digits at run time, references/flux/digits.py) reads as the prompted digit. Runs the
 Diffusers reference pipeline and/or the native pipeline with the flux-digits case's request (size, steps,
 true CFG, T5 length), one seed at a time, exactly as `diffparity run flux-digits --seed S` would.
 

@@ -66,7 +66,7 @@ class Recipe:
     image_size: int = IMAGE_SIZE
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
 
-    # random, fixed text encoders (sizes as references/tiny_flux.py's defaults)
+    # random, fixed text encoders (sizes as references/flux/tiny.py's defaults)
     clip_hidden: int = 32
     clip_layers: int = 2
     clip_heads: int = 4

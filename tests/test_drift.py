@@ -1,5 +1,5 @@
 """report["drift"]: per-step rel_l2 and cosine of latents and transformer output, free and forced, with the
-free run's growth factor per step, in the structure harness/drift.py documents."""
+free run's growth factor per step, in the structure harness/compare/drift.py documents."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""No false alarms: a correct native pipeline passes every parity check of the campaign (harness/campaign.py).
+"""No false alarms: a correct native pipeline passes every parity check of the campaign (harness/verdicts/campaign.py).
 
 CI runs the campaign's covering sample: the cheapest set of runs of the 120-run plan that still meets every
 size (square and non-square), step count 1-8, CFG on and off, batch 1 and 2, fp32 and bf16 and 1 and 2
 threads (and each dtype with each of CFG, batch and threads). The full campaign is
-`python -m harness.campaign flux-tiny --runs 120`.
+`python -m harness.verdicts.campaign flux-tiny --runs 120`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The fault catalog itself (harness/faults.py) and `diffparity faults` (harness/commands/faults.py).
+"""The fault catalog itself (harness/verdicts/faults.py; the faults in references/<family>/faults.py) and
+`diffparity faults` (harness/cli/commands/faults.py).
 
 Where each fault is caught is tests/test_flux_fault_localization.py; here: the catalog names every failure mode
 it must (field notes section 5 and issue 5), its declarations are consistent, a fault breaks only the pipeline

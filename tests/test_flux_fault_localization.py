@@ -1,4 +1,4 @@
-"""Every broken native variant of harness/faults.py must fail, and with teacher forcing on, the first divergence
+"""Every broken native variant of references/flux/faults.py must fail, and with teacher forcing on, the first divergence
 must name the stage (field, and step inside the loop) that the bug is in, while every other stage's local
 records still pass: the error is charged to the stage that makes it, not to everything downstream. The loud
 faults (`raises`) must be refused by the stage that checks the field, naming stage and field.

@@ -335,7 +335,7 @@ def test_names_and_unused_goldens(root: Path, capsys: pytest.CaptureFixture) -> 
 
 def test_verify_imports_no_diffusers(recorded: Path, tiny_flux: Path) -> None:
     """`diffparity golden verify` runs the native side only: Diffusers is never even imported."""
-    code = ("import sys\nfrom harness.cli import main\n"
+    code = ("import sys\nfrom harness.cli.main import main\n"
             f"code = main(['golden', 'verify', 'flux-tiny', '--golden-dir', {str(recorded)!r}])\n"
             "print('EXIT', code, 'DIFFUSERS', sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,4 @@
-"""Multi-rank runs are refused before anything runs when the topology cannot work (harness/multirank.py), and
+"""Multi-rank runs are refused before anything runs when the topology cannot work (harness/run/multirank.py), and
 `diffparity run` passes --frames / --tp / --sp through. The multi-rank parity itself is cases/test_wan.py."""
 
 from __future__ import annotations

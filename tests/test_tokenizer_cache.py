@@ -236,7 +236,7 @@ def test_warm_verify_does_not_import_transformers(folders: dict[str, Path]) -> N
     """With the tokenizer cache warm, `golden verify` imports neither Diffusers nor transformers."""
     for name in ("flux-tiny/tokenizer", "flux-tiny/tokenizer_2"):
         load_tokenizer(folders[name])  # warm the user's cache, as any earlier run does
-    code = ("import sys, io, contextlib\nfrom harness.cli import main\n"
+    code = ("import sys, io, contextlib\nfrom harness.cli.main import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    code = main(['golden', 'verify', 'flux-tiny', '--no-forcing'])\n"
             "print('EXIT', code, sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'transformers'}))")

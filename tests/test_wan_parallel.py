@@ -98,7 +98,7 @@ def run_shapes(model: WanTransformer3DModel, capture: Capture) -> dict[str, torc
     return results
 
 
-# --- deliberately broken shards: instance mutations of a parallelized model, as harness/faults.py does --------
+# --- deliberately broken shards: instance mutations of a parallelized model, as references/wan/faults.py does ---
 
 
 def heads_back_in_wrong_order(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 parity holds, 1 parity fails, 2 bad input or usage (one line on stderr, no traceback; with
 `--out`, only an `error.json` is written there). Set DIFFPARITY_DEBUG=1 to see tracebacks.
-Each subcommand lives in `harness/commands/<name>.py`; add a module there and list it in COMMANDS.
+Each subcommand lives in `harness/cli/commands/<name>.py`; add a module there and list it in COMMANDS.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if out_dir is None and hasattr(args, "out_default"):
             out_dir = args.out_default(args)
         write_error_report(out_dir, getattr(args, "case", None), message)
-        if getattr(args, "point_latest", False):  # a default run folder (harness/run_folders.py): the newest run
+        if getattr(args, "point_latest", False):  # a default run folder (harness/run/run_folders.py): the newest run
             from harness.run.run_folders import point_latest
 
             point_latest(out_dir)

@@ -1,6 +1,6 @@
 """Per-step drift of the denoising loop: how the error of the free run grows next to the local (forced) error.
 
-`report["drift"]` (JSON, written by harness/report.py; plotted by the HTML report) has exactly this structure:
+`report["drift"]` (JSON, written by harness/report/build.py; plotted by the HTML report) has exactly this structure:
 
     {
       "steps": [0, 1, ..., N-1],

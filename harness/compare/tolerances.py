@@ -2,7 +2,7 @@
 calibration is stored for the case, dtype and device class, else per-dtype defaults.
 
 A *floor* is the largest difference between two correct runs of the reference itself (another attention
-kernel, another thread count, TF32, fp64 instead of fp32: `diffparity calibrate`, harness/calibrate.py): no
+kernel, another thread count, TF32, fp64 instead of fp32: `diffparity calibrate`, harness/golden/calibrate.py): no
 honest native implementation can be asked to come closer than that. Free records (the native pipeline on its
 own, errors accumulated) are held to free floors; forced records (one stage or one denoising step started from
 the reference's inputs) to forced floors, measured with the reference teacher-forced the same way. Thresholds:
@@ -15,7 +15,7 @@ every perturbation, seed and size calibrated, and the native side's own differen
 perturbation of the same kind (on the CPU: the math attention kernel instead of Diffusers' default one), so a
 correct port sits near 1x; 3x leaves room for seeds and prompts not calibrated. README "Tolerances" lists
 the floor multiples measured over the 3 seeds x 2 sizes x fp32/bf16 grid, and the fault matrix how far the
-broken variants of harness/faults.py land above their thresholds.
+broken variants of harness/verdicts/faults.py land above their thresholds.
 
 Why the minimum (MINIMUM_ROUNDINGS = 2 roundings of every element: 2 * eps / sqrt(12) of the record's dtype,
 6.9e-8 for float32, 4.5e-3 for bfloat16): records that every perturbation leaves bit-identical (the sigma

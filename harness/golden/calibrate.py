@@ -6,7 +6,7 @@ dtype: once free-running (its records against the baseline's give the *free* flo
 teacher-force its reference, once forced from the baseline's inputs (the *forced* floors of the stages a
 parity run forces: the local error one step or one decode makes under the perturbation). The floor of a
 (stage, field) is the worst rel_l2 seen over perturbations, requests and steps; the stored threshold is
-`FLOOR_MULTIPLE` x floor with an absolute minimum (harness/tolerances.py explains both numbers). Results are
+`FLOOR_MULTIPLE` x floor with an absolute minimum (harness/compare/tolerances.py explains both numbers). Results are
 plain JSON under golden/tolerances/, keyed by case, checkpoint, dtype and device class.
 """
 

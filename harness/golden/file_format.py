@@ -14,7 +14,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -25,9 +25,6 @@ from harness.golden.model import STAT_NAMES, Golden, GoldenRecord, tensor_bytes,
 from harness.golden.request_json import as_number, is_int, request_from_dict
 from harness.trace.keys import DTYPE_NAMES, DTYPES_BY_NAME, RecordKey, TraceError
 from harness.trace.keys import FORMAT as TRACE_FORMAT
-
-if TYPE_CHECKING:
-    pass
 
 FORMAT = "diffparity-golden"
 SCHEMA_VERSION = 2  # 2: the checkpoint is identified by content that matters (entries), not by its bytes
@@ -278,7 +275,7 @@ def _check_info(path: Path, info: dict) -> None:
 
 
 def _floors_ok(tolerances: dict, dtype: str) -> bool:
-    """Stored floors as harness/tolerances.py reads them: per record a stage, a field, and a finite non-negative
+    """Stored floors as harness/compare/tolerances.py reads them: per record a stage, a field, and a finite non-negative
     floor and threshold (free, and forced when present)."""
     def numbers_ok(values: Any) -> bool:
         return isinstance(values, dict) and all(

@@ -13,7 +13,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -23,9 +23,6 @@ from harness.golden.request_json import request_from_dict
 from harness.run.request import GenerationRequest
 from harness.trace.keys import RecordKey
 from harness.trace.memory import Trace
-
-if TYPE_CHECKING:
-    pass
 
 FULL_GOLDEN_LIMIT = 1024 * 1024  # a reference trace up to 1 MiB is stored whole (the tiny cases: 0.1-0.4 MiB)
 SMALL_RECORD_LIMIT = 16 * 1024  # in a compact golden, records up to 16 KiB (schedules, pooled embeddings) stay whole

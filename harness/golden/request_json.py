@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.golden.errors import GoldenCorrupt
 from harness.run.request import GenerationRequest
 
-if TYPE_CHECKING:
-    pass
 
 def request_from_dict(data: Any, path: Path | None = None) -> GenerationRequest:
     """A GenerationRequest from its JSON form, every field type-checked (a golden may come from anywhere)."""

@@ -13,12 +13,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from harness.golden.errors import GoldenError
-
-if TYPE_CHECKING:
-    pass
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 GOLDEN_ROOT = ROOT / "golden"

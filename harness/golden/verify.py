@@ -98,7 +98,7 @@ class VerifyResult:
 
 
 def golden_noise_section(golden: Golden, native_frames: torch.Tensor, video: bool) -> dict[str, Any]:
-    """The noise verdict of a run that must draw a picture (harness/noise.py), with the golden's decoded image
+    """The noise verdict of a run that must draw a picture (harness/noise/detector.py), with the golden's decoded image
     as the reference side; a compact golden keeps only a sample of it, so then only the native side is judged."""
     from harness.noise.detector import noise_section
 
@@ -144,7 +144,7 @@ def verify_golden(case: Case, dtype: str = "fp32", device: str = "cpu", root: Pa
     including when the case's checkpoint is not the one the golden was recorded from (another experiment).
     On failure the native trace is written beside the golden as `.obtained.safetensors`; on success a stale
     obtained file is removed. `draft` checks the draft instead (a review before `promote`); `mutate` breaks the
-    built native pipeline on purpose (harness/faults.py), as in `run_parity`.
+    built native pipeline on purpose (harness/verdicts/faults.py), as in `run_parity`.
     """
     from harness.environment import environment, environment_changes
     from harness.report.build import build_report

@@ -2,7 +2,7 @@
 
 `detect_noise(frames)` judges decoded frames (one image, a batch of images, or a video) and returns a
 `NoiseVerdict`, plain data that is truthy when the output is flagged. A frame is flagged when any of these
-checks fires, the first one giving the reason (the statistics are in `harness/image_stats.py`, the thresholds'
+checks fires, the first one giving the reason (the statistics are in `harness/noise/image_stats.py`, the thresholds'
 measured margins in `Thresholds`, `scripts/calibrate_noise_detector.py` and the README):
 
 - non_finite: any NaN or infinity;

@@ -1,7 +1,7 @@
 """Image statistics that tell a picture from noise without any learned weights.
 
 The functions take planes: 2-D float32 arrays (H, W) in [0, 1], one colour channel or the luma. The statistics
-are chosen for what separates decoded pictures from degenerate outputs (see `harness/noise.py` for the
+are chosen for what separates decoded pictures from degenerate outputs (see `harness/noise/detector.py` for the
 decisions and `scripts/calibrate_noise_detector.py` for the measured separation):
 
 - lag correlations and the *nugget*: a picture's autocorrelation falls off smoothly from lag 0, so the lag-1

@@ -118,7 +118,7 @@ def _write_artifacts(result: RunOutputs, out_dir: Path) -> None:
     result.native_trace.save(out_dir / "native.safetensors")
     result.reference_trace.save(out_dir / "reference.safetensors")
     traces = ["native.safetensors", "reference.safetensors"]
-    if result.forced_trace is not None:  # the teacher-forced native run (harness/forcing.py)
+    if result.forced_trace is not None:  # the teacher-forced native run (harness/run/forcing.py)
         result.forced_trace.save(out_dir / "native_forced.safetensors")
         traces.append("native_forced.safetensors")
     ranks = getattr(result, "ranks", None)  # absent on results of single-rank runs made elsewhere

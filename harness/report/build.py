@@ -57,8 +57,8 @@ def build_report(
     """The report.json document. `case`, `seed`, `verdict`, `first_divergence`, `records` are the stable core.
 
     `records` holds the free run's records, then the forced run's (each with `mode`); `first_divergence` is
-    the first failing local record (harness/compare.py), `first_divergence_mode` says which run's record it
-    is, `first_divergence_local` whether it is a local error; `drift` is documented in harness/drift.py.
+    the first failing local record (harness/compare/records.py), `first_divergence_mode` says which run's record it
+    is, `first_divergence_local` whether it is a local error; `drift` is documented in harness/compare/drift.py.
     """
     first = comparison.first_divergence
     return {

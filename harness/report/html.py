@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from harness.report import view as view
+from harness.report import view
 from harness.report.images import frame_images, heat_gradient_css
 from harness.report.plots import PlotSeries, log_line_plot
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.report import view as view
+from harness.report import view
 
 MAX_FRAME_ROWS = 4  # a clip's frames beyond these are summarised by the worst one
 
@@ -58,7 +58,7 @@ def _drift_line(report: dict[str, Any]) -> list[str]:
 
 
 def _ranks_line(report: dict[str, Any]) -> list[str]:
-    """A multi-rank run (harness/multirank.py): the topology and its comparison with the single-rank run."""
+    """A multi-rank run (harness/run/multirank.py): the topology and its comparison with the single-rank run."""
     ranks = report.get("ranks")
     if not isinstance(ranks, dict):
         return []

@@ -268,7 +268,7 @@ def run_native_ranks(
 ) -> RankRun:
     """Run the native pipeline on `topology`'s ranks; with `reference`, each rank also runs teacher-forced.
 
-    `mutate` (a fault: harness/faults.py) is applied on every rank and must be picklable (a module-level
+    `mutate` (a fault: harness/verdicts/faults.py) is applied on every rank and must be picklable (a module-level
     function). The traces come back as rank 0 recorded them; the rank files live in a private folder (in
     `spool_dir` when given) that is deleted before returning.
     """

@@ -1,7 +1,7 @@
 """Runs the native pipeline for a `GenerationRequest`, recording into a trace, and frees it afterwards.
 
 One load serves both native runs of a parity check: the free run, then (given the reference trace) the
-teacher-forced run (harness/forcing.py). `plan_native_run` validates everything that can be checked without
+teacher-forced run (harness/run/forcing.py). `plan_native_run` validates everything that can be checked without
 loading weights (configs, component classes, safetensors headers), so a bad checkpoint is a one-line error
 before the reference side, which runs first, touches it.
 """
@@ -123,11 +123,11 @@ def run_native(
     """Run the native pipeline, recording every stage into `trace`; returns frames (B, C, H, W) in [0, 1].
 
     With `reference` and `forced_trace`, the same loaded pipeline then runs teacher-forced from the
-    reference's inputs (harness/forcing.py), recording into `forced_trace` (or, for a pipeline that cannot be
+    reference's inputs (harness/run/forcing.py), recording into `forced_trace` (or, for a pipeline that cannot be
     forced, only `forced_trace.meta["forcing_skipped"]`, the reason). `mutate` is applied to the built
     pipeline before it runs: the hook the fault tests use to break one component on purpose without editing
     its source; it applies to both runs. `mesh`: this rank's place when the pipeline runs on several ranks
-    (harness/multirank.py launches them; the parallel components load sharded).
+    (harness/run/multirank.py launches them; the parallel components load sharded).
     """
     if (reference is None) != (forced_trace is None):
         raise ValueError("run_native needs both `reference` and `forced_trace` for a forced run, or neither")

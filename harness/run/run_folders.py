@@ -5,7 +5,7 @@
     out/CASE/latest -> run-20261206-163015-2   the newest finished run (a relative symlink)
 
 A user comparing a fix against the run before it finds both on disk. With an explicit `--out DIR` the run goes
-to DIR as the interface says (replacing what a previous run left there, atomically: harness/artifacts.py).
+to DIR as the interface says (replacing what a previous run left there, atomically: harness/report/artifacts.py).
 """
 
 from __future__ import annotations

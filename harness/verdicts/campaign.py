@@ -1,6 +1,6 @@
 """False-alarm campaign: a correct native pipeline over many varied runs must never fail a parity check.
 
-    .venv/bin/python -m harness.campaign flux-tiny --runs 120 [--plan-seed 0] [--json FILE]
+    .venv/bin/python -m harness.verdicts.campaign flux-tiny --runs 120 [--plan-seed 0] [--json FILE]
 
 Each run draws one value per axis: a seed none of the calibrated ones (1000 + run index), a square or
 non-square size, 1-8 steps, true CFG on or off, batch 1 or 2, fp32 or bf16, 1 or 2 intra-op threads (set
@@ -201,7 +201,7 @@ def format_summary(document: dict[str, Any], result: CampaignResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.campaign", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.verdicts.campaign", description=__doc__.split("\n\n")[0])
     parser.add_argument("case")
     parser.add_argument("--runs", type=int, default=120, help="number of runs (default 120)")
     parser.add_argument("--plan-seed", type=int, default=0, help="seed of the plan's shuffles (default 0)")
@@ -213,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         case = get_case(args.case)
         plan = campaign_plan(args.runs, args.plan_seed)
     except (CaseError, ValueError) as exc:
-        print(f"python -m harness.campaign: error: {exc}", file=sys.stderr)
+        print(f"python -m harness.verdicts.campaign: error: {exc}", file=sys.stderr)
         return 2
     if args.sample:
         plan = covering_sample(plan)
     path: Path = args.json or Path("out") / "campaign" / f"{case.name}.json"
     if path.is_dir():
-        print(f"python -m harness.campaign: error: --json {path} is a folder; name a file", file=sys.stderr)
+        print(f"python -m harness.verdicts.campaign: error: --json {path} is a folder; name a file", file=sys.stderr)
         return 2
 
     def progress(run: CampaignRun, passed: bool, worst: float, seconds: float) -> None:

@@ -1,5 +1,6 @@
 """Run the fault catalog against a case: one teacher-forced parity run per (fault, dtype), judged against the
-fault's expectation (harness/faults.py). `diffparity faults` and `python -m harness.grid --faults` print it.
+fault's expectation (harness/verdicts/faults.py). `diffparity faults` and `python -m harness.verdicts.grid --faults`
+print it.
 
 A row is *detected* when the parity run fails (or the native pipeline refuses the run with a `StageFieldError`,
 for `raises` faults), and *localized* when the first local divergence is the fault's expected record (stage,
@@ -82,7 +83,7 @@ def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | No
         outcome.skipped = fault.scope_note or f"not defined for {dtype}"
         return outcome
     start = time.perf_counter()
-    topology = Topology(*fault.topology)  # a shard fault runs the native side on its ranks (harness/multirank.py)
+    topology = Topology(*fault.topology)  # a shard fault runs the native side on its ranks (harness/run/multirank.py)
     try:
         result = run_parity(case, request, mutate_native=fault.apply,
                             topology=topology if topology.is_parallel else None)

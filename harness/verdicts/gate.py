@@ -2,13 +2,13 @@
 
 Per registry entry (its `family`, native_models/registry.py) the gate checks, and prints as a checklist:
 1. case file     `cases/test_<family>.py` exists;
-2. cases         at least one `Case` declares the family (harness/cases.py, `register_case`);
+2. cases         at least one `Case` declares the family (references/<family>/cases.py, `register_case`);
 3. tiny builder  every case's `build_checkpoint` builds (or finds) its checkpoint offline, and the native
                  runtime resolves that checkpoint to this family's registry entry;
 4. golden (cpu)  every case has a readable, uncorrupted fp32 golden for the `cpu` device class;
 5. parity        every CPU golden of every case verifies (`verify_golden`: the native side against the golden);
 6. not noise     the native output of every case that expects a picture (trained or real weights,
-                 `Case.expects_picture`) is not flagged by harness/noise.py; n/a when the family has none;
+                 `Case.expects_picture`) is not flagged by harness/noise/detector.py; n/a when the family has none;
 7. multi-rank    when the family's DiT class declares parallel plans (`_tp_plan` / `_sp_plan`), a test marked
                  `@pytest.mark.covers("<family>", "<topology of more than one rank>")` exists and passes
                  (run in a pytest subprocess); n/a otherwise.
@@ -163,7 +163,8 @@ def check_model(entry: ConfigEntry, cases_dir: Path = CASES_DIR, golden_root: Pa
                   else Check("case file", MISSING, f"no {shown}: add the family's parity tests there"))
     cases = cases_for_family(family)
     if not cases:
-        checks.append(Check("cases", MISSING, f"no Case with family '{family}' (harness/cases.py or register_case)"))
+        checks.append(Check("cases", MISSING, f"no Case with family '{family}' (references/{family}/cases.py, "
+                                               "register_case)"))
         for name in ("tiny builder", "golden (cpu)", "parity", "not noise", "multi-rank"):
             checks.append(Check(name, MISSING, "no case"))
         return checklist
@@ -392,7 +393,7 @@ def run_multi_rank_tests(family: str, test_dirs: tuple[Path, ...] = TEST_DIRS) -
     files = multi_rank_test_files(family, test_dirs)
     if not files:
         return {"passed": 0, "failed": 0, "skipped": 0}
-    code = ("import sys, pytest\nfrom harness.gate import MultiRankSelector\n"
+    code = ("import sys, pytest\nfrom harness.verdicts.gate import MultiRankSelector\n"
             "sys.exit(pytest.main(sys.argv[2:], plugins=[MultiRankSelector(sys.argv[1])]))")
     proc = subprocess.run([sys.executable, "-c", code, family, "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                            *map(str, files)], cwd=ROOT, capture_output=True, text=True)

@@ -1,16 +1,18 @@
 """The acceptance figures of issue 3: the grid of a correct pipeline and the fault matrix.
 
-    .venv/bin/python -m harness.grid flux-tiny --seeds 3 [--first-seed 3] [--size 64x64 --size 48x80] [--dtype fp32]
+    .venv/bin/python -m harness.verdicts.grid flux-tiny --seeds 3 [--first-seed 3] [--size 64x64 --size 48x80] \
+        [--dtype fp32]
 
 runs seeds x sizes x dtypes, free and forced, and prints per (dtype, mode, stage) each record's worst error as
 a multiple of its floor and the record that set it; exit 1 if any run fails. cases/test_flux.py runs a subset
 in CI.
 
-    .venv/bin/python -m harness.grid flux-tiny --faults [--dtype fp32]
+    .venv/bin/python -m harness.verdicts.grid flux-tiny --faults [--dtype fp32]
 
-runs every fault of harness/faults.py with forcing on and prints the matrix of `diffparity faults CASE`
-(harness/fault_matrix.py): where the first divergence lands, its error as a multiple of the floor and of the
-threshold, and whether every other stage's local records pass (tests/test_flux_fault_localization.py).
+runs every fault of the case's family (references/<family>/faults.py) with forcing on and prints the matrix of
+`diffparity faults CASE` (harness/verdicts/fault_matrix.py): where the first divergence lands, its error as a
+multiple of the floor and of the threshold, and whether every other stage's local records pass
+(tests/test_flux_fault_localization.py).
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.grid", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.verdicts.grid", description=__doc__.split("\n\n")[0])
     parser.add_argument("case")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0,
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", action="append", choices=("fp32", "bf16"))
     parser.add_argument("--faults", action="store_true", help="print the fault matrix instead of the grid")
     args = parser.parse_args(argv)
-    if args.faults:  # the same as `diffparity faults CASE` (harness/fault_matrix.py)
+    if args.faults:  # the same as `diffparity faults CASE` (harness/verdicts/fault_matrix.py)
         from harness.verdicts.fault_matrix import format_fault_matrix, run_fault_matrix
         from harness.verdicts.faults import faults_for
 

@@ -22,7 +22,7 @@ from harness.run.request import GenerationRequest
 from harness.trace.memory import Trace
 from references.common.instance_hooks import PipelineForcer, PipelineRecorder
 
-# fp64 serves calibration only (harness/calibrate.py): the reference in float64 from the fp32 run's noise.
+# fp64 serves calibration only (harness/golden/calibrate.py): the reference in float64 from the fp32 run's noise.
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 

@@ -1,6 +1,6 @@
 """The Diffusers/transformers components of a small FluxPipeline, built from a table of sizes.
 
-Two builders make FLUX checkpoints: references/tiny_flux.py (random weights, for parity) and
+Two builders make FLUX checkpoints: references/flux/tiny.py (random weights, for parity) and
 scripts/train_digits.py (trained, for the not-noise check). Both build the same four models the same way, seeded
 per component so that resizing one leaves the others' weights unchanged; this module is that one way. The
 shipped digits checkpoint is reproducible by its script only while these constructor calls stay as they are.

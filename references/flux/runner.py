@@ -157,7 +157,7 @@ def run_flux_reference(
     (FlowMatchEulerDiscreteScheduler.step is deterministic without stochastic_sampling).
 
     With `force_from` (another reference trace of the same request), the run is teacher-forced from it
-    (`_FluxForcer`): harness/calibrate.py measures local floors this way.
+    (`_FluxForcer`): harness/golden/calibrate.py measures local floors this way.
 
     After the run the pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
     """

@@ -143,7 +143,7 @@ def run_wan_reference(
     dtype. No other random numbers are drawn (UniPC is deterministic).
 
     With `force_from` (another reference trace of the same request), the run is teacher-forced from it
-    (`_WanForcer`): harness/calibrate.py measures local floors this way. `request.dtype` may be "fp64" there
+    (`_WanForcer`): harness/golden/calibrate.py measures local floors this way. `request.dtype` may be "fp64" there
     (the latents stay float32, drawn as in the fp32 run; the models run in float64).
 
     After the run the pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.

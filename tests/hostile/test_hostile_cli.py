@@ -35,15 +35,11 @@ def stubbed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     temporary folder (so '../x' would land inside tmp_path, where the test can see it). Returns tmp_path."""
     import harness.golden.calibrate
     import harness.run.parity
+    import harness.verdicts.fault_matrix  # imported before run_parity is stubbed: it binds run_parity by name
 
     monkeypatch.setattr(harness.run.parity, "run_parity", _reached)
     monkeypatch.setattr(harness.golden.calibrate, "calibrate", _reached)
-    try:
-        import harness.verdicts.fault_matrix
-
-        monkeypatch.setattr(harness.verdicts.fault_matrix, "run_fault_matrix", _reached)
-    except ImportError:
-        pass
+    monkeypatch.setattr(harness.verdicts.fault_matrix, "run_fault_matrix", _reached)
     for name, case in list(cases.CASES.items()):
         monkeypatch.setitem(cases.CASES, name, dataclasses.replace(case, run_reference=_reached,
                                                                    build_checkpoint=_reached))

@@ -1,7 +1,7 @@
 """The report writer under failure and hostile content: an existing report set is never half-overwritten, no
 temporary or staging file is left behind, and strings from a trace or a request cannot inject markup.
 
-Entry points: `write_run_artifacts` (harness/artifacts.py), `write_json_atomic` / `write_text_atomic`,
+Entry points: `write_run_artifacts` (harness/report/artifacts.py), `write_json_atomic` / `write_text_atomic`,
 `Trace.save`, `render_html`, `render_markdown`.
 """
 

@@ -1,5 +1,5 @@
 """`diffparity calibrate CASE`: measure every record's floor (the reference against itself) and store
-tolerances derived from it under golden/tolerances/ (harness/calibrate.py, harness/tolerances.py)."""
+tolerances derived from it under golden/tolerances/ (harness/golden/calibrate.py, harness/compare/tolerances.py)."""
 
 from __future__ import annotations
 

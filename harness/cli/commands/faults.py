@@ -1,4 +1,5 @@
-"""`diffparity faults CASE`: run the case once per catalog fault (harness/faults.py) and print where each is caught."""
+"""`diffparity faults CASE`: run the case once per fault of its family (references/<family>/faults.py) and print
+where each is caught."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "faults",
         help="run a case once per catalog fault and check each is caught in the stage it is in",
         description=(
-            "Break the native pipeline of CASE on purpose, one catalog fault at a time (harness/faults.py: instance "
-            "mutations, no source edited), run a teacher-forced parity check for each and print a matrix: fault, "
-            "expected stage, detected, localized stage (and step), error as a multiple of the floor and of the "
+            "Break the native pipeline of CASE on purpose, one catalog fault at a time (references/<family>/faults.py: "
+            "instance mutations, no source edited), run a teacher-forced parity check for each and print a matrix: "
+            "fault, expected stage, detected, localized stage (and step), error as a multiple of the floor and of the "
             "threshold, the noise detector's verdict on the native output."
         ),
         epilog="Exit codes: 0 every fault detected and localized to its expected stage, 1 any not, 2 bad input.",

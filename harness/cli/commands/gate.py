@@ -1,4 +1,4 @@
-"""`diffparity gate [MODEL...]`: the model-addition checklist of every registered model (harness/gate.py)."""
+"""`diffparity gate [MODEL...]`: the model-addition checklist of every registered model (harness/verdicts/gate.py)."""
 
 from __future__ import annotations
 

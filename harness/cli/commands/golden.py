@@ -1,4 +1,4 @@
-"""`diffparity golden record|promote|verify|list`: stored reference traces (harness/golden.py).
+"""`diffparity golden record|promote|verify|list`: stored reference traces (harness/golden/).
 
 record   run the case's reference (Diffusers) at its default request; write the draft beside the golden
 promote  make the draft the golden (refuses to replace an existing golden without --force)

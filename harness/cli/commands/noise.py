@@ -1,4 +1,4 @@
-"""`diffparity noise PATH...`: is each decoded output a picture, or noise? (see `harness/noise.py`)
+"""`diffparity noise PATH...`: is each decoded output a picture, or noise? (see `harness/noise/detector.py`)
 
 Inputs: PNG/JPEG/BMP/TIFF/WebP/GIF files (an animated GIF is a video), `.npy` arrays ((H, W), (H, W, C),
 (C, H, W); uint8, bool, or float in [0, 1] or [-1, 1]; a 3-D stack without a channel axis or a 4-D array is a
