@@ -10,6 +10,9 @@ depend on its package's `__init__`). Run this file directly to print the figures
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -158,6 +161,26 @@ def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
+def harness_package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Edges between harness subpackages (harness.run, harness.trace...; a top-level module is its own node)."""
+    def node(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    edges: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        if _within(module, "harness") and module != "harness":
+            edges.setdefault(node(module), set()).update(
+                node(t) for t in targets if _within(t, "harness") and node(t) != node(module))
+    return edges
+
+
+def test_harness_subpackages_form_layers(graph: dict[str, set[str]]) -> None:
+    """Data flows one way: trace -> compare -> report/noise -> run -> golden -> verdicts -> cli, so each
+    subpackage can be read without the ones above it (no cycle between subpackages either)."""
+    cycles = find_cycles(harness_package_graph(graph))
+    assert not cycles, "harness subpackages import each other: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
 def test_harness_imports_no_family_code(graph: dict[str, set[str]]) -> None:
     found = harness_family_imports(graph)
     assert not found, "harness modules import model-specific code: " + ", ".join(f"{a} -> {b}" for a, b in found)
@@ -175,6 +198,32 @@ def test_every_family_package_is_registered() -> None:
     packages = {f"references.{p.name}" for p in (ROOT / "references").iterdir()
                 if (p / "__init__.py").is_file() and p.name != "common"}
     assert packages == set(declared_families()), "references/families.py FAMILIES and the family folders differ"
+
+
+def test_family_code_comes_in_on_first_use_of_a_registry() -> None:
+    """Importing the harness registries loads no family; the first read of CASES / FAULTS imports the families'
+    `cases` / `faults` modules (references/families.py), and neither pulls in Diffusers or transformers."""
+    code = (
+        "import json, sys\n"
+        "from harness.run.cases import CASES\n"
+        "from harness.verdicts.faults import FAULTS\n"
+        "loaded = lambda: sorted(m for m in sys.modules if m.startswith('references.') and 'families' not in m)\n"
+        "before = loaded()\n"
+        "cases = list(CASES)\n"
+        "after_cases = loaded()\n"
+        "families = sorted({fault.families[0] for fault in FAULTS.values()})\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'transformers'})\n"
+        "print(json.dumps([before, cases, after_cases, families, heavy]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    before, cases, after_cases, families, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert before == [] and heavy == []
+    assert {"flux-tiny", "flux-digits", "wan-tiny"} <= set(cases)
+    assert {f"{package}.cases" for package in declared_families()} <= set(after_cases)
+    assert not [m for m in after_cases if m.endswith(".faults")]  # reading CASES loads no fault
+    assert {"flux", "wan"} <= set(families)
 
 
 # --- the checks can fail ------------------------------------------------------------------------------------------
@@ -197,6 +246,18 @@ def test_a_synthetic_cycle_is_found(tmp_path: Path) -> None:
     graph = import_graph(tmp_path, ("harness",))
     assert graph["harness.c"] == {"harness.a"}
     assert find_cycles(graph) == [["harness.a", "harness.b"]]
+
+
+def test_a_synthetic_subpackage_cycle_is_found(tmp_path: Path) -> None:
+    _write(tmp_path, {
+        "harness/__init__.py": "", "harness/up/__init__.py": "", "harness/down/__init__.py": "",
+        "harness/up/a.py": "from harness.down.b import x\n",
+        "harness/down/c.py": "import harness.up.a\n",  # no module cycle, but the packages depend on each other
+        "harness/down/b.py": "x = 1\n",
+    })
+    graph = import_graph(tmp_path, ("harness",))
+    assert find_cycles(graph) == []
+    assert find_cycles(harness_package_graph(graph)) == [["harness.down", "harness.up"]]
 
 
 def test_a_harness_import_of_a_new_family_is_found(tmp_path: Path) -> None:
@@ -224,5 +285,6 @@ if __name__ == "__main__":
     counts = line_counts()
     print(f"{len(graph)} modules, {sum(len(v) for v in graph.values())} internal imports")
     print("cycles:", find_cycles(graph) or "none")
+    print("harness subpackage cycles:", find_cycles(harness_package_graph(graph)) or "none")
     print("harness -> family code:", harness_family_imports(graph) or "none")
     print(f"modules over {MAX_LINES} lines:", large_modules(counts) or "none")
