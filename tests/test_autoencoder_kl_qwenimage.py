@@ -23,7 +23,7 @@ from native_models.attention import attention_backend
 from native_models.components import MODEL_CLASSES
 from native_models.loader import load_component
 from native_models.models.autoencoder_kl_qwenimage import AutoencoderKLQwenImage
-from references.tiny_build import randomise_constant_parameters
+from references.common.tiny_build import randomise_constant_parameters
 
 TINY = {
     "base_dim": 8,

@@ -29,7 +29,7 @@ from native_models.components import MODEL_CLASSES
 from native_models.errors import CheckpointError
 from native_models.loader import load_component
 from native_models.models.qwen_text import Qwen2_5_VLForConditionalGeneration, mrope_tables
-from references.tiny_build import randomise_constant_parameters
+from references.common.tiny_build import randomise_constant_parameters
 
 VOCAB = 200
 HEAD_DIM = 16

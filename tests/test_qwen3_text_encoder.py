@@ -22,7 +22,7 @@ from native_models.attention import attention_backend
 from native_models.components import MODEL_CLASSES
 from native_models.loader import load_component
 from native_models.models.qwen_text import Qwen3ForCausalLM, Qwen3Model
-from references.tiny_build import randomise_constant_parameters
+from references.common.tiny_build import randomise_constant_parameters
 
 VOCAB = 180
 CONFIG = {

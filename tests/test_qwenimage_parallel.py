@@ -44,7 +44,7 @@ from native_models.parallel import (
 from native_models.parallel.joint_sequence_parallel import JointUlyssesAttention
 from native_models.parallel.plan import matching_modules
 from native_models.parallel.tensor_parallel import RowwiseLinear
-from references.tiny_build import randomise_constant_parameters
+from references.common.tiny_build import randomise_constant_parameters
 
 PARITY_REL_L2 = 1e-5
 BROKEN_MIN_REL_L2 = 10 * PARITY_REL_L2

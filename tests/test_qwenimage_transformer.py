@@ -22,7 +22,7 @@ from native_models.components import MODEL_CLASSES
 from native_models.errors import CheckpointError
 from native_models.loader import load_component
 from native_models.models.qwenimage_transformer import QwenImageTransformer2DModel, QwenRotary
-from references.tiny_build import randomise_constant_parameters
+from references.common.tiny_build import randomise_constant_parameters
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 diffusers = pytest.importorskip("diffusers")
