@@ -39,6 +39,7 @@ SCHEDULER_CLASSES: dict[str, str] = {
 }
 TOKENIZER_CLASSES = {
     "CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "AutoTokenizer", "TokenizersBackend",
+    "Qwen2Tokenizer", "Qwen2TokenizerFast",  # Qwen-Image (Qwen2.5-VL) and Z-Image (Qwen3)
 }
 
 

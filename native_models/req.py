@@ -41,6 +41,10 @@ class Req:
     generator: torch.Generator | None = None
     prompt_embeds: list[torch.Tensor] | None = None  # one tensor per text encoder, in encoder order
     negative_prompt_embeds: list[torch.Tensor] | None = None
+    # per text encoder, the (B, L) 1/0 mask of real tokens in its embeddings (LLM encoders whose prompts keep
+    # their own lengths: Qwen-Image, Z-Image), or None where the embeddings have no padding to mask
+    prompt_masks: list[torch.Tensor | None] | None = None
+    negative_prompt_masks: list[torch.Tensor | None] | None = None
     latents: torch.Tensor | None = None  # in the DiT's layout (packed tokens for FLUX)
     raw_latent_shape: tuple[int, ...] | None = None  # spatial (B, C, h, w) or (B, C, T, h, w), to unpack
     sigmas: list[float] | None = None  # the sigma schedule handed to the scheduler (without terminal)

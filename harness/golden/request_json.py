@@ -33,6 +33,7 @@ def request_from_dict(data: Any, path: Path | None = None) -> GenerationRequest:
         "true_cfg_scale": lambda v: as_number(v) is not None and math.isfinite(float(v)) and not isinstance(v, str),
         "dtype": lambda v: v in ("fp32", "bf16"),
         "device": lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"),
+        "extra_prompts": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
     }
     defaults = {f.name: f.default for f in fields(GenerationRequest)}
     for name, value in data.items():

@@ -64,9 +64,11 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
         max_sequence_length=request.max_sequence_length,
         num_frames=request.frames,
     )
+    prompts = [params.prompt, *request.extra_prompts]  # each prompt's images next to each other, as Diffusers
     batch = Req(
-        prompt=[params.prompt] * request.batch_size,
-        negative_prompt=[params.negative_prompt] * request.batch_size if params.negative_prompt is not None else None,
+        prompt=[prompt for prompt in prompts for _ in range(request.batch_size)],
+        negative_prompt=(None if params.negative_prompt is None
+                         else [params.negative_prompt] * (request.batch_size * len(prompts))),
         height=params.height,
         width=params.width,
         num_inference_steps=params.num_inference_steps,

@@ -29,20 +29,36 @@ class GenerationRequest:
     device: str = "cpu"
     batch_size: int = 1  # images per prompt: the native side encodes the prompt this many times, Diffusers
     # gets num_images_per_prompt; one CPU generator draws the whole (B, C, h, w) noise at once on both sides
+    # More prompts of the same batch, encoded in one call with `prompt` (Diffusers gets the list): prompts of
+    # different lengths are padded together, the one way a text encoder's padding mask or a DiT's text mask can
+    # matter in a pipeline that encodes each call's prompts alone. Batch = len(prompts) x batch_size, each prompt's
+    # images next to each other; one negative prompt serves every prompt.
+    extra_prompts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if isinstance(self.extra_prompts, list):  # JSON has no tuples: a stored request reads back as a list
+            object.__setattr__(self, "extra_prompts", tuple(self.extra_prompts))
+        if not isinstance(self.extra_prompts, tuple):
+            raise ValueError(f"extra_prompts must be a tuple of strings, got {type(self.extra_prompts).__name__}")
         # types and bounds (native_models/limits.py): a huge size fails here, before either side allocates
         check_request_limits(
             height=self.height, width=self.width, steps=self.steps, seed=self.seed, frames=self.frames,
-            batch_size=self.batch_size, guidance_scale=self.guidance_scale, true_cfg_scale=self.true_cfg_scale,
-            max_sequence_length=self.max_sequence_length, prompt=self.prompt, negative_prompt=self.negative_prompt,
+            batch_size=self.batch_size * len(self.prompts), guidance_scale=self.guidance_scale,
+            true_cfg_scale=self.true_cfg_scale, max_sequence_length=self.max_sequence_length, prompt=self.prompt,
+            negative_prompt=self.negative_prompt, extra_prompts=self.extra_prompts,
         )
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """Every prompt of the batch, `prompt` first (each stands for `batch_size` images)."""
+        return (self.prompt, *self.extra_prompts)
 
     @property
     def do_true_cfg(self) -> bool:
         return self.true_cfg_scale > 1.0 and self.negative_prompt is not None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON data (extra_prompts as a list), equal to what a stored request reads back as."""
+        return {**asdict(self), "extra_prompts": list(self.extra_prompts)}

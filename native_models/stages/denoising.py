@@ -68,18 +68,20 @@ class DenoisingStage(PipelineStage):
         """Step `step` at scheduler timestep `t` from `latents` (DiT layout): DiT, CFG, scheduler; returns the
         latents after the step. Records transformer_output(_uncond), noise_pred and latents at `step`."""
         timestep = self.config.prepare_timestep(t, batch)
-        shared: dict[str, Any] = {"hidden_states": self.config.prepare_model_input(latents, batch),
-                                  "timestep": timestep, **inputs.rotary_kwargs}
+        shared: dict[str, Any] = dict(inputs.rotary_kwargs)
         if inputs.guidance is not None:  # only guidance-distilled DiTs take it
             shared["guidance"] = inputs.guidance
         with torch.no_grad():
-            cond = self.transformer(**shared, **inputs.pos_kwargs)
+            cond, uncond = self.config.run_transformer(
+                self.transformer, self.config.prepare_model_input(latents, batch), timestep, inputs.pos_kwargs,
+                inputs.neg_kwargs, shared,
+            )
             batch.record(self.trace_stage, "transformer_output", self._spatial(cond, batch), step)
             noise_pred = cond
-            if inputs.neg_kwargs is not None:
-                uncond = self.transformer(**shared, **inputs.neg_kwargs)
+            if uncond is not None:
                 batch.record(self.trace_stage, "transformer_output_uncond", self._spatial(uncond, batch), step)
                 noise_pred = self.config.combine_cfg(cond, uncond, batch.true_cfg_scale)
+            noise_pred = self.config.finish_noise_pred(noise_pred, batch)
         batch.record(self.trace_stage, "noise_pred", self._spatial(noise_pred, batch), step)
         latents = self.scheduler.step(noise_pred, step, latents)
         batch.record(self.trace_stage, "latents", self._spatial(latents, batch), step)

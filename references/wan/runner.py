@@ -24,7 +24,12 @@ from diffusers.utils import is_ftfy_available
 from harness.run.request import GenerationRequest
 from harness.trace.memory import Trace
 from references.common.instance_hooks import PipelineForcer, PipelineRecorder
-from references.common.reference_pipeline import check_pipeline_class, make_generator, run_reference_pipeline
+from references.common.reference_pipeline import (
+    check_pipeline_class,
+    check_single_prompt,
+    make_generator,
+    run_reference_pipeline,
+)
 
 PIPELINE_CLASS = "WanPipeline"
 
@@ -149,6 +154,7 @@ def run_wan_reference(
     After the run the pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
     """
     check_pipeline_class(checkpoint, PIPELINE_CLASS, "Wan")
+    check_single_prompt(request, "Wan")
     check_wan_request(request)
     guidance_scale = wan_guidance_scale(request)
     run_reference_pipeline(
