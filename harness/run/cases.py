@@ -43,6 +43,13 @@ class Case:
     # (steps, height, width): per seed, one more true-CFG request at a corner the sizes miss (harness/golden/
     # calibrate.py), measured only when the caller names no sizes
     calibration_corners: tuple[tuple[int, int, int], ...] = ()
+    # per seed, one more request per entry: the default request with these (field, value) pairs replaced, for a
+    # path the sizes and corners miss (e.g. prompts of different lengths in one batch: padding masks), measured
+    # only when the caller names no sizes
+    calibration_variants: tuple[tuple[tuple[str, object], ...], ...] = ()
+    # the fewest denoising steps the case's reference can run (Qwen-Image's terminal sigma shift needs 2); the
+    # false-alarm campaign draws its step counts from here
+    min_steps: int = 1
 
     def request(self, **overrides: object) -> GenerationRequest:
         """The default request with the given non-None fields replaced."""

@@ -201,9 +201,10 @@ class QwenRMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.compute_dtype = torch.float32  # instance attribute: the precision the normalisation runs in (a seam)
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.to(torch.float32)
+        xf = x.to(self.compute_dtype)
         variance = xf.pow(2).mean(-1, keepdim=True)
         return self.weight * (xf * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
@@ -267,6 +268,7 @@ class QwenAttention(nn.Module):
         if c.qk_norm:
             self.q_norm = QwenRMSNorm(d, c.rms_norm_eps)
             self.k_norm = QwenRMSNorm(d, c.rms_norm_eps)
+        self.expand_kv: Callable[[Tensor, int], Tensor] = repeat_kv  # instance attribute: how k/v heads are shared
 
     def forward(self, x: Tensor, rotary: tuple[Tensor, Tensor], mask: Tensor | None) -> Tensor:
         """x (B, L, C); rotary cos/sin (B, L, D); mask (B, 1, L, L) bool or None for plain causal -> (B, L, C)."""
@@ -280,7 +282,7 @@ class QwenAttention(nn.Module):
         q = apply_rotary(q.transpose(1, 2), *rotary)  # (B, H, L, D)
         k = apply_rotary(k.transpose(1, 2), *rotary)  # (B, H_kv, L, D)
         groups = self.config.kv_groups
-        k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, H, L, D)
+        k, v = self.expand_kv(k, groups), self.expand_kv(v, groups)  # (B, H, L, D)
         out = attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=d**-0.5)  # (B, H, L, D)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
 

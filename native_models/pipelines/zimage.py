@@ -158,6 +158,7 @@ class ZImageBeforeDenoisingStage(PipelineStage):
         self.scheduler = scheduler
         self.config = config
         self.spec = config.text_encoders[0]
+        self.chat_template_kwargs = dict(CHAT_TEMPLATE_KWARGS)  # instance attribute: how prompts are wrapped
         self.vae_scale_factor = vae_scale_factor
         self.latent_channels = latent_channels
 
@@ -172,7 +173,7 @@ class ZImageBeforeDenoisingStage(PipelineStage):
         """Prompt states (B, L, D), right-padded with zeros, and their real-token mask (B, L) (P:209-251)."""
         spec = self.spec
         texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                    **CHAT_TEMPLATE_KWARGS) for prompt in prompts]  # fmt: skip
+                                                    **self.chat_template_kwargs) for prompt in prompts]  # fmt: skip
         tokens = self.tokenizer(texts, padding="max_length", max_length=batch.max_sequence_length, truncation=True,
                                 return_tensors="pt")  # fmt: skip
         ids = tokens.input_ids.to(batch.device)

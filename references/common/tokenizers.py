@@ -165,6 +165,8 @@ QWEN_IMAGE_TEMPLATE_WORDS = (
     " quantity", " text", " spatial", " relationships", " of", " objects", " and", " background", "user",
     "assistant",
 )  # fmt: skip
+# The role names of the chat template, one token each as in the real Qwen vocabulary
+QWEN_CHAT_WORDS = ("system", "user", "assistant")
 # Words of typical test prompts, each one token with and without the leading space (a prompt's first word has none).
 QWEN_PROMPT_WORDS = (
     "a", "an", "the", "photo", "picture", "painting", "of", "cat", "dog", "fox", "bird", "house", "tree", "river",

@@ -50,4 +50,8 @@ register_case(Case(
     # per seed one more true-CFG request at 32x32 and 2 steps, the fewest the terminal shift allows (1 step gives
     # NaN sigmas in Diffusers): few large steps put the most error into one step's latents
     calibration_corners=((2, 32, 32),),
+    # per seed one request with a second, shorter prompt: it is left-padded in the encoder and zero-padded (and
+    # masked) in the DiT, the paths a single prompt never takes (the mask faults run there)
+    calibration_variants=((("extra_prompts", ("a small blue bird",)),),),
+    min_steps=2,
 ))

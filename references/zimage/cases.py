@@ -11,6 +11,10 @@ from harness.run.cases import Case, ProgressCallback, register_case
 from harness.run.request import GenerationRequest
 from harness.trace.memory import Trace
 
+# 24 words of the tiny vocabulary: 33 tokens with the chat template, one more than the DiT's 32-token caption block
+LONG_PROMPT = ("a small blue bird sitting on a tree under the golden sky at sunset with a river and a mountain lake "
+               "in the forest")
+
 
 def _tiny_zimage_checkpoint() -> Path:
     from references.zimage.tiny import tiny_zimage_checkpoint
@@ -48,4 +52,7 @@ register_case(Case(
         negative_prompt="blurry, low quality", true_cfg_scale=5.0, max_sequence_length=48,
     ),
     calibration_corners=((1, 32, 32),),
+    # per seed one request with a second, longer prompt (33 tokens: its caption pads to 64 in the DiT, the first
+    # prompt's to 32), so the DiT's batch padding and key mask get floors too
+    calibration_variants=((("extra_prompts", (LONG_PROMPT,)),),),
 ))

@@ -27,7 +27,13 @@ from references.common.tiny_build import (
     save_checkpoint,
     seed_component,
 )
-from references.common.tokenizers import QWEN_ENDOFTEXT, QWEN_IM_END, build_qwen_tokenizer, qwen_words
+from references.common.tokenizers import (
+    QWEN_CHAT_WORDS,
+    QWEN_ENDOFTEXT,
+    QWEN_IM_END,
+    build_qwen_tokenizer,
+    qwen_words,
+)
 
 # Bump when the build recipe changes, so caches built by an older recipe are not reused.
 BUILD_VERSION = 1
@@ -87,7 +93,7 @@ def _build_components(seed: int, config: TinyZImageConfig) -> dict:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    tokenizer = build_qwen_tokenizer(qwen_words(), padding_side=config.padding_side)
+    tokenizer = build_qwen_tokenizer(qwen_words(QWEN_CHAT_WORDS), padding_side=config.padding_side)
     pad_id = tokenizer.convert_tokens_to_ids(QWEN_ENDOFTEXT)
 
     seed_component(seed, 0)
