@@ -133,7 +133,7 @@ def command_verify(args: argparse.Namespace) -> int:
     request = result.golden.info["request"]
     print(f"{case.name}: native against golden {result.golden.path} ({request['height']}x{request['width']}, "
           f"{request['steps']} steps, seed {request['seed']}, {args.dtype} on {args.device})", file=sys.stderr)
-    print(format_stage_table(result.comparison, result.report.get("noise")))
+    print(format_stage_table(result.comparison, result.report.get("noise"), result.report.get("tolerances")))
     print(format_environment_changes(result.report["golden"]["environment_changes"]))
     for warning in result.report.get("warnings", []):
         print(f"warning: {warning}")

@@ -93,7 +93,7 @@ def command_run(args: argparse.Namespace) -> int:
     result = run_parity(case, request, model=args.model, out_dir=out_dir,
                         progress=make_progress(not args.no_progress), forcing=not args.no_forcing,
                         topology=topology)
-    print(format_stage_table(result.comparison, result.report.get("noise")))
+    print(format_stage_table(result.comparison, result.report.get("noise"), result.report.get("tolerances")))
     if result.report.get("forcing_skipped"):
         print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
     if result.ranks is not None and result.ranks.vs_single is not None:
