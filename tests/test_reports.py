@@ -278,7 +278,7 @@ def test_html_drift_plot_draws_each_record_against_its_own_threshold() -> None:
     assert {re.search(r'stroke="(#\w+)"', line)[1] for line in lines} == {"#1f77b4", "#2ca02c"}
     assert "1.0: the gate" in html and 'aria-label="error / threshold per denoising step"' in html
     grid = {m[2]: float(m[1]) for m in re.finditer(r'y="([\d.]+)"[^>]*>1e(-?\d+)<', html)}
-    gate = re.search(r'<line [^>]*y1="([\d.]+)"[^>]*stroke="#b3261e"', html)
+    gate = re.search(r'<line [^>]*y1="([\d.]+)"[^>]*stroke="#d9480f"', html)
     assert float(gate[1]) == pytest.approx(grid["0"] - 4, abs=0.11)  # the line at 1.0 sits on the 1e0 grid line
     # transformer output step 5: 1.8e-6 / 1e-5 = 0.18x, drawn between the 1e-1 and 1e0 grid lines
     free_tf = next(line for line in lines if "#2ca02c" in line and "dasharray" not in line)

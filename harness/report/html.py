@@ -11,6 +11,7 @@ every record (collapsed).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
@@ -105,7 +106,12 @@ def _stage_section(page: Page) -> str:
                  *([view.fmt(r.worst_floor_multiple, "x")] if has_floor else []), r.verdict]
         body.append((r.verdict, cells))
     return ("<h2>Stages</h2>\n" + _table(headers, body, left=2 if has_mode else 1)
-            + f'\n<p class="muted rule">{escape(view.threshold_rule(page.report))}</p>')
+            + f'\n<p class="muted rule">{_no_break_in_numbers(escape(view.threshold_rule(page.report)))}</p>')
+
+
+def _no_break_in_numbers(text: str) -> str:
+    """'1e-05' kept on one line: the exponent's hyphen becomes a non-breaking one."""
+    return re.sub(r"(\d)e-(\d)", "\\1e\u2011\\2", text)
 
 
 def _noise_section(page: Page) -> str:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 
+THRESHOLD_COLOUR = "#d9480f"  # the threshold line and its label; no series or heat-ramp colour comes near it
+
 
 @dataclass
 class PlotSeries:
@@ -68,8 +70,9 @@ def log_line_plot(
     if threshold is not None and threshold > 0:
         positive.append(threshold)
     lo, hi = _decades(positive) if positive else (-8, 0)
-    if threshold is not None and threshold > 0:  # room above the threshold line: where a failing point lands
+    if threshold is not None and threshold > 0:  # room on both sides of the threshold line
         hi = max(hi, math.ceil(math.log10(threshold) + 0.5))
+        lo = min(lo, math.floor(math.log10(threshold) - 0.5))
     x_lo, x_hi = (min(x), max(x)) if x else (0, 1)
     x_span = (x_hi - x_lo) or 1
 
@@ -102,10 +105,11 @@ def log_line_plot(
     if threshold is not None and threshold > 0:
         yt = py(threshold)
         out.append(f'<line x1="{box.left}" y1="{yt:.1f}" x2="{box.left + box.inner_width}" y2="{yt:.1f}" '
-                   'stroke="#b3261e" stroke-width="1.5" stroke-dasharray="4 3"/>')
+                   f'stroke="{THRESHOLD_COLOUR}" stroke-width="2" stroke-dasharray="5 3" '
+                   'shape-rendering="crispEdges"/>')
         label = threshold_label or f"tolerance {threshold:.3g}"
         out.append(f'<text x="{box.left + box.inner_width - 4}" y="{yt - 4:.1f}" text-anchor="end" '
-                   f'font-size="11" fill="#b3261e">{escape(label)}</text>')
+                   f'font-size="11" fill="{THRESHOLD_COLOUR}">{escape(label)}</text>')
     for s in series:
         out.extend(_series_marks(s, x, px, py, top=box.top, bottom=bottom))
     out.extend(_legend(series, box))
