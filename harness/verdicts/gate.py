@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,9 +129,11 @@ def is_multi_rank(topology: str) -> bool:
 
 
 def check_models(models: list[str] | None = None, cases_dir: Path = CASES_DIR, golden_root: Path | None = None,
-                 test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True) -> GateReport:
+                 test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True,
+                 progress: Callable[[str], None] | None = None) -> GateReport:
     """The checklist of every registered model (or of `models`). `run=False` checks files only (no builds,
-    no parity, no multi-rank run): those checks then read 'not run'. The gate works offline."""
+    no parity, no multi-rank run): those checks then read 'not run'. The gate works offline. `progress` hears
+    each model and check as it starts."""
     from harness.golden.store import scan_goldens
     from harness.run.cases import CASES
 
@@ -142,7 +145,7 @@ def check_models(models: list[str] | None = None, cases_dir: Path = CASES_DIR, g
         if unknown:
             raise GateError(f"no registered model named {', '.join(unknown)}; registered: {', '.join(families)}")
         entries = [entry for entry in entries if entry.family in models]
-    report = GateReport([check_model(entry, cases_dir, golden_root, test_dirs, run) for entry in entries])
+    report = GateReport([check_model(entry, cases_dir, golden_root, test_dirs, run, progress) for entry in entries])
     found, strays = scan_goldens(golden_root)
     report.unused = [str(f.path) for f in found if f.case not in CASES] + [str(p) for p in strays]
     report.orphan_cases = sorted(name for name, case in CASES.items() if case.family not in families)
@@ -150,10 +153,12 @@ def check_models(models: list[str] | None = None, cases_dir: Path = CASES_DIR, g
 
 
 def check_model(entry: ConfigEntry, cases_dir: Path = CASES_DIR, golden_root: Path | None = None,
-                test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True) -> ModelChecklist:
+                test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True,
+                progress: Callable[[str], None] | None = None) -> ModelChecklist:
     from harness.run.cases import cases_for_family
 
     family = entry.family
+    say = progress or (lambda text: None)
     config = f"{entry.pipeline_config_cls.__module__}.{entry.pipeline_config_cls.__qualname__}"
     checklist = ModelChecklist(family, config)
     checks = checklist.checks
@@ -169,10 +174,13 @@ def check_model(entry: ConfigEntry, cases_dir: Path = CASES_DIR, golden_root: Pa
             checks.append(Check(name, MISSING, "no case"))
         return checklist
     checks.append(Check("cases", OK, ", ".join(case.name for case in cases)))
+    say(f"{family}: tiny builder (each case's checkpoint, built once then cached)")
     checkpoints = _check_builders(entry, cases, checks, run)
     goldens = _check_goldens(cases, checks, golden_root)
+    say(f"{family}: parity (every CPU golden verified by the native side)")
     results = _check_parity(cases, goldens, checkpoints, checks, golden_root, run)
     _check_noise(cases, results, checks)
+    say(f"{family}: multi-rank (tests marked covers('{family}', ...) in a pytest subprocess, when plans exist)")
     _check_multi_rank(family, cases, checkpoints, checks, test_dirs, run)
     return checklist
 
