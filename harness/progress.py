@@ -3,7 +3,8 @@
 A parity run spends seconds to minutes in places that print nothing (importing Diffusers, loading, denoising on
 both sides, teacher forcing, goldens, calibration requests). `Progress` keeps the user informed on stderr:
 - every phase is one line, `[  12.3 s] flux-tiny: reference (Diffusers), 20 steps`, on a terminal and in a CI
-  log alike;
+  log alike, written when the next phase starts or once the phase has lasted `delay_s` (1 s): a command that
+  fails in its first second still says only its one-line error;
 - on a terminal, the denoising steps of each side are a tqdm bar that disappears when done;
 - whatever the stream, a heartbeat thread writes `<phase>: still running (<last step>)` after `heartbeat_s`
   seconds without a line (10 s; `DIFFPARITY_HEARTBEAT_S` changes it), so a piped log is never silent longer.
@@ -37,7 +38,7 @@ class Progress:
     manager (the heartbeat thread stops on exit). `enabled=False` says nothing at all (`--no-progress`)."""
 
     def __init__(self, label: str, stream: TextIO | None = None, enabled: bool = True,
-                 interactive: bool | None = None, heartbeat_s: float | None = None) -> None:
+                 interactive: bool | None = None, heartbeat_s: float | None = None, delay_s: float = 1.0) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
@@ -45,6 +46,8 @@ class Progress:
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else heartbeat_seconds()
         self._start = self._last = time.monotonic()
         self._phase = "starting"
+        self._pending: tuple[str, float] | None = None  # a phase line not yet written, and when the phase began
+        self.delay_s = delay_s
         self._step = ""
         self._bars: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -57,11 +60,16 @@ class Progress:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.close(failed=exc_type is not None)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Stop the heartbeat; the last phase's line is written unless the command failed in it."""
         self._stop.set()
+        with self._lock:
+            if not failed:
+                self._flush()
+            self._pending = None
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
@@ -71,10 +79,12 @@ class Progress:
             self._bars.clear()
 
     def phase(self, text: str) -> None:
-        """A new phase starts: one line now, and the heartbeat names it from here on."""
+        """A new phase starts: the previous phase's line is written if it was not yet, this one's follows when
+        the next phase starts or after `delay_s`; the heartbeat names it from here on."""
         with self._lock:
+            self._flush()
             self._phase, self._step = text, ""
-            self._emit(text)
+            self._pending = (text, time.monotonic())
 
     def __call__(self, side: str) -> StepCallback | None:
         """The step callback of one side's denoising loop (None when disabled)."""
@@ -88,16 +98,23 @@ class Progress:
                     self._bar(side, done, total)
                 if done >= total:
                     self._step = ""
+                    self._flush()
                     self._emit(f"{side}: {total} denoising steps done")
 
         return update
 
     # ---- inside the lock ----
-    def _emit(self, text: str) -> None:
+    def _flush(self) -> None:
+        if self._pending is not None:
+            text, began = self._pending
+            self._pending = None
+            self._emit(text, began)
+
+    def _emit(self, text: str, at: float | None = None) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
-        line = f"[{now - self._start:6.1f} s] {self.label}: {text}"
+        line = f"[{(at or now) - self._start:6.1f} s] {self.label}: {text}"
         if self._bars:
             from tqdm import tqdm
 
@@ -120,11 +137,14 @@ class Progress:
             del self._bars[side]
 
     def _beat(self) -> None:
-        tick = min(1.0, self.heartbeat_s / 4)
+        tick = min(0.25, self.heartbeat_s / 4, self.delay_s / 2)
         while not self._stop.wait(tick):
             with self._lock:
+                if self._pending is not None and time.monotonic() - self._pending[1] >= self.delay_s:
+                    self._flush()
                 quiet = time.monotonic() - self._last
                 if quiet >= self.heartbeat_s and not self._bars:  # a live bar already shows progress
+                    self._flush()
                     self._emit(f"{self._phase}: still running" + (f" ({self._step})" if self._step else ""))
 
 

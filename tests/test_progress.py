@@ -38,6 +38,21 @@ def test_phases_steps_and_heartbeat_when_piped() -> None:
     assert all(line.startswith("[") and " s] flux-tiny: " in line for line in lines)
 
 
+def test_a_phase_that_fails_in_its_first_second_leaves_no_line() -> None:
+    """A command that fails at once says only its one-line error; a phase that lasts has its line after delay_s."""
+    stream = io.StringIO()
+    with pytest.raises(ValueError), Progress("x", stream=stream, heartbeat_s=5) as progress:
+        progress.phase("checking the golden")
+        raise ValueError("no golden")
+    assert stream.getvalue() == ""
+    with Progress("x", stream=stream, heartbeat_s=5, delay_s=0.2) as progress:
+        progress.phase("a long phase")
+        time.sleep(0.6)
+        assert "x: a long phase" in stream.getvalue()  # written while the phase still runs
+        progress.phase("a short last phase")
+    assert stream.getvalue().splitlines()[-1].endswith("x: a short last phase")  # a normal exit writes it
+
+
 def test_disabled_progress_says_nothing_and_stops_its_thread() -> None:
     stream = io.StringIO()
     with Progress("x", stream=stream, enabled=False, heartbeat_s=0.05) as progress:
@@ -58,6 +73,7 @@ def test_heartbeat_setting_and_phase_of(monkeypatch: pytest.MonkeyPatch) -> None
     stream = io.StringIO()
     progress = Progress("y", stream=stream)
     phase_of(progress)("heard")
+    progress.close()
     assert "y: heard" in stream.getvalue()
 
 

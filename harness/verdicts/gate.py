@@ -1,6 +1,8 @@
 """The model-addition gate: what every model in the native registry must have before it counts as supported.
 
 Per registry entry (its `family`, native_models/registry.py) the gate checks, and prints as a checklist:
+0. todo blocks   no `TODO(scaffold:ID)` block of `diffparity scaffold` is left in the family's files (its pipeline
+                 module, references/<family>/, its case file): each one left is named with file:line;
 1. case file     `cases/test_<family>.py` exists;
 2. cases         at least one `Case` declares the family (references/<family>/cases.py, `register_case`);
 3. tiny builder  every case's `build_checkpoint` builds (or finds) its checkpoint offline, and the native
@@ -18,6 +20,7 @@ Goldens of cases that no longer exist, and stray files under golden/, are report
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -163,6 +166,7 @@ def check_model(entry: ConfigEntry, cases_dir: Path = CASES_DIR, golden_root: Pa
     checklist = ModelChecklist(family, config)
     checks = checklist.checks
     path = case_file(family, cases_dir)
+    checks.append(_check_todo_blocks(entry, path))
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     checks.append(Check("case file", OK, str(shown)) if path.is_file()
                   else Check("case file", MISSING, f"no {shown}: add the family's parity tests there"))
@@ -183,6 +187,27 @@ def check_model(entry: ConfigEntry, cases_dir: Path = CASES_DIR, golden_root: Pa
     say(f"{family}: multi-rank (tests marked covers('{family}', ...) in a pytest subprocess, when plans exist)")
     _check_multi_rank(family, cases, checkpoints, checks, test_dirs, run)
     return checklist
+
+
+def family_files(entry: ConfigEntry, case_path: Path) -> list[Path]:
+    """The files a family's TODO blocks can be in: its pipeline module, references/<family>/*.py, its case file."""
+    import inspect
+
+    files = []
+    with contextlib.suppress(TypeError, OSError):
+        files.append(Path(inspect.getsourcefile(entry.pipeline_config_cls) or ""))
+    files += sorted((ROOT / "references" / entry.family).glob("*.py"))
+    return [*files, case_path]
+
+
+def _check_todo_blocks(entry: ConfigEntry, case_path: Path) -> Check:
+    from harness.scaffold.markers import todo_blocks
+
+    left = todo_blocks(family_files(entry, case_path))
+    if not left:
+        return Check("todo blocks", OK, "no TODO(scaffold:...) block left")
+    named = ", ".join(f"{block.id} ({block.where(ROOT)})" for block in left)
+    return Check("todo blocks", MISSING, f"{len(left)} left, see docs/adding-a-model.md: {named}")
 
 
 def _one_line(exc: BaseException) -> str:
