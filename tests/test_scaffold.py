@@ -195,9 +195,10 @@ def test_following_adding_a_model_on_a_toy_family_passes_the_gate(tmp_path: Path
     env = {**os.environ, "DIFFPARITY_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
            "DIFFPARITY_HEARTBEAT_S": "60"}
     ran = []
+    files = [root / path for path in family_files(FAMILY)]  # where the scaffold writes (the templates hold markers too)
     for title, blocks, commands in doc_steps():
         for block in blocks:
-            owner = next(b.path for b in todo_blocks(sorted(root.rglob("*.py"))) if b.id == block)
+            owner = next(b.path for b in todo_blocks(files) if b.id == block)
             owner.write_text(replace_block(owner.read_text(), block, FILLS[block]))
         for command, expected in commands:
             proc = run_command(command, root, env)
@@ -211,6 +212,6 @@ def test_following_adding_a_model_on_a_toy_family_passes_the_gate(tmp_path: Path
                 assert "gate: FAIL: toy (todo blocks, tiny builder, golden (cpu), parity" in output
     assert ran[0] == "diffparity scaffold FAMILY" and ran[-2:] == ["diffparity gate FAMILY",
                                                                     "python -m pytest cases/test_FAMILY.py"]
-    assert not todo_blocks(sorted(root.rglob("*.py")))
+    assert not todo_blocks(files)
     assert (root / "golden" / "toy-tiny" / "fp32.cpu.safetensors").is_file()
     assert (root / "golden" / "tolerances" / "toy-tiny.fp32.cpu.json").is_file()
