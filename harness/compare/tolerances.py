@@ -13,7 +13,7 @@ Why FLOOR_MULTIPLE = 3: PyTorch's compile accuracy check passes a new run whose 
 3x (low precision) of the reference's own error (field notes section 6). Our floor already is the worst over
 every perturbation, seed and size calibrated, and the native side's own difference from the reference is a
 perturbation of the same kind (on the CPU: the math attention kernel instead of Diffusers' default one), so a
-correct port sits near 1x; 3x leaves room for seeds and prompts not calibrated. README "Tolerances" lists
+correct port sits near 1x; 3x leaves room for seeds and prompts not calibrated. docs/tolerances-and-calibration.md lists
 the floor multiples measured over the 3 seeds x 2 sizes x fp32/bf16 grid, and the fault matrix how far the
 broken variants of harness/verdicts/faults.py land above their thresholds.
 
