@@ -202,8 +202,11 @@ def family_files(entry: ConfigEntry, case_path: Path) -> list[Path]:
 
 def _check_todo_blocks(entry: ConfigEntry, case_path: Path) -> Check:
     from harness.scaffold.markers import todo_blocks
+    from harness.scaffold.templates import BLOCKS
 
-    left = todo_blocks(family_files(entry, case_path))
+    order = list(BLOCKS)  # the order of docs/adding-a-model.md
+    left = sorted(todo_blocks(family_files(entry, case_path)),
+                  key=lambda block: order.index(block.id) if block.id in order else len(order))
     if not left:
         return Check("todo blocks", OK, "no TODO(scaffold:...) block left")
     named = ", ".join(f"{block.id} ({block.where(ROOT)})" for block in left)
