@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -210,7 +211,7 @@ def load_component(
         for name, source in sources.items():
             mapped = maps[source.file]
             view = state[name] = mapped.view(source.info)
-            origins[id(view)] = Origin(source.file, name, lambda m=mapped, i=source.info: m.release(i))
+            origins[id(view)] = Origin(source.file, name, partial(mapped.release, source.info))
         convert = getattr(model, "convert_checkpoint_keys", None)
         if convert is not None:
             state = convert(state)

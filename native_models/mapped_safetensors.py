@@ -62,13 +62,17 @@ class MappedSafetensors:
             raw = torch.frombuffer(self._map, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
         return raw.view(dtype).reshape(info.shape)
 
-    def release(self, info: TensorInfo) -> None:
-        """Drop the pages of a tensor already copied from this process's resident set (the page cache keeps
-        them; reading them again faults them back in)."""
-        if self._map is None or info.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+    def release(self, info: TensorInfo, start: int = 0, stop: int | None = None) -> None:
+        """Drop the pages of bytes [start, stop) of a tensor already copied from this process's resident set (the
+        page cache keeps them; reading them again faults them back in). Whole pages only: the partial pages at
+        either end stay, since a neighbour (or the rest of the tensor) may still need them."""
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        start = info.offset - info.offset % mmap.PAGESIZE
-        self._map.madvise(mmap.MADV_DONTNEED, start, info.offset + info.nbytes - start)
+        stop = info.nbytes if stop is None else stop
+        first = -(-(info.offset + start) // mmap.PAGESIZE) * mmap.PAGESIZE  # round up
+        last = (info.offset + stop) // mmap.PAGESIZE * mmap.PAGESIZE  # round down
+        if last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def close(self) -> None:
         if self._map is None:

@@ -17,6 +17,10 @@ import torch
 
 from native_models.errors import CheckpointError
 
+# Tensors above this size are copied (and their mapped pages released) in chunks of it: at most this much of a
+# file is resident beside the loaded weights. Large enough that the few extra ops per tensor cost nothing.
+CHUNK_BYTES = 256 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -51,11 +55,12 @@ def state_slots(model: torch.nn.Module) -> dict[str, Slot]:
 
 @dataclass
 class Origin:
-    """Where a tensor handed to `materialise` came from, for error messages and for releasing its pages."""
+    """Where a tensor handed to `materialise` came from, for error messages, and how to release its pages
+    (`release(start, stop)`: a byte range of the tensor, once copied)."""
 
     file: Path
     name: str
-    release: Callable[[], None]
+    release: Callable[[int, int], None]
 
 
 @dataclass
@@ -82,12 +87,10 @@ def materialise(model: torch.nn.Module, state: dict[str, torch.Tensor], origins:
         new = loaded.get(id(planned))
         if new is None:
             source = state[key]
-            value = _copy(source, planned.dtype, device)
-            if value.is_floating_point():
-                checks.append(_FiniteCheck(key, value, source, _screen(source, value).sum()))
             origin = origins.get(id(source))
-            if origin is not None:
-                origin.release()
+            value, total = copy_screened(source, planned.dtype, device, origin.release if origin else None)
+            if total is not None:
+                checks.append(_FiniteCheck(key, value, source, total))
             new = torch.nn.Parameter(value, requires_grad=planned.requires_grad) if slot.is_parameter else value
             planned_alive.append(planned)
             loaded[id(planned)] = loaded[id(new)] = new
@@ -96,13 +99,40 @@ def materialise(model: torch.nn.Module, state: dict[str, torch.Tensor], origins:
     _check_finite(checks, origins, where)
 
 
-def _copy(source: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """One allocation (64-byte aligned, contiguous) and one copy that also casts. Off the CPU the stored dtype
-    crosses the bus and is cast there: no host-side temporary of the run dtype (4.2 GB for UMT5's fp32
-    embedding)."""
-    if device.type != "cpu" and source.dtype != dtype:
-        source = source.to(device)
-    return torch.empty(source.shape, dtype=dtype, device=device).copy_(source)
+def copy_screened(source: torch.Tensor, dtype: torch.dtype, device: torch.device,
+                  release: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`source` copied into a new `dtype` tensor on `device` (one allocation: 64-byte aligned, contiguous; one
+    copy that also casts), and the 0-dim sum that screens it for NaN/infinity (None for a non-float result).
+
+    A tensor over CHUNK_BYTES is copied in chunks, each chunk's source bytes handed to `release(start, stop)`
+    once copied, so a 2 GB embedding does not sit in memory twice (mapped pages and copy) at its peak. Off the
+    CPU, the stored dtype crosses the bus and is cast there: no host-side temporary of the run dtype.
+    """
+    value = torch.empty(source.shape, dtype=dtype, device=device)
+    totals = []
+    for src, dst, start, stop in _chunks(source, value):
+        dst.copy_(src.to(device) if device.type != "cpu" and src.dtype != dtype else src)
+        if value.is_floating_point():
+            totals.append(_screen(src, dst).sum())
+        if release is not None:
+            release(start, stop)
+    if not value.is_floating_point():
+        return value, None
+    return value, totals[0] if len(totals) == 1 else torch.stack([t.float() for t in totals]).sum()
+
+
+def _chunks(source: torch.Tensor, value: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """(part of source, same part of value, its byte range in source) in pieces of at most CHUNK_BYTES of the
+    source; one piece when it is smaller or not contiguous (a tensor derived by `convert_checkpoint_keys`)."""
+    size = source.element_size()
+    if source.numel() * size <= CHUNK_BYTES or not source.is_contiguous():
+        yield source, value, 0, source.numel() * size
+        return
+    step = CHUNK_BYTES // size
+    flat_source, flat_value = source.view(-1), value.view(-1)
+    for start in range(0, source.numel(), step):
+        stop = min(start + step, source.numel())
+        yield flat_source[start:stop], flat_value[start:stop], start * size, stop * size
 
 
 def _screen(source: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -138,4 +168,4 @@ def meta_tensors(model: torch.nn.Module) -> Iterator[str]:
             yield name
 
 
-__all__ = ["Origin", "Slot", "materialise", "meta_tensors", "state_slots"]
+__all__ = ["CHUNK_BYTES", "Origin", "Slot", "copy_screened", "materialise", "meta_tensors", "state_slots"]

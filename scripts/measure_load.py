@@ -188,8 +188,11 @@ def model_components(folder: Path) -> dict[str, tuple[str, str]]:
             and not any(word in value[1] for word in ("Tokenizer", "Scheduler"))}
 
 
-def measure_load(folder: Path, side: str, dtype_name: str) -> dict[str, Any]:
+def measure_load(folder: Path, side: str, dtype_name: str, threads: int | None) -> dict[str, Any]:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     if side == "native":
@@ -227,7 +230,8 @@ def measure_load(folder: Path, side: str, dtype_name: str) -> dict[str, Any]:
     touch_s = time.perf_counter() - start
     resident = sum(t.numel() * t.element_size() for model in models.values()
                    for t in [*model.parameters(), *model.buffers()])
-    return {"side": side, "dtype": dtype_name, "code": where, "load_s": load_s, "touch_s": touch_s,
+    return {"side": side, "dtype": dtype_name, "code": where, "threads": torch.get_num_threads(),
+            "load_s": load_s, "touch_s": touch_s,
             "rss_before": rss_before, "peak_load": peak_load, "peak_touch": status_bytes("VmHWM"),
             "rss_loaded": rss_loaded, "resident_weights": resident,
             "load_avg": os.getloadavg()[0]}
@@ -312,11 +316,12 @@ def gib(n: float) -> str:
 
 
 def load_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| folder | code | run dtype | load s | load+touch s | peak load GiB (above start) | "
-             "peak load+touch GiB | resident weights GiB | load avg |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| folder | code | run dtype | threads | load s | load+touch s | peak load GiB (above start) | "
+             "peak load+touch GiB | resident weights GiB | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['folder']} | {r['label']} | {r['dtype']} | {r['load_s']:.1f} | {r['load_s'] + r['touch_s']:.1f} "
+            f"| {r['folder']} | {r['label']} | {r['dtype']} | {r['threads']} | {r['load_s']:.1f} "
+            f"| {r['load_s'] + r['touch_s']:.1f} "
             f"| {gib(r['peak_load'] - r['rss_before'])} | {gib(r['peak_touch'] - r['rss_before'])} "
             f"| {gib(r['resident_weights'])} | {r['load_avg']:.1f} |")
     return "\n".join(lines)
@@ -371,9 +376,12 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             for label, tree in [("diffusers", None)] + [(f"native {name}", tree) for name, tree in trees]:
                 side = "diffusers" if label == "diffusers" else "native"
                 print(f"load {family} {label} {dtype} ...", file=sys.stderr)
-                row = child(["load", str(folder), "--side", side, "--dtype", dtype], tree)
+                threads = ["--threads", str(args.threads)] if args.threads else []
+                row = child(["load", str(folder), "--side", side, "--dtype", dtype, *threads], tree)
                 loads.append({**row, "folder": f"{family} ({gib(folder_bytes(folder))} GiB)", "label": label})
-    runs = []
+    runs: list[dict[str, Any]] = []
+    if args.loads_only:
+        return {"loads": loads, "runs": runs}
     requests = {"flux-dev": ("flux-tiny", ["--height", "64", "--width", "64", "--steps", "2"]),
                 "wan-1.3b": ("wan-tiny", ["--height", "64", "--width", "64", "--frames", "5", "--steps", "2"])}
     for family, (case, argv) in requests.items():
@@ -407,6 +415,7 @@ def main() -> None:
     load.add_argument("folder")
     load.add_argument("--side", choices=["native", "diffusers"], required=True)
     load.add_argument("--dtype", choices=DTYPES, default="fp32")
+    load.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     run = sub.add_parser("run", help="measure one whole `diffparity run CASE --model FOLDER -- FLAGS` here")
     run.add_argument("folder")
     run.add_argument("--case", required=True)
@@ -416,6 +425,8 @@ def main() -> None:
     every.add_argument("--work", required=True, help="folder for the built checkpoints")
     every.add_argument("--before-tree", help="a checkout whose native_models is the 'before' loader")
     every.add_argument("--out-json", help="write every figure to this file")
+    every.add_argument("--threads", type=int, help="torch threads of every load (default: torch's own choice)")
+    every.add_argument("--loads-only", action="store_true", help="skip the whole runs")
     for command in (build, load, run, every):
         command.add_argument("--json", action="store_true", help="print one JSON line (used between processes)")
     raw = sys.argv[1:]
@@ -431,7 +442,7 @@ def main() -> None:
             build_wan_13b(out, args.dit_layers, args.umt5_layers, args.shard)
         result: dict[str, Any] = {"folder": str(out), "bytes": folder_bytes(out)}
     elif args.command == "load":
-        result = measure_load(Path(args.folder), args.side, args.dtype)
+        result = measure_load(Path(args.folder), args.side, args.dtype, args.threads)
     elif args.command == "run":
         result = measure_run(Path(args.folder), args.case, args.argv, args.free_reference)
     else:

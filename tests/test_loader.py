@@ -78,16 +78,18 @@ def test_every_native_model_class_is_covered(tiny_flux: Path, tiny_wan: Path) ->
 
 
 @pytest.mark.parametrize("storage", ["fp32", "bf16"])
-@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("family", ["flux", "wan"])
 def test_meta_build_and_mmap_give_the_old_modules_bit_for_bit(family: str, dtype: str, storage: str,
                                                               tiny_flux: Path, tiny_wan: Path, tmp_path: Path) -> None:
+    """fp16 is no run dtype, but it is where T5 keeps `wo` in fp32: each class's own cast rules plan the dtypes."""
     checkpoint = tiny_flux if family == "flux" else tiny_wan
+    run_dtype = {**DTYPES, "fp16": torch.float16}[dtype]
     for name, cls in components(checkpoint):
         folder = checkpoint / name
         if storage == "bf16":
             folder = to_bf16_storage(folder, tmp_path / name)
-        assert_same_modules(load_component(cls, folder, DTYPES[dtype]), legacy_load(cls, folder, DTYPES[dtype]))
+        assert_same_modules(load_component(cls, folder, run_dtype), legacy_load(cls, folder, run_dtype))
 
 
 def test_clip_with_projection_loads_as_before(tmp_path: Path) -> None:
@@ -297,3 +299,36 @@ def test_tied_weights_stay_tied_and_buffers_load_or_build(tmp_path: Path) -> Non
 def test_a_buffer_built_from_a_parameter_device_is_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"left 1 tensor\(s\) unloaded, e.g. \['derived'\]"):
         load_component(Toy, toy_folder(tmp_path, bad_buffer=True))
+
+
+# ---- large tensors: copied in chunks, each chunk's pages released -------------------------------------------
+
+
+def test_a_chunked_copy_tiles_the_tensor_and_screens_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import native_models.materialise as materialise
+
+    monkeypatch.setattr(materialise, "CHUNK_BYTES", 4096)
+    source = torch.randn(10_000)  # 40000 bytes: nine full chunks and a short one
+    released: list[tuple[int, int]] = []
+    value, total = materialise.copy_screened(source, torch.bfloat16, torch.device("cpu"),
+                                             lambda start, stop: released.append((start, stop)))
+    assert released == [(start, min(start + 4096, 40_000)) for start in range(0, 40_000, 4096)]
+    assert torch.equal(value, source.to(torch.bfloat16)) and bool(torch.isfinite(total))
+    source[9_000] = float("nan")  # in the last chunk
+    assert not bool(torch.isfinite(materialise.copy_screened(source, torch.float32, torch.device("cpu"))[1]))
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_chunked_loads_are_the_old_modules_and_still_find_a_nan(dtype: str, tiny_flux_copy: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import native_models.materialise as materialise
+
+    monkeypatch.setattr(materialise, "CHUNK_BYTES", 1024)  # the tiny transformer's larger tensors are 4-16 KB
+    cls, folder = model_class("FluxTransformer2DModel"), tiny_flux_copy / "transformer"
+    assert_same_modules(load_component(cls, folder, DTYPES[dtype]), legacy_load(cls, folder, DTYPES[dtype]))
+    file = weight_files(folder)[0]
+    state = load_file(str(file))
+    state["proj_out.weight"].view(-1)[-1] = float("inf")  # in the last chunk of a 4 KB tensor
+    save_file(state, str(file))
+    with pytest.raises(CheckpointError, match=r"tensor 'proj_out.weight' holds 1 non-finite value\(s\)"):
+        load_component(cls, folder, DTYPES[dtype])
