@@ -1,8 +1,9 @@
 """Which file holds each tensor of a model component: one safetensors file, or shards named by an index.
 
-Everything here reads only JSON and safetensors headers, so a sharded folder with a missing shard, a hostile
-shard, or an index that names a tensor its shard does not hold is refused (one CheckpointError line) before a
-byte of tensor data is read: the native plan calls it before the reference side touches the folder.
+Everything here reads only safetensors headers (the loader reads the index's JSON and hands its weight map in),
+so a sharded folder with a missing shard, a hostile shard, or an index that names a tensor its shard does not
+hold is refused (one CheckpointError line) before a byte of tensor data is read: the native plan calls it before
+the reference side touches the folder.
 """
 
 from __future__ import annotations
@@ -30,12 +31,9 @@ def shard_index(component_dir: Path) -> Path | None:
     return index_files[0] if index_files else None
 
 
-def read_weight_map(index_file: Path) -> dict[str, str]:
-    """tensor name -> shard file name, from an index; every shard is a plain .safetensors name in the component
-    folder (an index cannot point outside it)."""
-    from native_models.loader import read_json
-
-    weight_map: Any = read_json(index_file).get("weight_map")
+def check_weight_map(index_file: Path, weight_map: Any) -> dict[str, str]:
+    """An index's `weight_map` (tensor name -> shard file name), checked: a non-empty object whose shards are
+    plain .safetensors names in the component folder (an index cannot point outside it)."""
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_file}: 'weight_map' is not a non-empty object")
     for shard in weight_map.values():
@@ -46,11 +44,11 @@ def read_weight_map(index_file: Path) -> dict[str, str]:
     return weight_map
 
 
-def weight_files(component_dir: Path) -> list[Path]:
-    """The safetensors files of a component: one file, or the shards its index names."""
-    index_file = shard_index(component_dir)
-    if index_file is not None:
-        files = sorted({component_dir / shard for shard in read_weight_map(index_file).values()})
+def component_files(component_dir: Path, weight_map: dict[str, str] | None) -> list[Path]:
+    """The safetensors files of a component: the shards its index's `weight_map` names, or without an index
+    every .safetensors file in the folder."""
+    if weight_map is not None:
+        files = sorted({component_dir / shard for shard in weight_map.values()})
     else:
         files = sorted(component_dir.glob("*.safetensors"))
     if not files:
@@ -58,11 +56,12 @@ def weight_files(component_dir: Path) -> list[Path]:
     return files
 
 
-def tensor_sources(component_dir: Path) -> dict[str, TensorSource]:
+def tensor_sources(component_dir: Path, weight_map: dict[str, str] | None = None,
+                   index_file: Path | None = None) -> dict[str, TensorSource]:
     """name -> TensorSource of every tensor of a component, after checking every file's header (all of them,
     before any data is read), that no tensor is stored twice, and that the index's shard for each tensor it
     names holds it."""
-    files = weight_files(component_dir)
+    files = component_files(component_dir, weight_map)
     headers = {file: read_safetensors_header(file) for file in files}
     sources: dict[str, TensorSource] = {}
     for file, tensors in headers.items():
@@ -71,12 +70,11 @@ def tensor_sources(component_dir: Path) -> dict[str, TensorSource]:
                 raise CheckpointError(f"{component_dir}: tensor '{name}' is stored twice, in {sources[name].file.name} "
                                       f"and {file.name}")
             sources[name] = TensorSource(file, name, info)
-    index_file = shard_index(component_dir)
-    if index_file is not None:
-        for name, shard in read_weight_map(index_file).items():
-            if name not in headers[component_dir / shard]:
-                raise CheckpointError(f"{index_file}: names tensor '{name}' in {shard}, which does not hold it")
+    for name, shard in (weight_map or {}).items():
+        if name not in headers[component_dir / shard]:
+            raise CheckpointError(f"{index_file or component_dir}: names tensor '{name}' in {shard}, which does not "
+                                  "hold it")
     return sources
 
 
-__all__ = ["TensorSource", "read_weight_map", "shard_index", "tensor_sources", "weight_files"]
+__all__ = ["TensorSource", "check_weight_map", "component_files", "shard_index", "tensor_sources"]

@@ -24,11 +24,17 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from native_models.checkpoint_files import TensorSource, tensor_sources, weight_files
+from native_models.checkpoint_files import (
+    TensorSource,
+    check_weight_map,
+    component_files,
+    shard_index,
+    tensor_sources,
+)
 from native_models.errors import CheckpointError
 from native_models.mapped_safetensors import FLOAT_DTYPES, MappedSafetensors
 from native_models.materialise import Origin, materialise, meta_tensors, state_slots
-from native_models.meta_build import ConfigTooLarge, build_empty, check_build_size, plan_dtypes
+from native_models.meta_build import ConfigTooLarge, SkipInitOnMeta, build_empty, check_build_size, plan_dtypes
 from native_models.safetensors_header import FLOAT_WEIGHT_DTYPES
 
 JSON_FILE_LIMIT = 64 * 1024 * 1024  # config, index and model_index files are kilobytes; a shard index ~1 MB
@@ -118,19 +124,40 @@ def read_model_index(folder: Path) -> dict[str, tuple[str, str]]:
     return components
 
 
+def _weight_map(component_dir: Path) -> tuple[Path | None, dict[str, str] | None]:
+    """The component's shard index and its checked weight map, or (None, None) for an unsharded component."""
+    index_file = shard_index(component_dir)
+    if index_file is None:
+        return None, None
+    return index_file, check_weight_map(index_file, read_json(index_file).get("weight_map"))
+
+
+def weight_files(component_dir: Path) -> list[Path]:
+    """The safetensors files of a component: one file, or the shards its index names (plain file names in
+    the component folder: an index cannot point outside it)."""
+    return component_files(component_dir, _weight_map(component_dir)[1])
+
+
+def component_sources(component_dir: Path) -> dict[str, TensorSource]:
+    """name -> where it is stored, for every tensor of a component: headers of every file checked, and the
+    shard index agreeing with them (checkpoint_files.tensor_sources); no tensor data read."""
+    index_file, weight_map = _weight_map(component_dir)
+    return tensor_sources(component_dir, weight_map, index_file)
+
+
 def checkpoint_tensors(component_dir: Path) -> dict[str, Any]:
     """name -> TensorInfo of every tensor in the component's files, headers checked, no data read."""
-    return {name: source.info for name, source in tensor_sources(component_dir).items()}
+    return {name: source.info for name, source in component_sources(component_dir).items()}
 
 
 def load_state_dict(component_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of one component, from one safetensors file or a sharded set named by an index, each an
     aligned copy in its stored dtype (for tests and tools; loading a model does not build this dict).
 
-    Every header is checked first (checkpoint_files.tensor_sources), so a truncated, hostile or pickled file is
+    Every header is checked first (component_sources), so a truncated, hostile or pickled file is
     refused before its data is read; nothing is ever unpickled.
     """
-    sources = tensor_sources(component_dir)
+    sources = component_sources(component_dir)
     state: dict[str, torch.Tensor] = {}
     for file in sorted({source.file for source in sources.values()}):
         with MappedSafetensors(file) as mapped:
@@ -143,7 +170,7 @@ def load_state_dict(component_dir: Path) -> dict[str, torch.Tensor]:
 def _checked_component(cls: type, component_dir: Path) -> tuple[dict[str, Any], dict[str, TensorSource]]:
     config = read_json(component_dir / "config.json")
     try:
-        sources = tensor_sources(component_dir)
+        sources = component_sources(component_dir)
     except CheckpointError as weights_error:
         # a config that cannot build is named first (with the slack alone as its size budget), then the weights
         with contextlib.suppress(ConfigTooLarge):
@@ -189,6 +216,17 @@ def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: P
         )
 
 
+def resident_bytes(cls: type, component_dir: Path, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of parameters and buffers the component will hold once loaded in `dtype` (its class's fp32-kept
+    parts included), from config.json and the headers alone: whether a run, or an fp64 calibration, fits in
+    memory can be decided before anything loads."""
+    config, _ = _checked_component(cls, component_dir)
+    with torch.device("meta"), SkipInitOnMeta():
+        model = cls.from_config(config)  # type: ignore[attr-defined]
+    plan_dtypes(model, dtype)
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
 def load_component(
     cls: type[M], component_dir: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> M:
@@ -225,5 +263,5 @@ def load_component(
     return model.to(device).eval()  # moves the buffers computed at build time; the parameters are there already
 
 
-__all__ = ["check_component", "check_state", "checkpoint_tensors", "load_component", "load_state_dict", "read_json",
-           "read_model_index", "resolve_checkpoint", "weight_files"]
+__all__ = ["check_component", "check_state", "checkpoint_tensors", "component_sources", "load_component",
+           "load_state_dict", "read_json", "read_model_index", "resident_bytes", "resolve_checkpoint", "weight_files"]

@@ -12,7 +12,8 @@ Every measurement runs in a fresh Python process (imports done first) and reads 
 high-water mark (VmHWM, reset through /proc/self/clear_refs just before the measured work), so a figure is "peak
 RSS while loading", file-backed pages of memory maps included. Diffusers maps the files and keeps parameters that
 need no cast as views of the map, so its load reads almost nothing: `touch` then sums every parameter once, which
-faults the pages in as a first forward pass would, and reports the time and peak of load + touch.
+faults the pages in as a first forward pass would, and reports the time and peak of load + touch. Both sides
+import their libraries, torch._dynamo included, before the timer starts (see `measure_load`).
 
     python scripts/measure_load.py build flux-dev DIR [--double 1 --single 1 --t5-layers 2]
     python scripts/measure_load.py build wan-1.3b DIR [--dit-layers 2 --umt5-layers 2]
@@ -33,9 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +199,11 @@ def measure_load(folder: Path, side: str, dtype_name: str, threads: int | None) 
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     if side == "native":
+        # Diffusers imports torch._dynamo with itself (outside the timed load); the native loader's config budget
+        # check imports it too when a model computes buffers on the meta device (Wan's rotary tables: 1.5-3 s,
+        # once per process). In a parity run the reference side has imported it already: so here too.
+        import torch._dynamo  # noqa: F401
+
         import native_models
         from native_models.components import model_class
         from native_models.loader import load_component
@@ -316,14 +324,32 @@ def gib(n: float) -> str:
 
 
 def load_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| folder | code | run dtype | threads | load s | load+touch s | peak load GiB (above start) | "
-             "peak load+touch GiB | resident weights GiB | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """One line per (folder, code, dtype): medians over the repetitions (times vary far more than peaks on a
+    shared machine). The native lines give their load time as a multiple of Diffusers' load, and of Diffusers'
+    load + touch: the fair one, since only then has Diffusers read the weights once, as the native load has."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
+        groups.setdefault((r["folder"], r["label"], r["dtype"]), []).append(r)
+
+    def median(group: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.median(key(r) for r in group)
+
+    lines = ["| folder | code | run dtype | n | threads | load s (median) | load+touch s | load / Diffusers load | "
+             "load / Diffusers load+touch | peak load GiB (above start) | peak load+touch GiB | resident weights GiB "
+             "| load avg |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (folder, label, dtype), group in groups.items():
+        load = median(group, lambda r: r["load_s"])
+        touched = median(group, lambda r: r["load_s"] + r["touch_s"])
+        reference = groups.get((folder, "diffusers", dtype))
+        ratios = ["-", "-"]
+        if reference and label != "diffusers":
+            ratios = [f"{load / median(reference, lambda r: r['load_s']):.2f}",
+                      f"{load / median(reference, lambda r: r['load_s'] + r['touch_s']):.2f}"]
         lines.append(
-            f"| {r['folder']} | {r['label']} | {r['dtype']} | {r['threads']} | {r['load_s']:.1f} "
-            f"| {r['load_s'] + r['touch_s']:.1f} "
-            f"| {gib(r['peak_load'] - r['rss_before'])} | {gib(r['peak_touch'] - r['rss_before'])} "
-            f"| {gib(r['resident_weights'])} | {r['load_avg']:.1f} |")
+            f"| {folder} | {label} | {dtype} | {len(group)} | {group[0]['threads']} | {load:.1f} | {touched:.1f} "
+            f"| {ratios[0]} | {ratios[1]} | {gib(median(group, lambda r: r['peak_load'] - r['rss_before']))} "
+            f"| {gib(median(group, lambda r: r['peak_touch'] - r['rss_before']))} "
+            f"| {gib(group[0]['resident_weights'])} | {median(group, lambda r: r['load_avg']):.1f} |")
     return "\n".join(lines)
 
 
@@ -371,14 +397,17 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             child(["build", family, str(folder)])
     trees = [("after", None)] + ([("before", Path(args.before_tree))] if args.before_tree else [])
     loads = []
+    threads = ["--threads", str(args.threads)] if args.threads else []
     for family, folder in folders.items():
         for dtype in DTYPES:
-            for label, tree in [("diffusers", None)] + [(f"native {name}", tree) for name, tree in trees]:
-                side = "diffusers" if label == "diffusers" else "native"
-                print(f"load {family} {label} {dtype} ...", file=sys.stderr)
-                threads = ["--threads", str(args.threads)] if args.threads else []
-                row = child(["load", str(folder), "--side", side, "--dtype", dtype, *threads], tree)
-                loads.append({**row, "folder": f"{family} ({gib(folder_bytes(folder))} GiB)", "label": label})
+            for repetition in range(args.repeat):  # interleaved, so both sides see the same machine load
+                codes = [("diffusers", None)] + [(f"native {name}", tree) for name, tree in trees
+                                                 if name == "after" or repetition == 0]  # the old loader: once
+                for label, tree in codes:
+                    side = "diffusers" if label == "diffusers" else "native"
+                    print(f"load {family} {label} {dtype} ({repetition + 1}/{args.repeat}) ...", file=sys.stderr)
+                    row = child(["load", str(folder), "--side", side, "--dtype", dtype, *threads], tree)
+                    loads.append({**row, "folder": f"{family} ({gib(folder_bytes(folder))} GiB)", "label": label})
     runs: list[dict[str, Any]] = []
     if args.loads_only:
         return {"loads": loads, "runs": runs}
@@ -427,6 +456,7 @@ def main() -> None:
     every.add_argument("--out-json", help="write every figure to this file")
     every.add_argument("--threads", type=int, help="torch threads of every load (default: torch's own choice)")
     every.add_argument("--loads-only", action="store_true", help="skip the whole runs")
+    every.add_argument("--repeat", type=int, default=3, help="loads per side and dtype (the old loader: one)")
     for command in (build, load, run, every):
         command.add_argument("--json", action="store_true", help="print one JSON line (used between processes)")
     raw = sys.argv[1:]

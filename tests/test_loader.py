@@ -16,10 +16,16 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 
-from native_models.checkpoint_files import weight_files
 from native_models.components import MODEL_CLASSES, model_class
 from native_models.errors import CheckpointError
-from native_models.loader import check_component, load_component, read_json, read_model_index
+from native_models.loader import (
+    check_component,
+    load_component,
+    read_json,
+    read_model_index,
+    resident_bytes,
+    weight_files,
+)
 from native_models.models.clip_text import CLIPTextModelWithProjection
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -90,6 +96,15 @@ def test_meta_build_and_mmap_give_the_old_modules_bit_for_bit(family: str, dtype
         if storage == "bf16":
             folder = to_bf16_storage(folder, tmp_path / name)
         assert_same_modules(load_component(cls, folder, run_dtype), legacy_load(cls, folder, run_dtype))
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_resident_bytes_are_known_before_loading(dtype: str, tiny_flux: Path, tiny_wan: Path) -> None:
+    for checkpoint in (tiny_flux, tiny_wan):
+        for name, cls in components(checkpoint):
+            model = load_component(cls, checkpoint / name, DTYPES[dtype])
+            held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+            assert resident_bytes(cls, checkpoint / name, DTYPES[dtype]) == held, name
 
 
 def test_clip_with_projection_loads_as_before(tmp_path: Path) -> None:
