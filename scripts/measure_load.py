@@ -114,8 +114,8 @@ def build_flux_dev(out: Path, double: int, single: int, t5_layers: int, shard: s
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from references.flux_components import FLUX_DEV_SCHEDULER
-    from references.tokenizers import CLIP_MERGES, build_clip_tokenizer, build_t5_tokenizer
+    from references.common.tokenizers import CLIP_MERGES, build_clip_tokenizer, build_t5_tokenizer
+    from references.flux.components import FLUX_DEV_SCHEDULER
 
     torch.manual_seed(0)
     with _DefaultDtype(torch.bfloat16):
@@ -137,8 +137,8 @@ def build_wan_13b(out: Path, dit_layers: int, umt5_layers: int, shard: str) -> N
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from references.tiny_wan import WAN_2_1_SCHEDULER
-    from references.tokenizers import build_umt5_tokenizer
+    from references.common.tokenizers import build_umt5_tokenizer
+    from references.wan.tiny import WAN_2_1_SCHEDULER
 
     torch.manual_seed(0)
     with _DefaultDtype(torch.bfloat16):
@@ -254,12 +254,10 @@ def measure_run(folder: Path, case: str, argv: list[str], free_reference: bool) 
     peak since the previous one. `free_reference`: between the sides, one more `gc.collect()` and glibc's
     `malloc_trim(0)`, each measured: what the reference side would free if it dropped every reference to its
     pipeline before collecting, and what returning freed heap pages would add."""
-    import dataclasses
     import gc
 
-    import harness.parity as parity
-    from harness import cases
-    from harness.cli import main
+    from harness.cli.main import main
+    from harness.run.runners import NativeRunner, ReferenceRunner
 
     marks: list[dict[str, Any]] = []
 
@@ -274,23 +272,20 @@ def measure_run(folder: Path, case: str, argv: list[str], free_reference: bool) 
         marks.append(entry)
         reset_peak()
 
-    reference = cases.CASES[case].run_reference
+    reference_run, native_run = ReferenceRunner.run, NativeRunner.run
 
-    def run_reference(*args: Any, **kwargs: Any) -> Any:
+    def run_reference(self: ReferenceRunner, *args: Any, **kwargs: Any) -> Any:
         mark("start")
-        return reference(*args, **kwargs)
+        return reference_run(self, *args, **kwargs)
 
-    native = parity.run_native
-
-    def run_native(*args: Any, **kwargs: Any) -> Any:
+    def run_native(self: NativeRunner, *args: Any, **kwargs: Any) -> Any:
         mark("reference side done and freed", free=free_reference)
         try:
-            return native(*args, **kwargs)
+            return native_run(self, *args, **kwargs)
         finally:
             mark("native side done and freed")
 
-    cases.CASES[case] = dataclasses.replace(cases.CASES[case], run_reference=run_reference)
-    parity.run_native = run_native
+    ReferenceRunner.run, NativeRunner.run = run_reference, run_native  # type: ignore[method-assign]
     start = time.perf_counter()
     code = main(["run", case, "--model", str(folder), "--no-progress", *argv])
     wall = time.perf_counter() - start

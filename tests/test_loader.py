@@ -33,7 +33,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 @pytest.fixture(scope="module")
 def tiny_wan() -> Path:
-    from references.tiny_wan import tiny_wan_checkpoint
+    from references.wan.tiny import tiny_wan_checkpoint
 
     return tiny_wan_checkpoint(seed=0)
 
