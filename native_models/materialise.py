@@ -3,8 +3,9 @@ into the dtype and device each parameter was planned to have (native_models/meta
 
 The copy is also where alignment comes from: a fresh allocation is 64-byte aligned wherever the stored bytes
 sat. Finiteness is checked by one sum per tensor, read right after the copy: a sum is NaN or infinite whenever
-any element is (and, rarely, when finite values overflow it: only then is the exact, slower count taken). That
-costs a few percent of the copy, where `isfinite(t).all()` on every tensor cost ~15 times as much.
+any element is (and, rarely, when finite values overflow it: only then is the exact, slower count taken). On the
+CPU that is 14-31% of a load (measured on two shared cores); `isfinite(t).all()` costs about 15 sums. On a GPU
+the sums stay on the device and are read back with one synchronisation per component.
 """
 
 from __future__ import annotations
