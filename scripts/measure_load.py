@@ -17,16 +17,22 @@ import their libraries, torch._dynamo included, before the timer starts (see `me
 
     python scripts/measure_load.py build flux-dev DIR [--double 1 --single 1 --t5-layers 2]
     python scripts/measure_load.py build wan-1.3b DIR [--dit-layers 2 --umt5-layers 2]
-    python scripts/measure_load.py load DIR --side native|diffusers --dtype fp32|bf16 [--native-tree TREE]
+    python scripts/measure_load.py load DIR --side native|diffusers --dtype fp32|bf16 [--threads N]
     python scripts/measure_load.py run DIR --case flux-tiny|wan-tiny [--free-reference] -- RUN_FLAGS
-    python scripts/measure_load.py all --work WORKDIR [--before-tree TREE] [--json FILE]
+    python scripts/measure_load.py all --work WORKDIR [--before-tree TREE] [--threads N] [--repeat 3]
+                                       [--loads-only] [--out-json FILE]
 
-`--native-tree TREE` loads with the native_models package of another checkout (e.g. `git archive main` unpacked:
-the loader before this change). `run` is one whole `diffparity run CASE --model DIR RUN_FLAGS` (reference side
-first, then the native side) with each side's peak and the RSS it leaves behind after freeing; `--free-reference`
-adds, between the sides, a `gc.collect()` and glibc's `malloc_trim(0)` (each measured), to show what the
-reference side would give back if it dropped every reference to its pipeline and returned freed heap pages.
-`all` builds both folders (once), runs the matrix and prints the tables (machine load included).
+`--before-tree TREE` also loads with the native_models package of another checkout (e.g. an older commit's
+`git archive` unpacked: the loader before this change), once per folder and dtype; `load` and `run` use another
+checkout's code when it comes first on PYTHONPATH. `run` is one whole `diffparity run CASE --model DIR RUN_FLAGS`
+(reference side first, then the native side) with each side's peak and the RSS it leaves behind after freeing;
+`--free-reference` adds, between the sides, a `gc.collect()` and glibc's `malloc_trim(0)` (each measured), to
+show what the reference side would give back if it dropped every reference to its pipeline and returned freed
+heap pages.
+`all` builds both folders (once), runs the matrix (loads interleaved side by side, `--repeat` times; the tables give
+medians) and prints the tables, the machine load of each row and the extrapolation to FLUX.1-dev and Wan 2.1 14B.
+On a shared machine, `--threads 1` gives steadier times: two OpenMP threads per op wait on each other whenever
+another process holds a core, and the native load runs two ops per tensor where Diffusers' bf16 load runs none.
 """
 
 from __future__ import annotations
@@ -79,11 +85,11 @@ WAN_UMT5 = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "n
             "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6, "dropout_rate": 0.0,
             "tie_word_embeddings": False, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
 
-# Published sizes used for the extrapolation: parameters per component (bf16 bytes = 2 x).
+# Published sizes used for the extrapolation: parameters per component, and the folder built here that stands in.
 REAL_MODELS = {
-    "FLUX.1-dev": {"transformer": 11.90e9, "text_encoder_2 (T5-XXL)": 4.76e9, "text_encoder (CLIP-L)": 0.123e9,
-                   "vae": 0.084e9},
-    "Wan 2.1 T2V 14B": {"transformer": 14.29e9, "text_encoder (UMT5-XXL)": 5.68e9, "vae": 0.127e9},
+    "FLUX.1-dev": ("flux-dev", {"transformer": 11.90e9, "text_encoder_2 (T5-XXL)": 4.76e9,
+                                "text_encoder (CLIP-L)": 0.123e9, "vae": 0.084e9}),
+    "Wan 2.1 T2V 14B": ("wan-1.3b", {"transformer": 14.29e9, "text_encoder (UMT5-XXL)": 5.68e9, "vae": 0.127e9}),
 }
 
 
@@ -373,13 +379,24 @@ def run_table(rows: list[dict[str, Any]], loads: list[dict[str, Any]]) -> str:
 
 
 def extrapolate(rows: list[dict[str, Any]]) -> str:
-    """Scale the measured overhead (peak above resident weights) to the real models."""
-    lines = []
-    for model, parts in REAL_MODELS.items():
+    """Host peak of loading the real models on the CPU, scaled from the stand-in folder's measured ratio of peak
+    (load + touch) to resident weights, per code and dtype (the largest over repetitions): conservative, as a
+    fixed cost (one chunk) does not grow with the model."""
+    lines = ["Extrapolated host peak of a CPU load (measured peak / resident weights on the stand-in folder x real "
+             "weights):"]
+    for model, (stand_in, parts) in REAL_MODELS.items():
+        ratios: dict[tuple[str, str], float] = {}
+        for r in rows:
+            if r["folder"].startswith(stand_in):
+                key = (r["label"], r["dtype"])
+                ratios[key] = max(ratios.get(key, 0.0), (r["peak_touch"] - r["rss_before"]) / r["resident_weights"])
         params = sum(parts.values())
-        lines.append(f"- {model}: {params / 1e9:.1f}B parameters = {gib(2 * params)} GiB in bf16, "
-                     f"{gib(4 * params)} GiB in fp32 (largest component {max(parts, key=parts.get)}: "
-                     f"{gib(2 * max(parts.values()))} / {gib(4 * max(parts.values()))} GiB).")
+        for dtype, itemsize in (("bf16", 2), ("fp32", 4)):
+            weights = itemsize * params
+            figures = [f"{label} {gib(weights * ratios[(label, dtype)])} ({ratios[(label, dtype)]:.2f}x)"
+                       for label in ("native after", "native before", "diffusers") if (label, dtype) in ratios]
+            lines.append(f"- {model} ({params / 1e9:.1f}B parameters) {dtype}: weights {gib(weights)} GiB; "
+                         f"peak GiB: {', '.join(figures)}")
     return "\n".join(lines)
 
 
