@@ -169,9 +169,12 @@ def test_wrong_gqa_grouping_is_detected(models: Models, monkeypatch: pytest.Monk
     def tiled(x: torch.Tensor, groups: int) -> torch.Tensor:
         return x.repeat(1, groups, 1, 1)
 
-    monkeypatch.setattr(qwen_text, "repeat_kv", tiled)
+    native = models.native()  # cached across tests: patch its attention modules' seam, not the module function
+    for module in native.modules():
+        if isinstance(module, qwen_text.QwenAttention):
+            monkeypatch.setattr(module, "expand_kv", tiled)
     with torch.no_grad():
-        wrong = models.native()(ids, mask).last_hidden_state
+        wrong = native(ids, mask).last_hidden_state
     assert rel_l2(wrong, expected) > 1e-3
 
 
