@@ -20,6 +20,8 @@ from native_models.parallel.mesh import ParallelMesh
 # Diffusers/transformers class name -> "module:NativeClass"
 MODEL_CLASSES: dict[str, str] = {
     "CLIPTextModel": "native_models.models.clip_text:CLIPTextModel",
+    "CLIPVisionModel": "native_models.models.clip_vision:CLIPVisionModel",
+    "CLIPVisionModelWithProjection": "native_models.models.clip_vision:CLIPVisionModelWithProjection",
     "T5EncoderModel": "native_models.models.t5_encoder:T5EncoderModel",
     "UMT5EncoderModel": "native_models.models.t5_encoder:UMT5EncoderModel",
     "FluxTransformer2DModel": "native_models.models.flux_transformer:FluxTransformer2DModel",
@@ -34,6 +36,12 @@ SCHEDULER_CLASSES: dict[str, str] = {
 TOKENIZER_CLASSES = {
     "CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "AutoTokenizer", "TokenizersBackend",
 }
+# Image preprocessors, computed natively from their preprocessor_config.json (no transformers import). transformers
+# 5 without torchvision names the CLIP one `CLIPImageProcessorPil`; both names compute the same (PIL backend).
+PROCESSOR_CLASSES: dict[str, str] = {
+    "CLIPImageProcessor": "native_models.clip_image_processor:CLIPImageProcessor",
+    "CLIPImageProcessorPil": "native_models.clip_image_processor:CLIPImageProcessor",
+}
 
 
 def _import(target: str) -> Any:
@@ -47,7 +55,8 @@ def model_class(class_name: str) -> type:
 
 
 def is_known_class(class_name: str) -> bool:
-    return class_name in MODEL_CLASSES or class_name in SCHEDULER_CLASSES or class_name in TOKENIZER_CLASSES
+    return (class_name in MODEL_CLASSES or class_name in SCHEDULER_CLASSES or class_name in TOKENIZER_CLASSES
+            or class_name in PROCESSOR_CLASSES)
 
 
 def load_tokenizer(folder: Path) -> Any:
@@ -101,4 +110,6 @@ def load_native_component(
         return load_scheduler(class_name, folder)
     if class_name in TOKENIZER_CLASSES:
         return load_tokenizer(folder)
+    if class_name in PROCESSOR_CLASSES:
+        return _import(PROCESSOR_CLASSES[class_name]).from_pretrained(folder)
     raise CheckpointError(f"model_index.json names unknown class '{class_name}' for component '{name}'")
