@@ -94,7 +94,8 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     model.save_pretrained(folder)
     result = Case(request.param, folder, CONFIGS[request.param])
     for dtype in DTYPES:
-        result.references[dtype] = DiffusersAutoencoderKLWan.from_pretrained(folder, dtype=dtype).eval()
+        reference = DiffusersAutoencoderKLWan.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+        result.references[dtype] = reference.eval()
     return result
 
 

@@ -156,7 +156,8 @@ def pixels(seed: int = 0) -> torch.Tensor:
 def load_pair(folder: Path, with_projection: bool, dtype: torch.dtype) -> tuple[torch.nn.Module, CLIPVisionModel]:
     cls = transformers.CLIPVisionModelWithProjection if with_projection else transformers.CLIPVisionModel
     native_cls = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
-    return cls.from_pretrained(folder, dtype=dtype).eval(), load_component(native_cls, folder, dtype=dtype)
+    reference = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True).eval()
+    return reference, load_component(native_cls, folder, dtype=dtype)
 
 
 @pytest.mark.parametrize(

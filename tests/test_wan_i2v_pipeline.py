@@ -83,7 +83,7 @@ class ReferenceRun:
 
 def run_reference(folder: Path, dtype: torch.dtype, steps: int, image: bool, boundary: bool) -> ReferenceRun:
     cls = WanImageToVideoPipeline if image else WanPipeline
-    pipe = cls.from_pretrained(folder, dtype=dtype)
+    pipe = cls.from_pretrained(folder, dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     calls: list[tuple[int, dict[str, Any]]] = []
     for expert, name in enumerate(("transformer", "transformer_2")):
@@ -189,7 +189,7 @@ def test_i2v_free_run_fp32_close(i2v_folder: Path) -> None:
 def test_condition_and_mask_equal_prepare_latents(i2v_folder: Path, frames: int, dtype: torch.dtype) -> None:
     """The conditioning stage against WanImageToVideoPipeline.prepare_latents called directly (its preprocessing,
     VAE encode in the VAE's dtype, normalisation, and mask channels in its order), for several frame counts."""
-    pipe = WanImageToVideoPipeline.from_pretrained(i2v_folder, dtype=dtype)
+    pipe = WanImageToVideoPipeline.from_pretrained(i2v_folder, dtype=dtype, use_safetensors=True)
     image = conditioning_image()
     pixels = pipe.video_processor.preprocess(image, height=HEIGHT, width=WIDTH).to(torch.float32)
     generator = torch.Generator("cpu").manual_seed(0)

@@ -83,7 +83,8 @@ class Models:
 
     def get(self, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, WanTransformer3DModel]:
         if dtype not in self._loaded:
-            reference = diffusers.WanTransformer3DModel.from_pretrained(self.folder, dtype=dtype).eval()
+            reference = diffusers.WanTransformer3DModel.from_pretrained(self.folder, dtype=dtype,
+                                                                        use_safetensors=True).eval()
             self._loaded[dtype] = (reference, load_component(WanTransformer3DModel, self.folder, dtype))
         return self._loaded[dtype]
 
