@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 from report_samples import HOT, NATIVE_LEFT, SIDE, sample_frames, sample_report
 
-from harness.report_html import FIELD_COLOURS, render_html
-from harness.report_images import HEAT_STOPS
+from harness.report.html import FIELD_COLOURS, render_html
+from harness.report.images import HEAT_STOPS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "ci" / "screenshot_report.sh"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -124,7 +124,7 @@ def test_screenshot_shows_frames_heat_map_drift_and_verdict_colours(tmp_path: Pa
 
 def test_screenshot_of_a_real_run_shows_its_frames_and_drift(tmp_path: Path) -> None:
     """A 2-step flux-tiny run through the CLI: its report.html shows native.png's frame and both drift lines."""
-    from harness.cli import main
+    from harness.cli.main import main
 
     out = tmp_path / "run"
     assert main(["run", "flux-tiny", "--steps", "2", "--out", str(out), "--no-progress"]) == 0

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 from report_samples import HOT, sample_frames, sample_report
 
-from harness import artifacts
-from harness.image_metrics import ImageMetricsError, image_metrics, json_safe
-from harness.report_html import render_html
-from harness.report_images import HEAT_STOPS, frame_images
-from harness.report_md import render_markdown
-from harness.svg_plot import PlotBox, PlotSeries, log_line_plot
+from harness.report import artifacts
+from harness.report.html import render_html
+from harness.report.image_metrics import ImageMetricsError, image_metrics, json_safe
+from harness.report.images import HEAT_STOPS, frame_images
+from harness.report.markdown import render_markdown
+from harness.report.plots import PlotBox, PlotSeries, log_line_plot
 
 
 def _texture(seed: int, shape=(1, 3, 24, 24)) -> torch.Tensor:
@@ -102,7 +102,7 @@ def test_identical_frames_give_a_dark_map_and_large_frames_keep_hot_spots(monkey
     native, reference = sample_frames()
     (frame,), vmax = frame_images(native, native.clone())
     assert vmax == 0.0 and (_png(frame.difference) == HEAT_STOPS[0]).all()
-    monkeypatch.setattr("harness.report_images.MAX_EMBED_SIDE", 16)
+    monkeypatch.setattr("harness.report.images.MAX_EMBED_SIDE", 16)
     reference = native.clone()
     reference[0, 1, 5, 5] += 0.5  # one pixel: block max keeps it when the 32x32 frame is halved
     (frame,), _ = frame_images(native, reference)
