@@ -32,7 +32,7 @@ from native_models.components import MODEL_CLASSES, is_known_class, load_native_
 from native_models.errors import CheckpointError
 from native_models.loader import load_component, load_state_dict
 from native_models.models.clip_vision import CLIPVisionHParams, CLIPVisionModel, CLIPVisionModelWithProjection
-from references.tiny_build import randomise_constant_parameters
+from references.common.tiny_build import randomise_constant_parameters
 
 FP32_REL_L2 = 1e-5
 PENULTIMATE = -2  # WanImageToVideoPipeline.encode_image: hidden_states[-2]

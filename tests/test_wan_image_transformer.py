@@ -37,7 +37,7 @@ from native_models.parallel import destroy_parallel, gather_sequence, init_paral
 from native_models.parallel import parallel_context as get_parallel_context
 from native_models.parallel.plan import matching_modules
 from native_models.parallel.sequence_parallel import UlyssesAttention
-from references.tiny_build import randomise_constant_parameters
+from references.common.tiny_build import randomise_constant_parameters
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 diffusers = pytest.importorskip("diffusers")

@@ -26,8 +26,8 @@ from diffusers import (
     WanTransformer3DModel,
 )
 
-from references.tiny_build import randomise_constant_parameters
-from references.tokenizers import build_umt5_tokenizer
+from references.common.tiny_build import randomise_constant_parameters
+from references.common.tokenizers import build_umt5_tokenizer
 
 # Wan 2.1's scheduler config (flow_shift 3.0); UniPC with flow sigmas, as the tiny T2V checkpoint uses.
 SCHEDULER = {
