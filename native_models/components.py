@@ -87,20 +87,26 @@ def load_scheduler(class_name: str, folder: Path) -> Any:
         raise CheckpointError(f"{folder / 'scheduler_config.json'}: {exc}") from None
 
 
+def load_processor(class_name: str, folder: Path) -> Any:
+    """An image processor built natively from its preprocessor_config.json."""
+    return _import(PROCESSOR_CLASSES[class_name]).from_pretrained(folder)
+
+
 def load_native_component(
     name: str, class_name: str, checkpoint: Path, dtype: torch.dtype, device: torch.device,
-    mesh: ParallelMesh | None = None,
+    mesh: ParallelMesh | None = None, native_class: str | None = None,
 ) -> Any:
     """Build component `name` of a checkpoint with the native class for `class_name`.
 
     With a parallel `mesh`, a model component is loaded whole and keeps only this rank's shard (its class's
-    `_tp_plan` / `_sp_plan`, native_models/parallel).
+    `_tp_plan` / `_sp_plan`, native_models/parallel). `native_class` ("module:Class") replaces the class
+    MODEL_CLASSES names for a model component (a pipeline's reduced variant, `ComposedPipeline._native_classes`).
     """
     folder = checkpoint / name
     if not folder.is_dir():
         raise CheckpointError(f"model_index.json names component '{name}' but {folder} does not exist")
     if class_name in MODEL_CLASSES:
-        cls = _import(MODEL_CLASSES[class_name])
+        cls = _import(native_class or MODEL_CLASSES[class_name])
         if mesh is not None and mesh.is_parallel:
             from native_models.parallel.plan import load_parallel_component
 
@@ -111,5 +117,5 @@ def load_native_component(
     if class_name in TOKENIZER_CLASSES:
         return load_tokenizer(folder)
     if class_name in PROCESSOR_CLASSES:
-        return _import(PROCESSOR_CLASSES[class_name]).from_pretrained(folder)
+        return load_processor(class_name, folder)
     raise CheckpointError(f"model_index.json names unknown class '{class_name}' for component '{name}'")

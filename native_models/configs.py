@@ -153,6 +153,11 @@ class PipelineConfig:
         """Mask channels telling the DiT which latent frames are given, for latents of `latent_shape`."""
         raise NotImplementedError(f"{type(self).__name__} takes no conditioning image")
 
+    def join_condition(self, mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """`Req.condition` from the mask channels and the conditioning latents (recorded apart as latents/mask
+        and latents/condition): the mask first, as WanImageToVideoPipeline concatenates them."""
+        return torch.cat([mask, latents], dim=1)  # (B, C_mask + C_lat, T, h, w)
+
     # ---- decoding ----
     def get_decode_scale_and_shift(self, vae: Any) -> tuple[float | torch.Tensor, float | torch.Tensor]:
         """Latents are divided by scale then shifted before decoding (floats, or per-channel tensors)."""

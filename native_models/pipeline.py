@@ -47,6 +47,9 @@ class ComposedPipeline:
     # Components split across ranks when the pipeline runs on a parallel mesh (their class declares `_tp_plan` /
     # `_sp_plan`, native_models/parallel); every other component is loaded whole on every rank.
     _parallel_modules: ClassVar[tuple[str, ...]] = ("transformer",)
+    # Component name -> "module:Class" built instead of the class MODEL_CLASSES maps its Diffusers class to: a
+    # reduced variant the pipeline needs no more of (Wan text-to-video: the VAE without its encoder).
+    _native_classes: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -91,6 +94,7 @@ class ComposedPipeline:
             name: load_native_component(
                 name, components[name][1], self.checkpoint, self.dtype, self.device,
                 mesh=self.mesh if name in self._parallel_modules else None,
+                native_class=self._native_classes.get(name),
             )
             for name in (*self._required_config_modules, *optional)
         }

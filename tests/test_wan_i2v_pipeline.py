@@ -51,12 +51,8 @@ CFG, CFG_2 = 5.0, 2.5
 FP32_REL_L2 = 1e-5
 
 
-class TwoExpertWanPipeline(NativeWanPipeline):
-    two_experts_enabled = True  # phase 2 flips the flag on WanPipeline itself
-
-
-class TwoExpertI2VPipeline(NativeI2VPipeline):
-    two_experts_enabled = True
+TwoExpertWanPipeline = NativeWanPipeline  # the same classes load one- and two-expert checkpoints
+TwoExpertI2VPipeline = NativeI2VPipeline
 
 
 def conditioning_image() -> PIL.Image.Image:
@@ -260,9 +256,17 @@ def test_expert_choice_at_the_boundary() -> None:
 # ------------------------------------------------------------------------------------- refusals and contracts
 
 
-def test_two_experts_not_enabled_yet(t2v_experts_folder: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"boundary_ratio=0.875 is Wan 2.2 A14B \(two experts\), not enabled"):
-        NativeWanPipeline(t2v_experts_folder, WanPipelineConfig())
+def test_two_expert_checkpoint_needs_its_second_expert(t2v_experts_folder: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    copy = tmp_path / "no-second-expert"
+    shutil.copytree(t2v_experts_folder, copy)
+    index = json.loads((copy / "model_index.json").read_text())
+    index["transformer_2"] = [None, None]
+    (copy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"boundary_ratio=0.875 needs a transformer_2 component"):
+        NativeWanPipeline.configure(WanPipelineConfig(), copy)
 
 
 def test_i2v_requests_are_checked(i2v_folder: Path) -> None:

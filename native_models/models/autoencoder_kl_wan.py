@@ -19,7 +19,7 @@ dtype casts follow Diffusers, so fp32 agrees to rounding and bf16 stays bit-clos
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -415,6 +415,9 @@ class AutoencoderKLWan(nn.Module):
     before decoding, per channel); this class only exposes the statistics and the scale factors.
     """
 
+    # False (AutoencoderKLWanDecoder): the encoder and quant_conv are neither built nor kept (text-to-video)
+    builds_encoder: ClassVar[bool] = True
+
     def __init__(self, config: AutoencoderKLWanConfig) -> None:
         super().__init__()
         self.config = config
@@ -424,8 +427,8 @@ class AutoencoderKLWan(nn.Module):
         self.latents_std: list[float] = [float(v) for v in config.latents_std]
         self.vae_scale_factor_spatial: int = config.spatial_factor
         self.vae_scale_factor_temporal: int = config.temporal_factor
-        self.encoder = Encoder3d(config)
-        self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
+        self.encoder = Encoder3d(config) if self.builds_encoder else None
+        self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1) if self.builds_encoder else None
         self.post_quant_conv = CausalConv3d(config.z_dim, config.z_dim, 1)
         self.decoder = Decoder3d(config)
 
@@ -468,6 +471,8 @@ class AutoencoderKLWan(nn.Module):
         Runs in the weights' dtype (the video must match it). Diffusers encodes frames in chunks of 1, 4, 4, ...
         and silently drops frames past the last whole chunk; other frame counts are refused here.
         """
+        if self.encoder is None or self.quant_conv is None:
+            raise ValueError(f"{type(self).__name__} was built without its encoder (a decode-only pipeline)")
         if x.ndim != 5 or x.shape[1] != self.config.in_channels or (x.shape[2] - 1) % ENCODE_CHUNK:
             raise ValueError(
                 f"encode expects (B, {self.config.in_channels}, 1 + {ENCODE_CHUNK}k, H, W) video, got {tuple(x.shape)}"
@@ -491,4 +496,16 @@ class AutoencoderKLWan(nn.Module):
         return self.decode(z)
 
 
-__all__ = ["AutoencoderKLWan", "AutoencoderKLWanConfig", "DiagonalGaussian", "StreamCache"]
+class AutoencoderKLWanDecoder(AutoencoderKLWan):
+    """The same VAE without its encoder, for pipelines that only decode (text-to-video): the encoder's parameters
+    (53.6 M at Wan 2.1 size) are never built, and its checkpoint keys are dropped before the strict load."""
+
+    builds_encoder: ClassVar[bool] = False
+    ENCODER_PREFIXES: ClassVar[tuple[str, ...]] = ("encoder.", "quant_conv.")
+
+    def convert_checkpoint_keys(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value for key, value in state.items() if not key.startswith(self.ENCODER_PREFIXES)}
+
+
+__all__ = ["AutoencoderKLWan", "AutoencoderKLWanConfig", "AutoencoderKLWanDecoder", "DiagonalGaussian",
+           "StreamCache"]

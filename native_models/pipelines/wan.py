@@ -16,8 +16,8 @@ standard ones):
 Wan 2.2 A14B (two experts; `boundary_ratio` and `transformer_2` in model_index.json): `transformer` denoises the
 steps whose timestep t >= boundary_ratio * num_train_timesteps (the scheduler config's), `transformer_2` the others,
 each with its CFG scale (`true_cfg_scale`, and `true_cfg_scale_2`, WanPipeline's `guidance_scale_2`, which defaults
-to the first); whether CFG runs at all follows the first scale alone, as in WanPipeline. Implemented (config
-callbacks, DenoisingStage) but not enabled for checkpoints yet: `two_experts_enabled` (docs/families/wan-i2v.md).
+to the first); whether CFG runs at all follows the first scale alone, as in WanPipeline. The expert of every step is
+recorded as `denoise/expert` (config callbacks, DenoisingStage).
 """
 
 from __future__ import annotations
@@ -170,9 +170,9 @@ class WanPipeline(ComposedPipeline):
     _required_config_modules = ("text_encoder", "tokenizer", "transformer", "vae", "scheduler")
     _optional_config_modules = ("transformer_2",)
     _parallel_modules = ("transformer", "transformer_2")
-    # Wan 2.2 A14B's two experts run natively, but parity runs need the reference side to record transformer_2's
-    # calls too (phase 2 of issue 15, docs/families/wan-i2v.md): until then such checkpoints are refused.
-    two_experts_enabled: ClassVar[bool] = False
+    # text-to-video decodes only: the VAE's encoder (53.6 M parameters at Wan 2.1 size) is not built
+    _native_classes: ClassVar[dict[str, str]] = {
+        "vae": "native_models.models.autoencoder_kl_wan:AutoencoderKLWanDecoder"}
 
     @classmethod
     def configure(cls, config: PipelineConfig, checkpoint: Path) -> None:
@@ -207,11 +207,6 @@ class WanPipeline(ComposedPipeline):
             config.boundary_ratio = None
             return
         index_file = checkpoint / "model_index.json"
-        if not cls.two_experts_enabled:
-            raise CheckpointError(
-                f"{index_file}: boundary_ratio={ratio!r} is Wan 2.2 A14B (two experts), not enabled for parity runs "
-                "yet (issue 15, phase 2)"
-            )
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio):
             raise CheckpointError(f"{index_file}: boundary_ratio must be a number, got {ratio!r}")
         transformer_2 = index.get("transformer_2")
@@ -241,9 +236,19 @@ class WanPipeline(ComposedPipeline):
 
 EntryClass = WanPipeline
 
+
+
+def is_wan_image_to_video(name: str) -> bool:
+    """A pipeline class name or path of Wan image-to-video (its own family: pipelines/wan_i2v.py)."""
+    lowered = name.lower()
+    return "imagetovideo" in lowered or "i2v" in lowered
+
+
 register_configs(
     WanSamplingParams,
     WanPipelineConfig,
-    hf_model_paths=["Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers"],
-    model_detectors=[lambda name: "wan" in name.lower()],
+    hf_model_paths=["Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+                    "Wan-AI/Wan2.2-T2V-A14B-Diffusers"],
+    # "wan" also matches WanImageToVideoPipeline, which this module (imported first) must leave to wan_i2v
+    model_detectors=[lambda name: "wan" in name.lower() and not is_wan_image_to_video(name)],
 )

@@ -16,21 +16,23 @@ decoding, Wan 2.2's two experts). On top of it, the conditioning image (a PIL RG
   (16 + 4 + 16 = 36 channels for Wan 2.1 I2V).
 RNG: the initial noise is drawn first, exactly as for text-to-video; nothing else draws.
 
-Not registered yet (issue 15, phase 2): no `EntryClass`, no `register_configs` call, see docs/families/wan-i2v.md.
+Registered as its own registry family, `wan_i2v` (its config class differs from text-to-video's, and the gate checks
+each registry entry's cases against it): cases in references/wan/cases.py, tests in cases/test_wan_i2v.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from native_models.configs import PipelineConfig
 from native_models.errors import CheckpointError, RequestError
 from native_models.loader import read_json, read_model_index
-from native_models.pipelines.wan import WanPipeline, WanPipelineConfig, WanSamplingParams
+from native_models.pipelines.wan import WanPipeline, WanPipelineConfig, WanSamplingParams, is_wan_image_to_video
+from native_models.registry import register_configs
 from native_models.req import Req
 
 # Diffusers' WanAttnProcessor splits the DiT's cross-attention context as "everything but the last 512 tokens is
@@ -117,6 +119,7 @@ class WanI2VPipelineConfig(WanPipelineConfig):
 class WanImageToVideoPipeline(WanPipeline):
     pipeline_name = "WanImageToVideoPipeline"
     _optional_config_modules = ("image_encoder", "image_processor", "transformer_2")
+    _native_classes: ClassVar[dict[str, str]] = {}  # the whole VAE: the conditioning frame is encoded
 
     @classmethod
     def configure(cls, config: PipelineConfig, checkpoint: Path) -> None:
@@ -154,5 +157,15 @@ class WanImageToVideoPipeline(WanPipeline):
         assert isinstance(self.config, WanI2VPipelineConfig)  # checked by configure
         self.add_standard_ti2v_stages(image_encoding=self.config.image_context)
 
+
+EntryClass = WanImageToVideoPipeline
+
+register_configs(
+    WanI2VSamplingParams,
+    WanI2VPipelineConfig,
+    hf_model_paths=["Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+                    "Wan-AI/Wan2.2-I2V-A14B-Diffusers"],
+    model_detectors=[lambda name: "wan" in name.lower() and is_wan_image_to_video(name)],
+)
 
 __all__ = ["WanI2VPipelineConfig", "WanI2VSamplingParams", "WanImageToVideoPipeline"]

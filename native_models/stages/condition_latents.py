@@ -59,5 +59,5 @@ class ConditionLatentStage(PipelineStage):
         mask = self.config.prepare_condition_mask(batch, tuple(latents.shape)).to(latents.device)
         batch.record(self.trace_stage, "mask", mask)
         batch.record(self.trace_stage, "condition", latents)
-        batch.condition = torch.cat([mask, latents], dim=1)  # (B, C_mask + C_lat, T, h, w)
+        batch.condition = self.config.join_condition(mask, latents)  # (B, C_mask + C_lat, T, h, w)
         return batch
