@@ -31,7 +31,7 @@ from diffusers import (
     WanPipeline,
     WanTransformer3DModel,
 )
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from references.common.tiny_build import (
     build_once,
@@ -246,7 +246,7 @@ def _build_components(seed: int, config: TinyWanConfig) -> dict:
     components: dict = {"tokenizer": tokenizer, **models, "scheduler": UniPCMultistepScheduler(**config.scheduler)}
     if config.has_image_path:
         side = config.clip_image_size
-        components["image_processor"] = CLIPImageProcessor(size={"shortest_edge": side},
+        components["image_processor"] = CLIPImageProcessorPil(size={"shortest_edge": side},
                                                            crop_size={"height": side, "width": side})
     return components
 
