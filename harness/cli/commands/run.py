@@ -13,7 +13,6 @@ from harness.cli.common import (
     add_case_argument,
     check_out_dir,
     finite_float,
-    make_progress,
     positive_int,
     seed_int,
 )
@@ -58,7 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, metavar="DIR",
                      help="output folder, replaced by this run (default: a new out/CASE/run-DATE-TIME per run, "
                           "out/CASE/latest pointing at the newest)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress on stderr (default: a line per phase, step bars on a terminal, and a "
+                          "'still ...' line after 10 s of silence)")
     run.add_argument("--no-forcing", action="store_true",
                      help="skip the teacher-forced native run: first divergence then comes from the free run")
     run.set_defaults(handler=command_run)
@@ -106,10 +107,12 @@ def command_run(args: argparse.Namespace) -> int:
     ranks = f", native on {topology.world} ranks ({topology.name})" if topology.is_parallel else ""
     print(f"{case.name}: {request.height}x{request.width}{frames}, {request.steps} steps, seed {request.seed}, "
           f"{request.dtype} on {request.device}{ranks}", file=sys.stderr)
-    result = run_parity(case, request, model=args.model, out_dir=out_dir,
-                        progress=make_progress(not args.no_progress), forcing=not args.no_forcing,
-                        topology=topology)
-    print(format_stage_table(result.comparison, result.report.get("noise")))
+    from harness.progress import Progress
+
+    with Progress(case.name, enabled=not args.no_progress) as progress:
+        result = run_parity(case, request, model=args.model, out_dir=out_dir, progress=progress,
+                            forcing=not args.no_forcing, topology=topology)
+    print(format_stage_table(result.comparison, result.report.get("noise"), result.report.get("tolerances")))
     if result.report.get("forcing_skipped"):
         print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
     if result.ranks is not None and result.ranks.vs_single is not None:
