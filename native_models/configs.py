@@ -73,6 +73,8 @@ class PipelineConfig:
 
     text_encoders: tuple[TextEncoderSpec, ...] = ()
     timestep_divisor: float = 1.0  # scheduler timesteps are divided by this before the DiT sees them
+    # image-conditioned families: which entry of the image encoder's hidden states the DiT gets (Wan: penultimate)
+    image_hidden_state: int = -2
 
     def check_request(self, batch: Req) -> None:
         """Reject a request this model cannot run (raise RequestError naming the value); default: accept."""
@@ -160,6 +162,33 @@ class PipelineConfig:
     def finish_noise_pred(self, noise_pred: torch.Tensor, batch: Req) -> torch.Tensor:
         """The (guided) prediction as the scheduler steps with it; default: unchanged (Z-Image negates it)."""
         return noise_pred
+
+    # ---- experts (two-transformer families) ----
+    def select_expert(self, t: torch.Tensor, batch: Req) -> int:
+        """Index of the transformer that denoises at scheduler timestep `t` (0: `transformer`, 1: `transformer_2`)."""
+        return 0
+
+    def expert_cfg_scale(self, expert: int, batch: Req) -> float:
+        """The CFG scale used with transformer `expert` (default: the request's one scale)."""
+        return batch.true_cfg_scale
+
+    # ---- image conditioning (image-to-video families) ----
+    def prepare_condition_video(self, image: Any, batch: Req) -> torch.Tensor:
+        """The conditioning image as the pixel video the VAE encodes, (1, 3, F, H, W) float32 in [-1, 1]."""
+        raise NotImplementedError(f"{type(self).__name__} takes no conditioning image")
+
+    def normalize_condition_latents(self, latents: torch.Tensor, vae: Any, batch: Req) -> torch.Tensor:
+        """VAE-encoded conditioning latents -> the DiT's latent space (the inverse of the decode denormalisation)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no conditioning image")
+
+    def prepare_condition_mask(self, batch: Req, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """Mask channels telling the DiT which latent frames are given, for latents of `latent_shape`."""
+        raise NotImplementedError(f"{type(self).__name__} takes no conditioning image")
+
+    def join_condition(self, mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """`Req.condition` from the mask channels and the conditioning latents (recorded apart as latents/mask
+        and latents/condition): the mask first, as WanImageToVideoPipeline concatenates them."""
+        return torch.cat([mask, latents], dim=1)  # (B, C_mask + C_lat, T, h, w)
 
     # ---- decoding ----
     def get_decode_scale_and_shift(self, vae: Any) -> tuple[float | torch.Tensor, float | torch.Tensor]:

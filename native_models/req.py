@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:  # PIL is imported only by the families that take an image (~35 ms a process otherwise)
+    import PIL.Image
 
 
 class Recorder(Protocol):
@@ -34,6 +37,8 @@ class Req:
     true_cfg_scale: float = 1.0
     max_sequence_length: int = 512
     num_frames: int = 1  # video families; image families ignore it
+    image: PIL.Image.Image | None = None  # image-conditioned families: the conditioning image (RGB, validated)
+    true_cfg_scale_2: float | None = None  # two-expert families: the low-noise expert's CFG scale (None: as the first)
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
@@ -50,6 +55,9 @@ class Req:
     sigmas: list[float] | None = None  # the sigma schedule handed to the scheduler (without terminal)
     timesteps: torch.Tensor | None = None
     output: torch.Tensor | None = None  # decoded frames (B, C, H, W), or videos (B, C, F, H, W), in [0, 1]
+    image_embeds: torch.Tensor | None = None  # image encoder tokens (B, L_img, D) in the model dtype
+    condition: torch.Tensor | None = None  # conditioning channels concatenated to the latents (B, C_cond, T, h, w)
+    experts: dict[int, int] = field(default_factory=dict)  # denoising step -> index of the transformer that ran
 
     # --- instrumentation ---
     recorder: Recorder | None = None

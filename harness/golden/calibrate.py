@@ -134,16 +134,19 @@ def calibration_requests(case: Case, dtype: str, device: str, seeds: int,
     variants = list(case.calibration_variants) if not sizes else []
     sizes = sizes or list(case.calibration_sizes) or [(base.height, base.width)]
     requests = []
+    def sized(height: int, width: int) -> GenerationRequest:  # the case's own image follows the size (Case.request)
+        return case.request(dtype=dtype, device=device, height=height, width=width)
+
     for seed in range(seeds):
         for height, width in sizes:
-            requests.append(replace(base, seed=seed, height=height, width=width))
+            requests.append(replace(sized(height, width), seed=seed))
         if cfg:
             height, width = sizes[-1]
             guided = {"negative_prompt": None, "true_cfg_scale": 1.0} if base.do_true_cfg else {
                 "negative_prompt": CFG_NEGATIVE_PROMPT, "true_cfg_scale": CFG_SCALE}
-            requests.append(replace(base, seed=seed, height=height, width=width, **guided))
+            requests.append(replace(sized(height, width), seed=seed, **guided))
         for steps, height, width in corners:
-            requests.append(replace(base, seed=seed, steps=steps, height=height, width=width,
+            requests.append(replace(sized(height, width), seed=seed, steps=steps,
                                     negative_prompt=CFG_NEGATIVE_PROMPT, true_cfg_scale=CFG_SCALE))
         for overrides in variants:
             requests.append(replace(base, seed=seed, **dict(overrides)))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness.families import FamilyRegistry
 from harness.run.request import GenerationRequest
+from harness.run.request_image import refit_synthetic
 from harness.trace.memory import Trace
 
 ProgressCallback = Callable[[int, int], None]
@@ -52,8 +53,14 @@ class Case:
     min_steps: int = 1
 
     def request(self, **overrides: object) -> GenerationRequest:
-        """The default request with the given non-None fields replaced."""
-        return replace(self.default_request, **{k: v for k, v in overrides.items() if v is not None})
+        """The default request with the given non-None fields replaced. A case's own synthetic conditioning
+        image follows a new size (harness/run/request_image.py `refit_synthetic`); a given image is kept."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        base = self.default_request
+        height, width = changes.get("height", base.height), changes.get("width", base.width)
+        if "image" not in changes and isinstance(height, int) and isinstance(width, int) and height > 0 < width:
+            changes["image"] = refit_synthetic(base.image, height, width)
+        return replace(base, **changes)
 
 
 # name -> case, in declaration order (the families' order in references/families.py, then each module's)

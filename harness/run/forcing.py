@@ -3,8 +3,10 @@
 Stage level: the denoising stage gets the reference's prompt embeddings (per encoder, in the config's
 `text_encoders` order, read from the reference trace under each encoder's `trace_field`, with the real-token mask
 under `mask_field` for the encoders that keep one), its sigma and
-timestep schedule (installed into the native scheduler) and its initial latents; the decoding stage gets the
-reference's final latents. Step level: denoising step i starts from the reference's latents after step i-1
+timestep schedule (installed into the native scheduler) and its initial latents, and, for image-conditioned
+pipelines, its image tokens (`encode/image_embeds`) and conditioning channels (`latents/mask` and
+`latents/condition`, joined by the config's `join_condition`); the decoding stage gets the reference's final
+latents. Step level: denoising step i starts from the reference's latents after step i-1
 (the initial latents for step 0), so its records are the local error of that one step. A multistep scheduler
 (one with `warm_start`, e.g. Wan's UniPC) also starts step i from the reference's history: its state is rebuilt
 from the reference's guided noise predictions and latents of steps 0..i-1.
@@ -92,6 +94,14 @@ def forced_batch(pipeline: ComposedPipeline, template: Req, reference: Trace) ->
             cast(_need(reference, RecordKey("encode", f"negative_{spec.trace_field}"))) for spec in specs
         ]
         batch.negative_prompt_masks = [mask(spec, "negative_") for spec in specs]
+    image_embeds = reference.get(RecordKey("encode", "image_embeds"))
+    if image_embeds is not None:
+        batch.image_embeds = cast(image_embeds)
+    condition = reference.get(RecordKey("latents", "condition"))
+    if condition is not None:
+        condition_mask = _need(reference, RecordKey("latents", "mask"))
+        joined = pipeline.config.join_condition(condition_mask, condition)
+        batch.condition = joined.to(device=device, dtype=latent_dtype)
     initial = _need(reference, RecordKey("latents", "initial"))
     batch.raw_latent_shape = tuple(initial.shape)
     batch.latents = pipeline.config.pack_latents(initial.to(device=device, dtype=latent_dtype))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
+from harness.run.request_image import ImageInputError, RequestImage
+from native_models.errors import RequestError
 from native_models.limits import check_request_limits
 
 
@@ -13,6 +17,9 @@ class GenerationRequest:
 
     `guidance_scale` feeds the DiT's guidance embedding (FLUX-dev style); `true_cfg_scale` > 1 together with a
     `negative_prompt` turns on classifier-free guidance with a second transformer pass, as Diffusers does.
+    `true_cfg_scale_2`: the second (low-noise) expert's CFG scale of a two-expert model (Wan 2.2 A14B; WanPipeline's
+    `guidance_scale_2`), None for the first's. `image`: the conditioning image of an image-to-video case,
+    validated when it is made (harness/run/request_image.py) and checked here against the request's size.
     """
 
     prompt: str
@@ -34,6 +41,8 @@ class GenerationRequest:
     # matter in a pipeline that encodes each call's prompts alone. Batch = len(prompts) x batch_size, each prompt's
     # images next to each other; one negative prompt serves every prompt.
     extra_prompts: tuple[str, ...] = ()
+    true_cfg_scale_2: float | None = None
+    image: RequestImage | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -49,6 +58,15 @@ class GenerationRequest:
             true_cfg_scale=self.true_cfg_scale, max_sequence_length=self.max_sequence_length, prompt=self.prompt,
             negative_prompt=self.negative_prompt, extra_prompts=self.extra_prompts,
         )
+        scale_2 = self.true_cfg_scale_2
+        if scale_2 is not None and (isinstance(scale_2, bool) or not isinstance(scale_2, int | float)
+                                    or not math.isfinite(scale_2)):
+            raise RequestError(f"true_cfg_scale_2 must be a finite number or None, got {scale_2!r}")
+        if self.image is not None:
+            if not isinstance(self.image, RequestImage):
+                raise ImageInputError(f"image must be a RequestImage (load_image / image_from_array), got "
+                                      f"{type(self.image).__name__}")
+            self.image.check_fits(self.height, self.width)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -59,6 +77,10 @@ class GenerationRequest:
     def do_true_cfg(self) -> bool:
         return self.true_cfg_scale > 1.0 and self.negative_prompt is not None
 
-    def to_dict(self) -> dict:
-        """Plain JSON data (extra_prompts as a list), equal to what a stored request reads back as."""
-        return {**asdict(self), "extra_prompts": list(self.extra_prompts)}
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data equal to what a stored request reads back as: extra_prompts as a list, the image as
+        its source, size and pixel sha256 (RequestImage.to_dict), not its pixels."""
+        data = asdict(self)
+        data["extra_prompts"] = list(self.extra_prompts)
+        data["image"] = None if self.image is None else self.image.to_dict()
+        return data

@@ -62,6 +62,8 @@ class CampaignRun:
         cfg: dict[str, Any] = {"negative_prompt": CFG_NEGATIVE_PROMPT, "true_cfg_scale": CFG_SCALE} if self.cfg else {}
         base = case.request(seed=self.seed, height=self.size[0], width=self.size[1], steps=self.steps,
                             dtype=self.dtype, **cfg)
+        if not self.cfg:  # a case whose default request is guided (Wan: CFG 5) runs unguided too
+            base = replace(base, negative_prompt=None, true_cfg_scale=1.0, true_cfg_scale_2=None)
         return replace(base, batch_size=self.batch)
 
     def label(self) -> str:
