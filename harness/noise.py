@@ -9,14 +9,17 @@ measured margins in `Thresholds`, `scripts/calibrate_noise_detector.py` and the 
 - near_constant: every channel's standard deviation below 0.01 (2.5 grey levels of 255);
 - checkerboard: autocorrelation +1 along the diagonals and -1 along the axes at one lag;
 - pixel_noise: 35% or more of the variance (colour channels pooled) is uncorrelated from pixel to pixel
-  (white, uniform or salt-and-pepper noise, scrambled pixels, a picture drowned in noise);
+  (white, uniform or salt-and-pepper noise, scrambled pixels, a picture drowned in noise), unless a fifth or
+  more of the frame's 8x8 blocks are exactly flat: noise leaves no flat block, while thin lines and small text
+  on a plain ground are uncorrelated across the stroke and are drawings;
 - smooth_noise: a Gaussian random field with a 1/f-family spectrum: pixel differences with kurtosis 2.6-3.5 at
   every pyramid level (sparse edges make pictures' heavier-tailed, mostly 5 and up) and a spectral slope
   between -3.5 and -1.25 (interpolated content is steeper, white-ish noise is left to pixel_noise);
-- decoded_noise: what a VAE draws from broken latents (blotchy colour, smeared noise, block textures): a
-  logistic regression over the named statistics of `harness/noise_features.py` (`harness/noise_model.py`, fitted
-  by scripts/train_noise_model.py on the noise corpus) whose logit passes its threshold; the reason names the
-  statistics that contributed most. Frames under 64 pixels a side are left to the rules above.
+- decoded_noise: what a VAE draws from broken latents (smeared noise, saturated blobs, scrambled colour and
+  texture): one of the logistic regressions ("heads") over the named statistics of `harness/noise_features.py`
+  (`harness/noise_model.py`, fitted by scripts/train_noise_model.py on the noise corpus) passes its threshold;
+  the reason names the head and the statistics that contributed most. Frames under 64 pixels a side are left
+  to the rules above.
 Binary and few-colour pictures (silhouettes, line art, text, QR codes) are pictures: no check fires on having
 few values alone.
 Video (`video=True`) adds flicker: consecutive frames that no longer correlate under a small shift, or a mean
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from harness import image_stats, noise_features
-from harness.noise_model import NoiseModel, explain, load_model
+from harness.noise_model import NoiseModel, explain, load_model, probability
 
 VALUE_RANGES = ("auto", "0,1", "-1,1", "0,255")
 CHANNEL_COUNTS = (1, 2, 3, 4)
@@ -53,6 +56,8 @@ class Thresholds:
     near_constant_std: float = 0.01  # pictures >= 0.039 (microaneurysms@64px); near-constant frame 0.003
     checkerboard_score: float = 0.5  # pictures <= 0.29 (a digit at 32 px); checkerboards >= 0.9997
     pixel_noise_fraction: float = 0.35  # pictures <= 0.254 (brick@64px); drowned (noise std = picture std) >= 0.455
+    drawing_flat_share: float = 0.2  # pixel_noise needs fewer flat 8x8 blocks: drawings with thin lines >= 0.27,
+    #  salt-and-pepper over 5% of a flat frame 0.04, every other calibrated noise 0
     gaussian_kurtosis: tuple[float, float] = (2.6, 3.5)  # Gaussian fields 2.9-3.1; pictures >= 5 (at their sharpest
     #  level) except fine textures at 64 px (gravel 3.0, grass 3.44) and smooth graphics (colorwheel@64px 2.78)
     noise_slope: tuple[float, float] = (-3.5, -1.25)  # 1/f noise -1.44 to -2.53; those textures -0.99 and above,
@@ -300,7 +305,13 @@ def judge_frame(index: int, planes: np.ndarray, nonfinite: float, thresholds: Th
         checkerboard_cell=cell * 2**level, spectrum_level=level,
     )
     checks.append(_above("checkerboard", checker, t.checkerboard_score))
-    checks.append(_above("pixel_noise", fraction, t.pixel_noise_fraction))
+    flat = noise_features.block_contrast(planes)["flat_share"] if min(planes.shape[1:]) >= 8 else 0.0
+    stats["flat_share"] = flat
+    pixel_noise = _above("pixel_noise", fraction, t.pixel_noise_fraction)
+    if flat >= t.drawing_flat_share:  # a drawing: strokes, not noise, make its pixel-scale variance
+        pixel_noise.fired = False
+        pixel_noise.margin = min(pixel_noise.margin, (t.drawing_flat_share - flat) / t.drawing_flat_share)
+    checks.append(pixel_noise)
     checks.append(_smooth_noise(stats["gradient_kurtosis_max"], slope, t))
     if min(planes.shape[1:]) >= t.learned_min_side:
         stats["features"] = noise_features.frame_features(planes, y, kurtoses, fraction, midtones)
@@ -310,11 +321,14 @@ def judge_frame(index: int, planes: np.ndarray, nonfinite: float, thresholds: Th
 
 
 def _decoded_noise(model: NoiseModel, stats: dict[str, Any]) -> CheckResult:
-    """The learned check: the model's logit over the frame's named statistics, with each one's contribution."""
-    score = model.score(stats["features"])
-    stats["model"] = {"logit": score.logit, "threshold": score.threshold, "probability": score.probability,
-                      "explanation": explain(score),
-                      "contributions": [asdict(c) for c in score.contributions[:5]]}
+    """The learned check: every head's logit over the frame's named statistics; the decisive head (the one
+    furthest past, or nearest to, its threshold) is reported with its largest contributions."""
+    scores = model.score(stats["features"])
+    score = max(scores, key=lambda s: s.logit - s.threshold)
+    stats["model"] = {"head": score.head, "logit": score.logit, "threshold": score.threshold,
+                      "probability": probability(score.logit), "explanation": explain(score),
+                      "contributions": [asdict(c) for c in score.contributions[:5]],
+                      "heads": {s.head: {"logit": s.logit, "threshold": s.threshold} for s in scores}}
     return CheckResult("decoded_noise", score.fired, score.logit, score.threshold, score.margin)
 
 
@@ -340,7 +354,7 @@ def _describe(check: CheckResult, stats: dict[str, Any]) -> str:
         return (f"smooth Gaussian noise: gradient kurtosis {_fmt(kurtosis)} in {_fmt(check.threshold[:2])} at every "
                 f"scale (no edges) and spectral slope {_fmt(slope)} in {_fmt(check.threshold[2:])}")
     if check.name == "decoded_noise":
-        return f"decoded noise (learned model over image statistics): {stats['model']['explanation']}"
+        return f"decoded noise: {stats['model']['explanation']}"
     return f"{check.name}: {v} vs {t}"
 
 

@@ -38,7 +38,8 @@ FEATURE_NAMES = (
     "noise_fraction", "gradient_kurtosis_fine", "gradient_kurtosis_max", "gradient_kurtosis_min",
     "spectral_slope_256", "spectral_curvature", "local_contrast_spread", "flat_share", "edge_concentration",
     "edge_coherence", "chroma_ratio", "saturation", "channel_detail_correlation", "partial_clip_share",
-    "palette_share", "clipped_share", "midtone_share", "grid_8", "grid_16",
+    "palette_share", "clipped_share", "midtone_share", "grid_8", "grid_16", "coarse_noise_fraction",
+    "chroma_detail_ratio",
 )
 
 
@@ -55,7 +56,26 @@ def frame_features(planes: np.ndarray, y: np.ndarray, kurtoses: list[float], noi
     features.update(colour_statistics(planes))
     features.update(palette_statistics(planes))
     features.update(grid_statistics(y))
+    features["coarse_noise_fraction"] = coarse_noise_fraction(planes)
     return features
+
+
+def coarse_noise_fraction(planes: np.ndarray) -> float:
+    """The largest noise fraction (harness/image_stats.py) of the colour planes shrunk 2x, 4x and 8x (levels at
+    least 16 pixels a side): a latent drawn at random is uncorrelated from one latent cell to the next, so its
+    decode, shrunk to about the latent's grid, is noise; a picture stays smooth at every scale."""
+    fractions = []
+    level = planes
+    for _ in range(3):
+        if min(level.shape[1:]) // 2 < 16:
+            break
+        level = np.stack([image_stats.half_size(p) for p in level])
+        per_plane = [image_stats.plane_stats(np.ascontiguousarray(p)) for p in level]
+        if sum(p.variance for p in per_plane) <= 1e-12:
+            break
+        rho1, rho2 = image_stats.pooled_correlations(per_plane)
+        fractions.append(image_stats.noise_fraction(rho1, rho2))
+    return max(fractions, default=0.0)
 
 
 def spectral_shape(y: np.ndarray) -> dict[str, float]:
@@ -133,7 +153,8 @@ def colour_statistics(planes: np.ndarray) -> dict[str, float]:
     fine detail (horizontal pixel differences), and the share of pixels clipped in some channel but not in all.
     A grey frame: 0, 0, 1, 0."""
     if planes.shape[0] < 3:
-        return {"chroma_ratio": 0.0, "saturation": 0.0, "channel_detail_correlation": 1.0, "partial_clip_share": 0.0}
+        return {"chroma_ratio": 0.0, "saturation": 0.0, "channel_detail_correlation": 1.0, "partial_clip_share": 0.0,
+                "chroma_detail_ratio": 0.0}
     r, b = planes[0], planes[2]
     y = image_stats.luminance(planes)
     chroma = float(np.sqrt(0.5 * ((b - y).var() + (r - y).var())))
@@ -148,7 +169,11 @@ def colour_statistics(planes: np.ndarray) -> dict[str, float]:
     clipped = (planes <= 0.5 / 255) | (planes >= 254.5 / 255)
     some = clipped.any(axis=0)
     every = clipped.all(axis=0)
+    cb, cr = b - y, r - y
+    chroma_detail = float(np.mean(np.diff(cb, axis=1) ** 2) + np.mean(np.diff(cr, axis=1) ** 2))
+    luma_detail = float(np.mean(np.diff(y, axis=1) ** 2))
     return {"chroma_ratio": ratio, "saturation": saturation,
+            "chroma_detail_ratio": math.sqrt(chroma_detail / (luma_detail + 1e-8)),
             "channel_detail_correlation": float(np.mean(correlations)),
             "partial_clip_share": float(np.mean(some & ~every))}
 

@@ -1,13 +1,17 @@
-"""The learned part of the noise detector: a logistic regression over named image statistics, shipped as JSON.
+"""The learned part of the noise detector: logistic regressions over named image statistics, shipped as JSON.
 
-Why learned: what a real VAE draws from broken latents (blotches, smeared noise, 8-pixel textures) differs from
-a picture in several statistics at once, none decisive alone; a linear model over them, fitted by
-scripts/train_noise_model.py on the training half of the noise corpus (references/noise_corpus.py), weighs
-them. Why this form: every verdict can be read back as a sum. The logit is bias + sum_i w_i (x_i - mean_i) /
-scale_i over the statistics of harness/noise_features.py; each term is that statistic's contribution, so a
-verdict names the statistics that pushed it over the threshold and by how much, next to the value a typical
-clean picture has (the median over the training pictures). No network, nothing pretrained: the file holds a
-few dozen numbers.
+Why learned: what a real VAE draws from broken latents differs from a picture in several statistics at once,
+none decisive alone; linear models over them, fitted by scripts/train_noise_model.py on the training half of the
+noise corpus (references/noise_corpus.py), weigh them. Why several: the garbage comes in kinds that look
+nothing alike (smeared noise from random or half-denoised latents; saturated blobs from a sampler that runs
+away; a picture's layout with scrambled colour and texture from mis-packed latents), so each kind has its own
+head, fitted against all the clean pictures, and the check fires when any head does.
+
+Why this form: every verdict reads back as a sum. A head's logit is bias + sum_i w_i z_i, where z_i is statistic
+i standardised over the training images ((x_i - mean_i) / scale_i) and clipped to +-`clip` (no single
+outlandish value can carry a verdict alone); each term is that statistic's contribution, so a verdict names the
+statistics that pushed it over the threshold and by how much, next to the value a typical clean picture has
+(the median over the training pictures). No network, nothing pretrained: the file holds a few hundred numbers.
 """
 
 from __future__ import annotations
@@ -38,7 +42,20 @@ class Contribution:
 
 
 @dataclass(frozen=True)
-class ModelScore:
+class Head:
+    """One kind of garbage: a logistic regression against clean pictures, and its decision threshold."""
+
+    name: str
+    describes: str
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float
+
+
+@dataclass(frozen=True)
+class HeadScore:
+    head: str
+    describes: str
     logit: float
     threshold: float
     contributions: list[Contribution] = field(default_factory=list)  # largest first
@@ -48,61 +65,71 @@ class ModelScore:
         return self.logit >= self.threshold
 
     @property
-    def probability(self) -> float:
-        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, self.logit))))
-
-    @property
     def margin(self) -> float:
         return (self.logit - self.threshold) / MARGIN_LOGITS
 
 
 @dataclass(frozen=True)
 class NoiseModel:
-    """A fitted logistic regression on standardised features; `trained` records how (corpus, counts, versions)."""
+    """Standardisation of the features, the heads, and how they were trained (`trained`)."""
 
     features: tuple[str, ...]
     mean: tuple[float, ...]
     scale: tuple[float, ...]
-    weights: tuple[float, ...]
-    bias: float
-    threshold: float
+    clip: float
     typical_picture: tuple[float, ...]
+    heads: tuple[Head, ...]
     trained: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.features)
-        lengths = {len(self.mean), len(self.scale), len(self.weights), len(self.typical_picture)}
+        lengths = {len(self.mean), len(self.scale), len(self.typical_picture)} | {len(h.weights) for h in self.heads}
         if lengths != {n}:
             raise NoiseModelError(f"noise model: {n} features but parameter lengths {sorted(lengths)}")
-        if any(s <= 0 for s in self.scale):
-            raise NoiseModelError(f"noise model: non-positive feature scale in {self.scale}")
+        if any(s <= 0 for s in self.scale) or self.clip <= 0:
+            raise NoiseModelError(f"noise model: non-positive feature scale or clip ({min(self.scale)}, {self.clip})")
+        if not self.heads:
+            raise NoiseModelError("noise model: no heads")
 
-    def score(self, values: dict[str, float]) -> ModelScore:
-        """The logit of `values` (a dict holding every model feature) and each feature's contribution to it."""
+    def standardised(self, values: dict[str, float]) -> list[float]:
         missing = [f for f in self.features if f not in values]
         if missing:
             raise NoiseModelError(f"noise model: features {missing} not measured")
-        contributions = []
-        logit = self.bias
-        for name, mean, scale, weight, typical in zip(self.features, self.mean, self.scale, self.weights,
-                                                      self.typical_picture, strict=True):
-            term = weight * (float(values[name]) - mean) / scale
-            logit += term
-            contributions.append(Contribution(name, float(values[name]), typical, term))
-        contributions.sort(key=lambda c: -c.logit)
-        return ModelScore(logit, self.threshold, contributions)
+        return [max(-self.clip, min(self.clip, (float(values[f]) - m) / s))
+                for f, m, s in zip(self.features, self.mean, self.scale, strict=True)]
+
+    def score(self, values: dict[str, float]) -> list[HeadScore]:
+        """Every head's score of `values` (a dict holding every model feature), in the file's order."""
+        z = self.standardised(values)
+        scores = []
+        for head in self.heads:
+            terms = [w * zi for w, zi in zip(head.weights, z, strict=True)]
+            contributions = [Contribution(f, float(values[f]), t, term)
+                             for f, t, term in zip(self.features, self.typical_picture, terms, strict=True)]
+            contributions.sort(key=lambda c: -c.logit)
+            scores.append(HeadScore(head.name, head.describes, head.bias + sum(terms), head.threshold,
+                                    contributions))
+        return scores
+
+    def decisive(self, values: dict[str, float]) -> HeadScore:
+        """The head nearest to firing (or furthest past its threshold): the one a verdict reports."""
+        return max(self.score(values), key=lambda s: s.logit - s.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": list(self.features), "mean": list(self.mean), "scale": list(self.scale),
-                "weights": list(self.weights), "bias": self.bias, "threshold": self.threshold,
-                "typical_picture": list(self.typical_picture), "trained": self.trained}
+                "clip": self.clip, "typical_picture": list(self.typical_picture),
+                "heads": [{"name": h.name, "describes": h.describes, "weights": list(h.weights), "bias": h.bias,
+                           "threshold": h.threshold} for h in self.heads],
+                "trained": self.trained}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NoiseModel:
         try:
+            heads = tuple(Head(str(h["name"]), str(h["describes"]), tuple(map(float, h["weights"])),
+                               float(h["bias"]), float(h["threshold"])) for h in data["heads"])
             return cls(tuple(data["features"]), tuple(map(float, data["mean"])), tuple(map(float, data["scale"])),
-                       tuple(map(float, data["weights"])), float(data["bias"]), float(data["threshold"]),
-                       tuple(map(float, data["typical_picture"])), dict(data.get("trained", {})))
+                       float(data["clip"]), tuple(map(float, data["typical_picture"])), heads,
+                       dict(data.get("trained", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise NoiseModelError(f"noise model: malformed ({type(exc).__name__}: {exc})") from None
 
@@ -118,9 +145,15 @@ def load_model(path: Path = MODEL_FILE) -> NoiseModel:
     return NoiseModel.from_dict(data)
 
 
-def explain(score: ModelScore, top: int = 3) -> str:
-    """'logit +4.2 >= +1.0: flat_share 0 (pictures 0.31) +1.9, edge_coherence 0.42 (0.71) +1.2, ...'."""
+def explain(score: HeadScore, top: int = 3) -> str:
+    """'looks like decoded noise latents (head noise_latents): logit +4.2 >= +1.0; flat_share 0 (pictures 0.31)
+    +1.9, ...' - the head, its logit against its threshold, and the largest contributions."""
     parts = [f"{c.feature} {c.value:.3g} (pictures {c.typical_picture:.3g}) {c.logit:+.1f}"
              for c in score.contributions[:top]]
     relation = ">=" if score.fired else "<"
-    return f"logit {score.logit:+.1f} {relation} {score.threshold:+.1f}: " + ", ".join(parts)
+    return (f"{score.describes} (head {score.head}): logit {score.logit:+.1f} {relation} {score.threshold:+.1f}; "
+            + ", ".join(parts))
+
+
+def probability(logit: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, logit))))
