@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from harness import image_stats, noise_features
-from harness.noise_model import NoiseModel, explain, load_model, probability
+from harness.noise_model import NoiseModel, decisive, explain, load_model, probability
 
 VALUE_RANGES = ("auto", "0,1", "-1,1", "0,255")
 CHANNEL_COUNTS = (1, 2, 3, 4)
@@ -324,11 +324,12 @@ def _decoded_noise(model: NoiseModel, stats: dict[str, Any]) -> CheckResult:
     """The learned check: every head's logit over the frame's named statistics; the decisive head (the one
     furthest past, or nearest to, its threshold) is reported with its largest contributions."""
     scores = model.score(stats["features"])
-    score = max(scores, key=lambda s: s.logit - s.threshold)
+    score = decisive(scores)
     stats["model"] = {"head": score.head, "logit": score.logit, "threshold": score.threshold,
                       "probability": probability(score.logit), "explanation": explain(score),
                       "contributions": [asdict(c) for c in score.contributions[:5]],
-                      "heads": {s.head: {"logit": s.logit, "threshold": s.threshold} for s in scores}}
+                      "heads": {s.head: {"logit": s.logit, "threshold": s.threshold, "fired": s.fired,
+                                         "out_of_range": [o.feature for o in s.out_of_range]} for s in scores}}
     return CheckResult("decoded_noise", score.fired, score.logit, score.threshold, score.margin)
 
 

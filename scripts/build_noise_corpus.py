@@ -7,6 +7,7 @@ it (pass --write-manifest after a deliberate change). Images are written as PNG 
 videos as uint8 .npy stacks (T, H, W, 3):
 
     .venv/bin/python scripts/build_noise_corpus.py [--out out/noise-corpus] [--half train|test] [--limit N]
+                                                   [--category NAME ...]
 
 Needs the photo VAE (references/checkpoints/photo-vae, scripts/train_photo_vae.py). About 5 minutes here.
 """
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="corpus folder (default out/noise-corpus)")
     parser.add_argument("--half", choices=noise_corpus.HALVES, help="render one half only")
+    parser.add_argument("--category", action="append", help="render only this category (repeatable)")
     parser.add_argument("--limit", type=int, help="render only the first N items of each category (quick look)")
     parser.add_argument("--write-manifest", action="store_true",
                         help=f"write the plan to {MANIFEST.relative_to(ROOT)} (after a deliberate change)")
@@ -105,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen, seen = [], {}
     for item in items:
         seen[item.category] = seen.get(item.category, 0) + 1
-        if (args.half is None or item.half == args.half) and (args.limit is None or seen[item.category] <= args.limit):
+        wanted = args.category is None or item.category in args.category
+        if wanted and (args.half is None or item.half == args.half) and (args.limit is None or
+                                                                         seen[item.category] <= args.limit):
             chosen.append(item)
     start = time.perf_counter()
     for number, item in enumerate(chosen, 1):

@@ -162,12 +162,16 @@ def test_nonfinite_flagged(photos) -> None:
     assert detect_noise(np.full((3, 32, 32), np.inf, np.float32)).fired == ["non_finite"]
 
 
-def test_binarised_flagged(photos) -> None:
+def test_binary_pictures_are_not_flagged_for_having_two_values() -> None:
+    """Issue 16: a black-and-white silhouette is a picture; no check fires on few values alone."""
     import skimage.data
 
-    grey = small(photos, "camera", 128).astype(np.float32)
-    assert detect_noise(grey > np.median(grey)).fired[0] == "binarised"
-    assert detect_noise(skimage.data.horse()).fired[0] == "binarised"
+    for image in (skimage.data.horse(), cal.threshold_mask(cal.resize_short_side(
+            cal.to_uint8(skimage.data.horse()), 64))):
+        verdict = detect_noise(image)
+        assert not verdict, verdict.reason
+        assert verdict.statistics["midtone_share"] < 0.05  # still measured and reported
+        assert "binarised" not in [c.name for c in verdict.checks]
 
 
 # ---------------------------------------------------------------- video
