@@ -172,46 +172,6 @@ def flat_graphic(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return np.asarray(image)
 
 
-def gradient_graphic(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Smooth colour: a linear or radial gradient between palette colours, or a hue wheel / hue ramp at full
-    saturation (pure colours, clipped in some channels, as a colour picker draws them); sometimes with flat
-    shapes on top."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    u, v = (xx + 0.5) / width - 0.5, (yy + 0.5) / height - 0.5
-    kind = rng.integers(0, 3)
-    if kind == 0:  # linear gradient through 2-3 colours
-        angle = rng.uniform(0, 2 * np.pi)
-        t = np.clip(0.5 + (u * np.cos(angle) + v * np.sin(angle)) * rng.uniform(0.8, 1.4), 0, 1)
-        stops = np.array(_palette(rng, int(rng.integers(2, 4))), np.float32)
-        position = t * (len(stops) - 1)
-        low = np.minimum(position.astype(int), len(stops) - 2)
-        frac = (position - low)[..., None]
-        image = stops[low] * (1 - frac) + stops[low + 1] * frac
-    elif kind == 1:  # radial gradient
-        inner, outer = np.array(_palette(rng, 2), np.float32)
-        radius = np.clip(np.sqrt(u * u + v * v) / rng.uniform(0.3, 0.8), 0, 1)[..., None]
-        image = inner * (1 - radius) + outer * radius
-    else:  # hue wheel or hue ramp, full saturation
-        hue = (np.arctan2(v, u) / (2 * np.pi)) % 1.0 if rng.random() < 0.5 else np.clip(u + 0.5, 0, 1)
-        saturation = np.clip(np.sqrt(u * u + v * v) * 2.2, 0, 1) if rng.random() < 0.5 else np.ones_like(u)
-        sector = np.floor(hue * 6) % 6
-        f = hue * 6 - np.floor(hue * 6)
-        channels = {0: (1, f, 0), 1: (1 - f, 1, 0), 2: (0, 1, f), 3: (0, 1 - f, 1), 4: (f, 0, 1), 5: (1, 0, 1 - f)}
-        rgb = np.zeros((height, width, 3), np.float32)
-        for k, (r, g, b) in channels.items():
-            mask = sector == k
-            for c, value in enumerate((r, g, b)):
-                rgb[..., c][mask] = (value if np.isscalar(value) else value[mask])
-        image = 255 * (1 - saturation[..., None] * (1 - rgb))
-    image = Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(0, 3))):
-        x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-        box = (x0, y0, x0 + rng.uniform(0.1, 0.4) * width, y0 + rng.uniform(0.1, 0.4) * height)
-        draw.ellipse(box, fill=_palette(rng, 1)[0]) if rng.random() < 0.5 else draw.rectangle(box, fill=_dark(rng))
-    return np.asarray(image)
-
-
 def antialiased(draw_fn: Callable[[np.random.Generator, int, int], np.ndarray], rng: np.random.Generator,
                 height: int, width: int) -> np.ndarray:
     """The same kind of drawing rendered at 4x and shrunk (box filter): grey edges, as a renderer or VAE gives."""
@@ -238,5 +198,4 @@ DRAWERS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
     "text": text_image,
     "qr_like": qr_like,
     "flat_graphic": flat_graphic,
-    "gradient_graphic": gradient_graphic,
 }
