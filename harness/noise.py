@@ -305,7 +305,8 @@ def judge_frame(index: int, planes: np.ndarray, nonfinite: float, thresholds: Th
         checkerboard_cell=cell * 2**level, spectrum_level=level,
     )
     checks.append(_above("checkerboard", checker, t.checkerboard_score))
-    flat = noise_features.block_contrast(planes)["flat_share"] if min(planes.shape[1:]) >= 8 else 0.0
+    contrast = noise_features.block_contrast(planes) if min(planes.shape[1:]) >= 8 else None
+    flat = contrast["flat_share"] if contrast is not None else 0.0
     stats["flat_share"] = flat
     pixel_noise = _above("pixel_noise", fraction, t.pixel_noise_fraction)
     if flat >= t.drawing_flat_share:  # a drawing: strokes, not noise, make its pixel-scale variance
@@ -314,7 +315,7 @@ def judge_frame(index: int, planes: np.ndarray, nonfinite: float, thresholds: Th
     checks.append(pixel_noise)
     checks.append(_smooth_noise(stats["gradient_kurtosis_max"], slope, t))
     if min(planes.shape[1:]) >= t.learned_min_side:
-        stats["features"] = noise_features.frame_features(planes, y, kurtoses, fraction, midtones)
+        stats["features"] = noise_features.frame_features(planes, y, kurtoses, fraction, midtones, contrast)
         if t.learned_model:
             checks.append(_decoded_noise(load_model(), stats))
     return _verdict(index, checks, stats)

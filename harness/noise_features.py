@@ -44,14 +44,15 @@ FEATURE_NAMES = (
 
 
 def frame_features(planes: np.ndarray, y: np.ndarray, kurtoses: list[float], noise_fraction: float,
-                   midtone_share: float) -> dict[str, float]:
+                   midtone_share: float, contrast: dict[str, float] | None = None) -> dict[str, float]:
     """All FEATURE_NAMES for one frame: (C, H, W) planes in [0, 1], its (H, W) luma, the gradient kurtosis of each
-    pyramid level (finest first, may be empty) and the noise fraction / mid-tone share the rule checks measured."""
+    pyramid level (finest first, may be empty), the noise fraction / mid-tone share the rule checks measured, and
+    `block_contrast(planes)` when the caller has it already."""
     features = {"noise_fraction": float(noise_fraction), "midtone_share": float(midtone_share)}
     logs = [math.log(max(k, 1.0)) for k in kurtoses] or [math.log(3.0)]
     features.update(gradient_kurtosis_fine=logs[0], gradient_kurtosis_max=max(logs), gradient_kurtosis_min=min(logs))
     features.update(spectral_shape(y))
-    features.update(block_contrast(planes))
+    features.update(contrast if contrast is not None else block_contrast(planes))
     features.update(edge_statistics(y))
     features.update(colour_statistics(planes))
     features.update(palette_statistics(planes))
@@ -187,6 +188,7 @@ def palette_statistics(planes: np.ndarray) -> dict[str, float]:
     for plane in levels[1:]:
         codes = codes * (2**PALETTE_BITS) + plane
     counts = np.bincount(codes.ravel())
+    counts = counts[counts > 0]
     top = np.partition(counts, max(0, counts.size - PALETTE_TOP))[-PALETTE_TOP:]
     clipped = float(np.count_nonzero((planes <= 0.5 / 255) | (planes >= 254.5 / 255))) / planes.size
     return {"palette_share": float(top.sum()) / codes.size, "clipped_share": clipped}

@@ -158,8 +158,8 @@ def train_vae(vae: torch.nn.Module, levels: list[torch.Tensor], recipe: Recipe) 
         recent = (recent + [(mse.item(), kl.item())])[-100:]
         if step % 50 == 0 or step == recipe.steps - 1:
             mean_mse = sum(m for m, _ in recent) / len(recent)
-            _log(f"vae step {step:4d}/{recipe.steps}  mse {mean_mse:.5f} (PSNR {psnr_of_mse(mean_mse):.2f} dB "
-                 f"on [-1,1] x 2)  kl/elem {kl.item():.3f}  {time.perf_counter() - start:.0f} s  "
+            _log(f"vae step {step:4d}/{recipe.steps}  mse {mean_mse:.5f} (PSNR {psnr_of_mse(mean_mse):.2f} dB)  "
+                 f"kl/elem {kl.item():.3f}  {time.perf_counter() - start:.0f} s  "
                  f"load {os.getloadavg()[0]:.1f}")
     vae.eval()
     return {"mse_last_100": sum(m for m, _ in recent) / len(recent),
