@@ -22,6 +22,7 @@ output is bit-identical to the correct pipeline's and whose parity run passes is
 guidance-embedding fault on a model without one): nothing can or should catch it; it is reported as such.
 
     .venv/bin/python scripts/digits_fault_table.py [--digits 0,3,7] [--seeds 2] [--faults a,b] [--out DIR]
+    .venv/bin/python scripts/digits_fault_table.py --noise-only   # the two noise columns alone, no parity
 
 Writes DIR/faults.json, DIR/faults.md and DIR/native_outputs.png (a row of native outputs per variant; DIR
 defaults to out/digits-faults) and prints the table. Exit 1 when a fault that changes the output is caught by
@@ -444,6 +445,71 @@ def calibration_samples(digits: tuple[int, ...] = DEFAULT_DIGITS,
                 }
 
 
+# ------------------------------------------------------------------------------------ noise-only table
+
+
+def noise_table(digits: tuple[int, ...], seeds: tuple[int, ...], faults: list[Fault],
+                progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """The two noise columns alone (no reference, no parity, no classifier; a fraction of the time): per variant,
+    how many native outputs `detect_noise` flags as the digits VAE decodes them (32 px) and as the photo VAE
+    decodes the same latents (64 px). Returns the rows and the photo-VAE frames per variant (for a grid)."""
+    case = get_case(CASE)
+    checkpoint = case.build_checkpoint()
+    variants: list[Fault | None] = [None, *(f for f in faults if f.applies_to(DTYPE) and f.topology == (1, 1))]
+    rows, grid = [], {}
+    for fault in variants:
+        name = CONTROL if fault is None else fault.name
+        row: dict[str, Any] = {"variant": name, "runs": 0, "refused": 0, "digits_vae_flagged": 0,
+                               "photo_vae_flagged": 0, "digits_vae_reason": None, "photo_vae_reason": None,
+                               "request": ""}
+        frames_out = []
+        start = time.perf_counter()
+        for digit in digits:
+            for seed in seeds:
+                base = base_request(case, digit, seed)
+                request = base if fault is None else fault.request_for(base)
+                row["request"] = request_note(request, base)
+                row["runs"] += 1
+                try:
+                    small = run_native(checkpoint, request, open_trace({"case": CASE}),
+                                       mutate=None if fault is None else fault.apply)
+                    photo = run_native(checkpoint, request, open_trace({"case": CASE}),
+                                       mutate=photo_vae_mutate(None if fault is None else fault.apply))
+                except StageFieldError:
+                    row["refused"] += 1
+                    frames_out.append(None)
+                    continue
+                for key, frames in (("digits_vae", small), ("photo_vae", photo)):
+                    verdict = detect_noise(frames)
+                    if verdict:
+                        row[f"{key}_flagged"] += 1
+                        row[f"{key}_reason"] = row[f"{key}_reason"] or verdict.reason
+                frames_out.append(photo)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        grid[name] = frames_out
+        if progress:
+            progress(f"{name}: digits VAE {row['digits_vae_flagged']}/{row['runs']}, photo VAE "
+                     f"{row['photo_vae_flagged']}/{row['runs']}, refused {row['refused']} ({row['seconds']:.0f} s)")
+    return rows, grid
+
+
+def noise_markdown(rows: list[dict[str, Any]], digits: tuple[int, ...], seeds: tuple[int, ...]) -> str:
+    lines = [f"flux-digits native outputs, {DTYPE}, digits {', '.join(map(str, digits))} x seeds "
+             f"{', '.join(map(str, seeds))}: flagged by detect_noise as decoded by the digits VAE (32 px: rule checks) "
+             "and by the photo VAE through the bridge (64 px: rules + learned check).", "",
+             "| variant | request | digits VAE | photo VAE | photo VAE reason (first flagged run) |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        if row["refused"] == row["runs"]:
+            lines.append(f"| `{row['variant']}` | {row['request'] or 'case'} | refused | refused | - |")
+            continue
+        reason = (row["photo_vae_reason"] or "-").split(";")[0]
+        lines.append(f"| `{row['variant']}` | {row['request'] or 'case'} | {row['digits_vae_flagged']}/{row['runs']} "
+                     f"| {row['photo_vae_flagged']}/{row['runs']} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 
@@ -475,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 per digit (2)")
     parser.add_argument("--faults", help="comma-separated fault names (default: every FLUX fault)")
     parser.add_argument("--out", type=Path, default=Path("out/digits-faults"), help="report folder")
+    parser.add_argument("--noise-only", action="store_true",
+                        help="only the two noise columns (native runs, no reference): noise.{md,json}, a fraction "
+                             "of the time")
     args = parser.parse_args(argv)
     try:
         digits = parse_int_list(args.digits, "digits", 0, 9)
@@ -488,6 +557,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds = tuple(range(args.seeds))
     torch.set_grad_enabled(False)
     start = time.perf_counter()
+    if args.noise_only:
+        noise_rows, photo_frames = noise_table(digits, seeds, faults, progress=lambda line: print(line, flush=True))
+        report = noise_markdown(noise_rows, digits, seeds)
+        print(report)
+        write_atomic(args.out / "noise.md", report)
+        write_atomic(args.out / "noise.json", json.dumps({"rows": noise_rows, "seconds": round(
+            time.perf_counter() - start, 1)}, indent=2) + "\n")
+        save_grid(photo_frames, args.out / "photo_vae_outputs.png")
+        return 0
     frames: dict[str, list[torch.Tensor | None]] = {}
     rows, outcomes = fault_table(digits, seeds, faults, progress=lambda line: print(line, flush=True),
                                  frames_out=frames)
