@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_flux() -> Path:
-    from references.tiny_flux import tiny_flux_checkpoint
+    from references.flux.tiny import tiny_flux_checkpoint
 
     return tiny_flux_checkpoint(seed=0)
 

@@ -11,11 +11,11 @@ import json
 
 import pytest
 
-from harness.cases import get_case
-from harness.parity import run_parity
-from harness.report import describe_failure
+from harness.report.build import describe_failure
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
 from native_models.attention import attention_backend
-from references.digits import (
+from references.flux.digits import (
     IMAGE_SIZE,
     MAX_SEQUENCE_LENGTH,
     NEGATIVE_PROMPT,

@@ -2,17 +2,17 @@
 
 `pytest cases/ -k flux` runs the tiny checkpoint at a square and a non-square size, two seeds, fp32 and bf16,
 plus true CFG with a negative prompt, each free-running and teacher-forced. Tolerances are the stored
-calibration (golden/tolerances/flux-tiny.*.cpu.json, harness/tolerances.py). The full acceptance grid (3 seeds,
-floor multiples per stage) is `python -m harness.grid flux-tiny --seeds 3`.
+calibration (golden/tolerances/flux-tiny.*.cpu.json, harness/compare/tolerances.py). The full acceptance grid (3 seeds,
+floor multiples per stage) is `python -m harness.verdicts.grid flux-tiny --seeds 3`.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from harness.cases import get_case
-from harness.parity import run_parity
-from harness.report import describe_failure
+from harness.report.build import describe_failure
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
 
 SIZES = [(64, 64), (48, 80)]
 SEEDS = [0, 1]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cases import get_case
-from harness.parity import ParityResult, run_parity
-from harness.report import describe_failure
+from harness.report.build import describe_failure
+from harness.run.cases import get_case
+from harness.run.parity import ParityResult, run_parity
 from native_models.attention import attention_backend
 from native_models.loader import load_component
 from native_models.models.flux_transformer import FP16_MAX, FluxTransformer2DModel

@@ -1,7 +1,7 @@
 """Every model of the native registry, through its cases and their goldens: no list to edit.
 
 Parameters come from the registry (native_models/registry.py: every `native_models/pipelines/<family>.py`
-registers its family at import), the cases that name each family (`Case.family`, harness/cases.py) and the
+registers its family at import), the cases that name each family (`Case.family`, harness/run/cases.py) and the
 goldens found under golden/: a new model appears here, and in `pytest cases/ -k <family>`, as soon as it is
 registered. Per case: the native side against its fp32 CPU golden (and any other CPU golden it has, e.g. bf16),
 without running Diffusers (`diffparity golden verify`); a family without a case fails, named.
@@ -19,18 +19,14 @@ import os
 import pytest
 import torch
 
-from harness.cases import cases_for_family, get_case
-from harness.gate import GATE_DTYPE, registry_entries
-from harness.golden import (
-    GoldenMissing,
-    golden_path,
-    load_golden_for,
-    record_golden,
-    scan_goldens,
-    verify_golden,
-)
-from harness.report import describe_failure
-from harness.tolerances import device_class
+from harness.compare.tolerances import device_class
+from harness.golden.errors import GoldenMissing
+from harness.golden.record import record_golden
+from harness.golden.store import golden_path, scan_goldens
+from harness.golden.verify import load_golden_for, verify_golden
+from harness.report.build import describe_failure
+from harness.run.cases import cases_for_family, get_case
+from harness.verdicts.gate import GATE_DTYPE, registry_entries
 
 REGEN_ENV = "DIFFPARITY_GOLDEN_REGEN"
 
@@ -59,7 +55,7 @@ def registered_params() -> list:
 def test_registered_case_matches_its_golden(family: str, case_name: str | None, dtype: str, device: str) -> None:
     if case_name is None:
         pytest.fail(f"model family '{family}' is registered in the native registry but no Case declares it "
-                    f"(harness/cases.py); `diffparity gate {family}` lists everything it still needs")
+                    f"(references/{family}/cases.py); `diffparity gate {family}` lists everything it still needs")
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     case = get_case(case_name)
@@ -90,7 +86,7 @@ def test_registered_case_matches_its_golden(family: str, case_name: str | None, 
 
 def test_every_golden_belongs_to_a_case() -> None:
     """Unused goldens are reported: a golden of a case that no longer exists, or a stray file under golden/."""
-    from harness.cases import CASES
+    from harness.run.cases import CASES
 
     found, strays = scan_goldens()
     unused = [str(f.path) for f in found if f.case not in CASES] + [str(p) for p in strays]

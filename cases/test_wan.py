@@ -4,7 +4,7 @@
 each run free and teacher-forced:
 - one rank, fp32: 5 frames (2 latent frames, 30 DiT tokens) and 9 frames (3 latent frames, an odd count, 45
   tokens); every record within rel_l2 <= 1e-5 of Diffusers; bf16 within the bf16 tolerances;
-- TP=2, SP=2 and TP=2 x SP=2 (gloo, forked ranks on 127.0.0.1, harness/multirank.py), the SP topologies on
+- TP=2, SP=2 and TP=2 x SP=2 (gloo, forked ranks on 127.0.0.1, harness/run/multirank.py), the SP topologies on
   45 tokens, which do not divide by 2 (Ulysses pads them to 46 and masks the pad): each against Diffusers and
   every record within rel_l2 <= 1e-5 of the single-rank native run; every rank decodes the same video;
 - a broken shard (Ulysses' all-to-all back returning the ranks' heads in the wrong order) must fail with the
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.artifacts import image_metrics_section
-from harness.cases import get_case
-from harness.faults import FAULTS
-from harness.multirank import Topology
-from harness.parity import ParityResult, run_parity
-from harness.report import describe_failure
+from harness.report.artifacts import image_metrics_section
+from harness.report.build import describe_failure
+from harness.run.cases import get_case
+from harness.run.multirank import Topology
+from harness.run.parity import ParityResult, run_parity
+from harness.verdicts.faults import FAULTS
 
 PARITY_REL_L2 = 1e-5  # the issue's fp32 bar, per record, against Diffusers and against one rank
 FRAMES = {"5frames": 5, "9frames": 9}  # 30 and 45 DiT tokens at 48x80
@@ -163,7 +163,7 @@ NORM_FAULTS = [(name, dtype) for name in ("wan_norm_weight_dropped", "wan_qk_nor
 
 @pytest.mark.parametrize(("name", "dtype"), NORM_FAULTS, ids=[f"{n}-{d}" for n, d in NORM_FAULTS])
 def test_norm_weight_faults_are_charged_to_the_dit_at_step_0(name: str, dtype: str) -> None:
-    """Norm parameters the tiny checkpoint randomises (references/tiny_build.py): dropping or swapping them is
+    """Norm parameters the tiny checkpoint randomises (references/common/tiny_build.py): dropping or swapping them is
     caught at the DiT's first step, every other stage's local records passing."""
     fault = FAULTS[name]
     case = get_case("wan-tiny")
@@ -178,9 +178,10 @@ def test_forcing_from_its_own_trace_is_bit_identical() -> None:
     (bf16 model, float32 latents), on the native side (`warm_start`) and on the reference side (replay)."""
     import torch
 
-    from harness.forcing import FORCED_STAGES
-    from harness.native_runner import plan_native_run, run_native
-    from harness.trace import RecordKey, Trace
+    from harness.run.forcing import FORCED_STAGES
+    from harness.run.native_runner import plan_native_run, run_native
+    from harness.trace.keys import RecordKey
+    from harness.trace.memory import Trace
 
     case = get_case("wan-tiny")
     checkpoint = case.build_checkpoint()

@@ -3,7 +3,7 @@
 A family registers once, at import of its pipeline module, with the Hugging Face ids it is known under and
 detectors that recognise it from a path or a pipeline class name (for local folders and renamed copies).
 Each entry carries a family name ("flux", "wan"): the key that ties it to its parity cases (`Case.family`),
-its case file `cases/test_<family>.py` and its goldens (harness/gate.py checks them all). It defaults to the
+its case file `cases/test_<family>.py` and its goldens (harness/verdicts/gate.py checks them all). It defaults to the
 name of the pipeline module, `native_models/pipelines/<family>.py`.
 """
 

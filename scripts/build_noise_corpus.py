@@ -1,6 +1,6 @@
 """Build the noise corpus: garbage a natural-image VAE draws from broken latents, and clean pictures.
 
-The items, their seeds and their half (train / test) come from references/noise_corpus.py's `plan()`, a pure
+The items, their seeds and their half (train / test) come from references/flux/noise_corpus.py's `plan()`, a pure
 function of fixed seeds, so the split is decided before anything is rendered or measured; the plan is committed
 as references/noise_corpus/manifest.json and this script refuses to render a corpus whose plan differs from
 it (pass --write-manifest after a deliberate change). Images are written as PNG (what a user would judge),
@@ -30,8 +30,9 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from references import noise_corpus, shipped_images  # noqa: E402
-from references.photo_vae import PHOTO_VAE_CHECKPOINT, PhotoVaeError, load_photo_vae  # noqa: E402
+from references.common import shipped_images  # noqa: E402
+from references.flux import noise_corpus  # noqa: E402
+from references.flux.photo_vae import PHOTO_VAE_CHECKPOINT, PhotoVaeError, load_photo_vae  # noqa: E402
 
 MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
 DEFAULT_OUT = Path("out/noise-corpus")

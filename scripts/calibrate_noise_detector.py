@@ -1,4 +1,4 @@
-"""Calibrate the noise detector (`harness/noise.py`) on a labelled set built in memory from shipped images.
+"""Calibrate the noise detector (`harness/noise/detector.py`) on a labelled set built in memory from shipped images.
 
 Pictures (must not be flagged): the scikit-image `data` images that ship inside the package (those that need a
 download are skipped), scikit-learn's two sample photos and its 8x8 handwritten digits, at 64 px, 256 px and
@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.noise import DEFAULT_THRESHOLDS, NoiseVerdict, detect_noise  # noqa: E402
+from harness.noise.detector import DEFAULT_THRESHOLDS, NoiseVerdict, detect_noise
 
 EXPECTS = ("picture", "degenerate", "either")
 PICTURE_SIZES = (64, 256, None)  # None: the image as shipped

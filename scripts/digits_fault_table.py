@@ -1,7 +1,7 @@
 """Which broken native variant of the flux-digits model does each detector catch: parity, noise, classifier?
 
 A random-weight checkpoint draws noise even when it is right, so only a trained model can show what a wrong
-pipeline does to a real picture. For every FLUX fault in the catalog (harness/faults.py, read at run time) and
+pipeline does to a real picture. For every FLUX fault in the catalog (references/flux/faults.py, read at run time) and
 for the correct pipeline (the control), this runs flux-digits in fp32 for a few digits x seeds, as teacher-
 forced parity runs with the fault applied to the native side (`fault.request_for` gives each fault what it
 needs to show, e.g. a non-square size), and records per run:
@@ -9,10 +9,10 @@ needs to show, e.g. a non-square size), and records per run:
 - parity: the trace comparison fails (first divergence) or the native pipeline refuses the run;
 - noise: `detect_noise` flags the native output (32 px: the rule checks; the learned check needs 64 px);
 - noise (photo VAE): `detect_noise` flags the same run decoded the realistic way, by a natural-image VAE: the
-  native pipeline with the photo VAE (references/photo_vae.py) as its decoder behind a linear bridge from the
-  digits latent space (references/digits_bridge.py), the fault applied on top (decode-stage faults then act on
+  native pipeline with the photo VAE (references/flux/photo_vae.py) as its decoder behind a linear bridge from the
+  digits latent space (references/flux/digits_bridge.py), the fault applied on top (decode-stage faults then act on
   the photo VAE and its factors); 64 px;
-- classifier: the digit classifier (references/digits.py) does not read the native output as the prompted
+- classifier: the digit classifier (references/flux/digits.py) does not read the native output as the prompted
   digit.
 
 A detector *catches* a run only when it fires on the faulty output and not on the correct pipeline's output
@@ -52,17 +52,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from harness.cases import Case, CaseError, get_case  # noqa: E402
-from harness.faults import Fault, faults_for  # noqa: E402
-from harness.grid import threshold_multiple  # noqa: E402
-from harness.native_runner import run_native  # noqa: E402
-from harness.noise import detect_noise  # noqa: E402
-from harness.parity import run_parity  # noqa: E402
-from harness.request import GenerationRequest  # noqa: E402
-from harness.trace import open_trace  # noqa: E402
+from harness.compare.records import threshold_multiple  # noqa: E402
+from harness.noise.detector import detect_noise  # noqa: E402
+from harness.run.cases import Case, CaseError, get_case  # noqa: E402
+from harness.run.native_runner import run_native  # noqa: E402
+from harness.run.parity import run_parity  # noqa: E402
+from harness.run.request import GenerationRequest  # noqa: E402
+from harness.trace.streaming import open_trace  # noqa: E402
+from harness.verdicts.faults import Fault, faults_for  # noqa: E402
 from native_models.errors import StageFieldError  # noqa: E402
-from references.digits import DigitClassifier, digit_prompt  # noqa: E402
-from references.digits_bridge import photo_vae_mutate  # noqa: E402
+from references.flux.digits import DigitClassifier, digit_prompt  # noqa: E402
+from references.flux.digits_bridge import photo_vae_mutate  # noqa: E402
 
 CASE = "flux-digits"
 DTYPE = "fp32"

@@ -1,7 +1,7 @@
 """Score the flux-digits model: generate every digit for several seeds and classify what comes out.
 
 The acceptance figure of the trained checkpoint: the share of generated images a digit classifier (an SVC fit
-on scikit-learn's real digits at run time, references/digits.py) reads as the prompted digit. Runs the
+on scikit-learn's real digits at run time, references/flux/digits.py) reads as the prompted digit. Runs the
 Diffusers reference pipeline and/or the native pipeline with the flux-digits case's request (size, steps,
 true CFG, T5 length), one seed at a time, exactly as `diffparity run flux-digits --seed S` would.
 
@@ -28,9 +28,9 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from harness.cases import get_case  # noqa: E402
-from harness.request import GenerationRequest  # noqa: E402
-from references.digits import DigitClassifier, digit_prompt, flux_digits_checkpoint  # noqa: E402
+from harness.run.cases import get_case  # noqa: E402
+from harness.run.request import GenerationRequest  # noqa: E402
+from references.flux.digits import DigitClassifier, digit_prompt, flux_digits_checkpoint  # noqa: E402
 
 EXIT_BELOW, EXIT_USAGE = 1, 2
 Generate = Callable[[GenerationRequest], torch.Tensor]  # request -> frames (1, C, H, W) in [0, 1]
@@ -40,8 +40,8 @@ def reference_generator(checkpoint: Path, dtype: str) -> Generate:
     """Diffusers' FluxPipeline, loaded once, called per request with the reference runner's arguments."""
     from diffusers import FluxPipeline
 
-    from references.flux_runner import flux_pipeline_kwargs
-    from references.reference_pipeline import load_pipeline, torch_dtype
+    from references.common.reference_pipeline import load_pipeline, torch_dtype
+    from references.flux.runner import flux_pipeline_kwargs
 
     pipe = load_pipeline(FluxPipeline, checkpoint, torch_dtype(dtype))
 
@@ -54,7 +54,7 @@ def reference_generator(checkpoint: Path, dtype: str) -> Generate:
 
 def native_generator(checkpoint: Path, first: GenerationRequest) -> Generate:
     """The native pipeline, built once; each request gets a fresh batch from the harness's planner."""
-    from harness.native_runner import plan_native_run
+    from harness.run.native_runner import plan_native_run
 
     plan = plan_native_run(checkpoint, first)
     pipeline = plan.pipeline_cls(checkpoint, plan.config, dtype=plan.batch.dtype, device=plan.batch.device)

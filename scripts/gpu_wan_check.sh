@@ -3,7 +3,7 @@
 #
 #   scripts/gpu_wan_check.sh [OUT_DIR]          # default out/gpu-wan-check; PYTHON=... to use another interpreter
 #
-# 1. builds the wide random checkpoint (references/tiny_wan.py: TinyWanConfig.wide(): 8 DiT layers at the real
+# 1. builds the wide random checkpoint (references/wan/tiny.py: TinyWanConfig.wide(): 8 DiT layers at the real
 #    Wan 2.1 1.3B width, 1536 = 12 heads x 128, ffn 8960; a 2-layer UMT5 at UMT5-XXL width; the tiny VAE), about
 #    3 GB of fp32 safetensors, once, under OUT_DIR;
 # 2. runs `diffparity run wan-tiny --model <it>` in bf16 on CUDA at 17 frames, 256x256, 10 steps, true CFG 5.0
@@ -25,7 +25,7 @@ mkdir -p "$OUT"
 import sys, time
 from pathlib import Path
 import torch
-from references.tiny_wan import TinyWanConfig, build_tiny_wan
+from references.wan.tiny import TinyWanConfig, build_tiny_wan
 if not torch.cuda.is_available():
     sys.exit("gpu_wan_check: no CUDA device visible to torch")
 target = Path(sys.argv[1])
@@ -48,8 +48,8 @@ import json, statistics, sys, time
 from dataclasses import replace
 from pathlib import Path
 import torch
-from harness.native_runner import plan_native_run
-from harness.request import GenerationRequest
+from harness.run.native_runner import plan_native_run
+from harness.run.request import GenerationRequest
 from native_models.attention import get_attention_backend
 
 CKPT, OUT = Path(sys.argv[1]), Path(sys.argv[2])
@@ -93,7 +93,7 @@ def native():
 
 def diffusers():
     from diffusers import WanPipeline
-    from references.flux_runner import quiet_libraries
+    from references.common.reference_pipeline import quiet_libraries
     quiet_libraries()
     pipe = WanPipeline.from_pretrained(str(CKPT), dtype=torch.bfloat16).to("cuda")
     pipe.set_progress_bar_config(disable=True)

@@ -1,6 +1,6 @@
 """Time `diffparity noise` on 100 PNG files of 512x512 RGB, process start included (the README's speed figure).
 
-The files: 60 crops of the shipped photographs, 20 PIL drawings (references/line_art.py) and 20 uniform-noise
+The files: 60 crops of the shipped photographs, 20 PIL drawings (references/common/line_art.py) and 20 uniform-noise
 frames, written to a temporary folder; the CLI judges them in one process, `--repeat` times; wall and CPU time
 of each run and the 1-minute load average are printed (the machine is shared: say the load with the figure).
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from references import line_art, shipped_images  # noqa: E402
+from references.common import line_art, shipped_images  # noqa: E402
 
 SIDE = 512
 

@@ -70,7 +70,8 @@ class PeakWindow:
 
 
 def _new_trace(mode: str, meta: dict, spool_dir: Path):
-    from harness.trace import Trace, TraceWriter
+    from harness.trace.memory import Trace
+    from harness.trace.streaming import TraceWriter
 
     return TraceWriter(meta, spool_dir, environment={}) if mode == "stream" else Trace(meta, environment={})
 
@@ -78,14 +79,14 @@ def _new_trace(mode: str, meta: dict, spool_dir: Path):
 def child_pipeline(work: Path, side: str, mode: str, steps: int, size: int) -> dict:
     import torch
 
-    from harness.cases import get_case
+    from harness.run.cases import get_case
 
     case = get_case("flux-tiny")
     request = case.request(steps=steps, height=size, width=size)
     checkpoint = case.build_checkpoint()
     trace = None if mode == "none" else _new_trace(mode, {"case": case.name, "request": request.to_dict()}, work)
     if side == "native":
-        from harness.native_runner import plan_native_run, run_native
+        from harness.run.native_runner import plan_native_run, run_native
 
         plan = plan_native_run(checkpoint, request)
         with PeakWindow() as window:
@@ -97,7 +98,7 @@ def child_pipeline(work: Path, side: str, mode: str, steps: int, size: int) -> d
                 run_native(checkpoint, request, trace, plan=plan)
                 trace.save(work / "trace.safetensors")
     else:
-        import references.flux_runner as flux_runner
+        import references.flux.runner as flux_runner
 
         if trace is None:  # the same Diffusers call the runner makes, without its recording hooks
             from diffusers import FluxPipeline
@@ -124,7 +125,8 @@ def child_pipeline(work: Path, side: str, mode: str, steps: int, size: int) -> d
 def child_scaling(work: Path, mode: str, count: int, mib: float) -> dict:
     import torch
 
-    from harness.trace import RecordKey, TraceReader
+    from harness.trace.keys import RecordKey
+    from harness.trace.streaming import TraceReader
 
     tensor = torch.randn(int(mib * 2**20) // 4)  # one float32 record of `mib` MiB, re-recorded `count` times
     trace = _new_trace(mode, {"case": "synthetic"}, work)
@@ -146,15 +148,16 @@ def child_scaling(work: Path, mode: str, count: int, mib: float) -> dict:
 
 
 def child_parity(work: Path, mode: str, steps: int, size: int) -> dict:
-    import harness.parity as parity
-    from harness.cases import get_case
-    from harness.trace import Trace
+    import harness.run.parity as parity
+    import harness.run.runners as runners
+    from harness.run.cases import get_case
+    from harness.trace.memory import Trace
 
     case = get_case("flux-tiny")
     request = case.request(steps=steps, height=size, width=size)
     case.build_checkpoint()
     if mode == "memory":  # what the parity flow did before streaming: both traces held whole until saved
-        parity.open_trace = lambda meta, spool_dir=None: Trace(meta)
+        runners.open_trace = lambda meta, spool_dir=None: Trace(meta)
     out = work
     with PeakWindow() as window:
         result = parity.run_parity(case, request, out_dir=out)

@@ -190,8 +190,8 @@ class Measurer:
     def __init__(self, requests: dict[str, dict[str, Any]]) -> None:
         from dataclasses import replace
 
-        from harness.cases import get_case
-        from harness.trace import Trace
+        from harness.run.cases import get_case
+        from harness.trace.memory import Trace
 
         os.environ["MUTANT_UNDER_TEST"] = ""
         base = get_case("flux-tiny")
@@ -221,7 +221,7 @@ class Measurer:
             self.baseline_worst[label] = max(_ratio(r) for r in records)
 
     def _native(self, label: str) -> tuple[Any, dict[str, Any]]:
-        from harness.parity import run_parity
+        from harness.run.parity import run_parity
 
         result = run_parity(self.cases[label], self.requests[label])
         tensors = {f"free/{k.name()}": t for k, t in result.native_trace.items()}

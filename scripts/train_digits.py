@@ -44,7 +44,9 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from references.digits import (  # noqa: E402
+from references.common.tiny_build import BUILD_INFO_FILE  # noqa: E402
+from references.flux.components import FLUX_DEV_SCHEDULER, build_flux_components  # noqa: E402
+from references.flux.digits import (  # noqa: E402
     DIGITS_CHECKPOINT,
     IMAGE_SIZE,
     MAX_SEQUENCE_LENGTH,
@@ -52,8 +54,6 @@ from references.digits import (  # noqa: E402
     digit_images,
     digit_prompt,
 )
-from references.flux_components import FLUX_DEV_SCHEDULER, build_flux_components  # noqa: E402
-from references.tiny_build import BUILD_INFO_FILE  # noqa: E402 - the tiny checkpoints' build record name
 
 EXIT_USAGE = 2
 
@@ -66,7 +66,7 @@ class Recipe:
     image_size: int = IMAGE_SIZE
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
 
-    # random, fixed text encoders (sizes as references/tiny_flux.py's defaults)
+    # random, fixed text encoders (sizes as references/flux/tiny.py's defaults)
     clip_hidden: int = 32
     clip_layers: int = 2
     clip_heads: int = 4
@@ -409,7 +409,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, Path]:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     recipe, out = parse_args(argv)
-    from references.flux_runner import quiet_libraries
+    from references.common.reference_pipeline import quiet_libraries
 
     quiet_libraries()
     info = train(recipe, out)

@@ -1,8 +1,8 @@
-"""Fit the noise detector's learned check (harness/noise_model.json) on the training half of the noise corpus,
+"""Fit the noise detector's learned check (harness/noise/learned_model.json) on the training half of the noise corpus,
 then judge both halves with the whole detector and report.
 
 Reads the corpus that scripts/build_noise_corpus.py wrote (PNG images, .npy videos) the way `diffparity noise`
-reads files, measures every image's named statistics (harness/noise_features.py) with the rule checks alone,
+reads files, measures every image's named statistics (harness/noise/features.py) with the rule checks alone,
 and fits one logistic regression per head (scikit-learn, L2, balanced classes; standardised statistics clipped
 to +-CLIP) of that head's garbage categories against every clean image of the training half. Each head's
 envelope is the range each statistic spans over its training garbage, widened by SLACK of that range each side
@@ -16,7 +16,7 @@ learned check), per category and variant:
     .venv/bin/python scripts/train_noise_model.py [--corpus out/noise-corpus] [--out out/noise-model]
     .venv/bin/python scripts/train_noise_model.py --evaluate-only     # judge the corpus with the shipped model
 
-Writes harness/noise_model.json (unless --evaluate-only) and DIR/report.{json,md}; exit 1 when a held-out clean
+Writes harness/noise/learned_model.json (unless --evaluate-only) and DIR/report.{json,md}; exit 1 when a held-out clean
 image is flagged or a held-out garbage category is caught under 95% of the time.
 """
 
@@ -39,11 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from harness.commands.noise import read_frames  # noqa: E402
-from harness.noise import Thresholds, detect_noise  # noqa: E402
-from harness.noise_features import FEATURE_NAMES  # noqa: E402
-from harness.noise_model import MODEL_FILE, Head, NoiseModel, load_model  # noqa: E402
-from references.noise_corpus import CorpusItem, item_path  # noqa: E402
+from harness.cli.commands.noise import read_frames  # noqa: E402
+from harness.noise.detector import Thresholds, detect_noise  # noqa: E402
+from harness.noise.features import FEATURE_NAMES  # noqa: E402
+from harness.noise.learned import MODEL_FILE, Head, NoiseModel, load_model  # noqa: E402
+from references.flux.noise_corpus import CorpusItem, item_path  # noqa: E402
 
 MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
 REGULARISATION_C = 0.3  # inverse L2 strength on standardised features (chosen by 5-fold grouped CV on the train half)

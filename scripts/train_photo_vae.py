@@ -2,7 +2,7 @@
 
 Why it exists: the noise detector must catch what a real VAE draws from broken latents (blotchy colour fields,
 8-pixel block textures, smeared noise), and the digits model's VAE is too small and too smooth to draw that.
-This one is trained on patches of the photographs that installed packages ship (references/shipped_images.py),
+This one is trained on patches of the photographs that installed packages ship (references/common/shipped_images.py),
 so that wrong latents decode the way they do in a real port: into structured garbage, not into noise.
 
 Recipe (`Recipe`): four DownEncoderBlock2D / UpDecoderBlock2D levels of 16, 32, 64 and 128 channels, one ResNet
@@ -45,9 +45,9 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from references import shipped_images  # noqa: E402
-from references.photo_vae import PHOTO_VAE_CHECKPOINT, build_photo_vae  # noqa: E402
-from references.tiny_build import BUILD_INFO_FILE  # noqa: E402
+from references.common import shipped_images  # noqa: E402
+from references.common.tiny_build import BUILD_INFO_FILE  # noqa: E402
+from references.flux.photo_vae import PHOTO_VAE_CHECKPOINT, build_photo_vae  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -268,7 +268,7 @@ def train(recipe: Recipe, out: Path) -> dict:
                 "held_out_photographs": list(split.held_out),
                 "split_seed": shipped_images.SPLIT_SEED,
                 "source": "scikit-image data files and scikit-learn sample images shipped in the installed "
-                          "packages (references/shipped_images.py)",
+                          "packages (references/common/shipped_images.py)",
                 "preprocessing": "grey replicated to RGB, shrunk by each of the recipe's scales (PIL Lanczos), "
                                  "[-1, 1]",
             },

@@ -39,9 +39,12 @@ _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 _CHECK = r"""
 import sys, tempfile
 from pathlib import Path
-from harness.cases import get_case
-from harness.golden import (GoldenError, largest_change, read_golden, record_golden, scan_goldens,
-                            verify_golden)
+from harness.golden.errors import GoldenError
+from harness.golden.file_format import read_golden
+from harness.golden.record import largest_change, record_golden
+from harness.golden.store import scan_goldens
+from harness.golden.verify import verify_golden
+from harness.run.cases import get_case
 goldens = [g for g in scan_goldens()[0] if g.kind == "golden" and g.device_class == "cpu"]
 bad = 0
 drafts = Path(tempfile.mkdtemp())

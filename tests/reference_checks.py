@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from harness.request import GenerationRequest
-from harness.trace import RecordKey, Trace
+from harness.run.request import GenerationRequest
+from harness.trace.keys import RecordKey
+from harness.trace.memory import Trace
 
 
 def safetensors_bytes(folder: Path) -> dict[str, bytes]:

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import tolerances
-from harness.calibrate import calibrate, calibration_requests, perturbations_for, write_calibration
-from harness.cases import get_case
-from harness.cli import main
-from harness.parity import run_parity
-from harness.tolerances import (
+from harness.cli.main import main
+from harness.compare import tolerances
+from harness.compare.tolerances import (
     FLOOR_MULTIPLE,
     ToleranceError,
     ToleranceSpec,
@@ -22,6 +19,9 @@ from harness.tolerances import (
     load_tolerance_spec,
     minimum_threshold,
 )
+from harness.golden.calibrate import calibrate, calibration_requests, perturbations_for, write_calibration
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
 
 
 @pytest.fixture(scope="module")

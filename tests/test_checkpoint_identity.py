@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from harness.cases import CASES, get_case
-from harness.checkpoint_identity import checkpoint_identity, compare_identities
-from harness.cli import main
-from harness.golden import GoldenError, promote_golden, record_golden, verify_golden
+from harness.cli.main import main
+from harness.golden.checkpoint_identity import checkpoint_identity, compare_identities
+from harness.golden.errors import GoldenError
+from harness.golden.record import promote_golden, record_golden
+from harness.golden.verify import verify_golden
+from harness.run.cases import CASES, get_case
 
 CASE = "flux-tiny"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import cases
-from harness.cli import main
-from harness.native_runner import check_safetensors_header
+from harness.cli.main import main
+from harness.run import cases
+from harness.run.native_runner import check_safetensors_header
 from native_models.errors import CheckpointError
 
 

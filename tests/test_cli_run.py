@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.cli import main
+from harness.cli.main import main
 
 
 def test_console_script_passes_and_writes_report(tmp_path: Path) -> None:

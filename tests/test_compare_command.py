@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness.cli import main
-from harness.trace import RecordKey, Trace, TraceReader
+from harness.cli.main import main
+from harness.trace.keys import RecordKey
+from harness.trace.memory import Trace
+from harness.trace.streaming import TraceReader
 
 REF_ENV = {"torch": "2.11", "gpu": "NVIDIA H200", "device": "cuda", "dtype": "fp32"}
 CAND_ENV = {"torch": "2.13.0+cpu", "gpu": None, "device": "cpu", "dtype": "fp32"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from script_loader import load_script
 
-from harness.faults import FAULTS, get_fault
+from harness.verdicts.faults import FAULTS, get_fault
 
 SAMPLED = ("sigmas_reversed", "rotary_style_swapped", "decode_scale_shift_wrong")
 

@@ -1,5 +1,5 @@
 """report["drift"]: per-step rel_l2 and cosine of latents and transformer output, free and forced, with the
-free run's growth factor per step, in the structure harness/drift.py documents."""
+free run's growth factor per step, in the structure harness/compare/drift.py documents."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from harness.cases import get_case
-from harness.compare import Comparison, RecordResult
-from harness.drift import drift
-from harness.parity import run_parity
+from harness.compare.drift import drift
+from harness.compare.records import Comparison, RecordResult
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
 
 
 def record(field: str, step: int, rel_l2: float, mode: str = "free") -> RecordResult:

@@ -1,9 +1,9 @@
-"""No false alarms: a correct native pipeline passes every parity check of the campaign (harness/campaign.py).
+"""No false alarms: a correct native pipeline passes every parity check of the campaign (harness/verdicts/campaign.py).
 
 CI runs the campaign's covering sample: the cheapest set of runs of the 120-run plan that still meets every
 size (square and non-square), step count 1-8, CFG on and off, batch 1 and 2, fp32 and bf16 and 1 and 2
 threads (and each dtype with each of CFG, batch and threads). The full campaign is
-`python -m harness.campaign flux-tiny --runs 120`.
+`python -m harness.verdicts.campaign flux-tiny --runs 120`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,11 @@ from collections import Counter
 
 import pytest
 
-from harness.campaign import (
-    AXES,
-    FIRST_SEED,
-    CampaignRun,
-    campaign_plan,
-    coverage_items,
-    covering_sample,
-    intra_op_threads,
-)
-from harness.cases import get_case
-from harness.parity import run_parity
-from harness.report import describe_failure
+from harness.environment import intra_op_threads
+from harness.report.build import describe_failure
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
+from harness.verdicts.campaign import AXES, FIRST_SEED, CampaignRun, campaign_plan, coverage_items, covering_sample
 
 PLAN = campaign_plan(120)
 SAMPLE = covering_sample(PLAN)

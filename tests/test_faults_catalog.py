@@ -1,4 +1,5 @@
-"""The fault catalog itself (harness/faults.py) and `diffparity faults` (harness/commands/faults.py).
+"""The fault catalog itself (harness/verdicts/faults.py; the faults in references/<family>/faults.py) and
+`diffparity faults` (harness/cli/commands/faults.py).
 
 Where each fault is caught is tests/test_flux_fault_localization.py; here: the catalog names every failure mode
 it must (field notes section 5 and issue 5), its declarations are consistent, a fault breaks only the pipeline
@@ -14,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cases import get_case
-from harness.cli import main
-from harness.faults import DTYPES, FAULTS, Fault, faults_for, register
-from harness.native_runner import plan_native_run, run_native
-from harness.trace import STAGES, Trace
+from harness.cli.main import main
+from harness.run.cases import get_case
+from harness.run.native_runner import plan_native_run, run_native
+from harness.trace.keys import STAGES
+from harness.trace.memory import Trace
+from harness.verdicts.faults import DTYPES, FAULTS, Fault, faults_for, register
 
 REQUIRED = {
     # field notes section 5

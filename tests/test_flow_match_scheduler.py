@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from native_models.schedulers.flow_match_euler import FlowMatchEulerScheduler, flux_default_sigmas
-from references.flux_components import FLUX_DEV_SCHEDULER
+from references.flux.components import FLUX_DEV_SCHEDULER
 
 # FLUX.1-dev's scheduler_config.json, as the tiny checkpoint ships it (the keys Diffusers would fill in are left to
 # defaults on both sides); the "_class_name" entry is there so that from_config is seen to skip metadata keys.

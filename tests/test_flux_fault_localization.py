@@ -1,4 +1,4 @@
-"""Every broken native variant of harness/faults.py must fail, and with teacher forcing on, the first divergence
+"""Every broken native variant of references/flux/faults.py must fail, and with teacher forcing on, the first divergence
 must name the stage (field, and step inside the loop) that the bug is in, while every other stage's local
 records still pass: the error is charged to the stage that makes it, not to everything downstream. The loud
 faults (`raises`) must be refused by the stage that checks the field, naming stage and field.
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cases import get_case
-from harness.fault_matrix import trace_stage_of
-from harness.faults import FAULTS, Fault, faults_for
-from harness.parity import run_parity
-from harness.trace import STAGES
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
+from harness.trace.keys import STAGES
+from harness.verdicts.fault_matrix import trace_stage_of
+from harness.verdicts.faults import FAULTS, Fault, faults_for
 from native_models.errors import StageFieldError
 
 PAIRS = [(fault, dtype) for fault in faults_for("flux") for dtype in ("fp32", "bf16") if fault.applies_to(dtype)]

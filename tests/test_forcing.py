@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cases import get_case
-from harness.forcing import FORCED_STAGES, ForcingError
-from harness.native_runner import plan_native_run, run_native
-from harness.trace import RecordKey, Trace
+from harness.run.cases import get_case
+from harness.run.forcing import FORCED_STAGES, ForcingError
+from harness.run.native_runner import plan_native_run, run_native
+from harness.trace.keys import RecordKey
+from harness.trace.memory import Trace
 
 REQUESTS = {
     "fp32": {"dtype": "fp32"},
@@ -87,7 +88,7 @@ def test_forcing_needs_both_traces(tiny_flux: Path) -> None:
 
 
 def test_a_pipeline_that_cannot_be_forced_runs_free_and_says_why() -> None:
-    from harness.parity import run_parity
+    from harness.run.parity import run_parity
 
     def no_schedule_install(pipeline) -> None:
         scheduler = pipeline.get_module("scheduler")

@@ -20,28 +20,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cases import get_case
-from harness.cli import main
-from harness.faults import get_fault
-from harness.golden import (
-    SCHEMA_VERSION,
-    GoldenCorrupt,
-    GoldenError,
-    GoldenMissing,
-    golden_bytes,
-    golden_from_trace,
-    golden_path,
-    largest_change,
-    parse_golden_name,
-    promote_golden,
-    read_golden,
-    record_golden,
-    scan_goldens,
-    verify_golden,
-    write_golden,
-)
-from harness.parity import run_parity
-from harness.trace import RecordKey, Trace
+from harness.cli.main import main
+from harness.golden.errors import GoldenCorrupt, GoldenError, GoldenMissing
+from harness.golden.file_format import SCHEMA_VERSION, golden_bytes, read_golden, write_golden
+from harness.golden.model import golden_from_trace
+from harness.golden.record import largest_change, promote_golden, record_golden
+from harness.golden.store import golden_path, parse_golden_name, scan_goldens
+from harness.golden.verify import verify_golden
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
+from harness.trace.keys import RecordKey
+from harness.trace.memory import Trace
+from harness.verdicts.faults import get_fault
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE = "flux-tiny"
@@ -345,7 +335,7 @@ def test_names_and_unused_goldens(root: Path, capsys: pytest.CaptureFixture) -> 
 
 def test_verify_imports_no_diffusers(recorded: Path, tiny_flux: Path) -> None:
     """`diffparity golden verify` runs the native side only: Diffusers is never even imported."""
-    code = ("import sys\nfrom harness.cli import main\n"
+    code = ("import sys\nfrom harness.cli.main import main\n"
             f"code = main(['golden', 'verify', 'flux-tiny', '--golden-dir', {str(recorded)!r}])\n"
             "print('EXIT', code, 'DIFFUSERS', sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

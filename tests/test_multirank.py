@@ -1,4 +1,4 @@
-"""Multi-rank runs are refused before anything runs when the topology cannot work (harness/multirank.py), and
+"""Multi-rank runs are refused before anything runs when the topology cannot work (harness/run/multirank.py), and
 `diffparity run` passes --frames / --tp / --sp through. The multi-rank parity itself is cases/test_wan.py."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cases import get_case
-from harness.cli import main
-from harness.multirank import Topology, check_topology
-from harness.native_runner import plan_native_run
+from harness.cli.main import main
+from harness.run.cases import get_case
+from harness.run.multirank import Topology, check_topology
+from harness.run.native_runner import plan_native_run
 from native_models.parallel import ParallelError
 
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from script_loader import load_script
 
-from harness import image_stats
-from harness.cli import main
-from harness.noise import FramesError, detect_noise, noise_section
+from harness.cli.main import main
+from harness.noise import image_stats
+from harness.noise.detector import FramesError, detect_noise, noise_section
 
 cal = load_script("calibrate_noise_detector")  # reuses the calibration script's sample builders
 RNG_SEED = 1234

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from references import line_art, noise_corpus, shipped_images
+from references.common import line_art, shipped_images
+from references.flux import noise_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
@@ -59,7 +60,7 @@ def test_sizes_span_64_to_512(items) -> None:
 def test_flux_sigmas_match_diffusers_flux_dev_schedule() -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from references.flux_components import FLUX_DEV_SCHEDULER
+    from references.flux.components import FLUX_DEV_SCHEDULER
 
     for height, width in ((64, 64), (256, 192), (512, 512)):
         scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)

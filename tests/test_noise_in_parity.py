@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import torch
 
-from harness.cases import get_case
-from harness.parity import run_parity
+from harness.run.cases import get_case
+from harness.run.parity import run_parity
 from native_models.pipeline import ComposedPipeline
 
 

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from harness.noise import DEFAULT_THRESHOLDS, detect_noise
-from harness.noise_features import FEATURE_NAMES, frame_features
-from harness.noise_model import MODEL_FILE, NoiseModel, NoiseModelError, load_model
-from references import line_art, noise_corpus, shipped_images
+from harness.noise.detector import DEFAULT_THRESHOLDS, detect_noise
+from harness.noise.features import FEATURE_NAMES, frame_features
+from harness.noise.learned import MODEL_FILE, NoiseModel, NoiseModelError, load_model
+from references.common import line_art, shipped_images
+from references.flux import noise_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def renderer() -> noise_corpus.Renderer:
-    from references.photo_vae import load_photo_vae
+    from references.flux.photo_vae import load_photo_vae
 
     return noise_corpus.Renderer(load_photo_vae())
 

@@ -19,11 +19,12 @@ from reference_checks import (
 )
 from transformers import AutoTokenizer, CLIPTokenizer, T5Tokenizer
 
-from harness.request import GenerationRequest
-from harness.trace import Trace
-from references.flux_runner import make_generator, run_flux_reference, unpack_flux_latents
-from references.tiny_flux import TinyFluxConfig, build_tiny_flux, checkpoint_dir, tiny_flux_checkpoint
-from references.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from harness.run.request import GenerationRequest
+from harness.trace.memory import Trace
+from references.common.reference_pipeline import make_generator
+from references.common.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from references.flux.runner import run_flux_reference, unpack_flux_latents
+from references.flux.tiny import TinyFluxConfig, build_tiny_flux, checkpoint_dir, tiny_flux_checkpoint
 
 PROMPTS = ["a photo of a cat", "Handwritten digit SEVEN, 42!", "", "a " * 100]
 

@@ -19,20 +19,14 @@ from reference_checks import (
 )
 from transformers import AutoTokenizer, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from harness.request import GenerationRequest
-from harness.trace import Trace
+from harness.run.request import GenerationRequest
+from harness.trace.memory import Trace
 from native_models.components import load_native_component
 from native_models.models.t5_encoder import UMT5EncoderModel as NativeUMT5
 from native_models.schedulers.unipc_flow import UniPCFlowScheduler
-from references.tiny_wan import (
-    WAN_2_1_SCHEDULER,
-    TinyWanConfig,
-    build_tiny_wan,
-    checkpoint_dir,
-    tiny_wan_checkpoint,
-)
-from references.tokenizers import build_t5_tokenizer, build_umt5_tokenizer
-from references.wan_runner import check_wan_request, run_wan_reference, wan_guidance_scale
+from references.common.tokenizers import build_t5_tokenizer, build_umt5_tokenizer
+from references.wan.runner import check_wan_request, run_wan_reference, wan_guidance_scale
+from references.wan.tiny import WAN_2_1_SCHEDULER, TinyWanConfig, build_tiny_wan, checkpoint_dir, tiny_wan_checkpoint
 
 PROMPTS = ["a cat walks through the misty forest", "Ünïcode 中 猫 &amp;  x", "", "a " * 100, "<extra_id_1> video"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.run_folders import LATEST, new_run_folder, point_latest
+from harness.cli.main import main
+from harness.run.run_folders import LATEST, new_run_folder, point_latest
 
 QUICK = ["--steps", "1", "--height", "32", "--width", "32", "--no-forcing", "--no-progress"]
 

@@ -1,7 +1,7 @@
 """Every random-weight tiny checkpoint can show every weight: no parameter is constant.
 
 Architectures initialise norm weights to 1 and biases to 0; on such a checkpoint a dropped norm weight or swapped
-q/k norms change no bit of any trace. The tiny builders randomise them (references/tiny_build.py). Cases with
+q/k norms change no bit of any trace. The tiny builders randomise them (references/common/tiny_build.py). Cases with
 trained weights (`expects_picture`: flux-digits) are shipped as trained and not rebuilt here; the digits model's
 random-but-fixed text encoders keep their default norms (it was trained on them).
 """
@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.cases import CASES, Case
+from harness.run.cases import CASES, Case
 
 RANDOM_WEIGHT_CASES = [case for case in CASES.values() if not case.expects_picture]
 

@@ -44,8 +44,8 @@ LENGTHS = (1, 2, 8, 77, 128, 512)
 
 
 def _tokenizer_folders() -> dict[str, Path]:
-    from references.tiny_flux import tiny_flux_checkpoint
-    from references.tiny_wan import tiny_wan_checkpoint
+    from references.flux.tiny import tiny_flux_checkpoint
+    from references.wan.tiny import tiny_wan_checkpoint
 
     flux, wan = tiny_flux_checkpoint(seed=0), tiny_wan_checkpoint(seed=0)
     return {"flux-tiny/tokenizer": flux / "tokenizer", "flux-tiny/tokenizer_2": flux / "tokenizer_2",
@@ -113,7 +113,7 @@ def test_generated_prompts_tokenize_identically(pair: tuple[PromptTokenizer, obj
 def test_legacy_vocab_and_merges_folder_is_rebuilt_like_transformers(tmp_path: Path) -> None:
     """Real FLUX.1 ships its CLIP tokenizer as vocab.json + merges.txt (no tokenizer.json): transformers builds
     the pipeline from its class, merges included, and the cache keeps exactly that."""
-    from references.tokenizers import CLIP_BOS, CLIP_EOS, clip_vocab
+    from references.common.tokenizers import CLIP_BOS, CLIP_EOS, clip_vocab
 
     vocab = clip_vocab()
     merges = [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>"), ("p", "h"), ("ph", "o")]
@@ -236,7 +236,7 @@ def test_warm_verify_does_not_import_transformers(folders: dict[str, Path]) -> N
     """With the tokenizer cache warm, `golden verify` imports neither Diffusers nor transformers."""
     for name in ("flux-tiny/tokenizer", "flux-tiny/tokenizer_2"):
         load_tokenizer(folders[name])  # warm the user's cache, as any earlier run does
-    code = ("import sys, io, contextlib\nfrom harness.cli import main\n"
+    code = ("import sys, io, contextlib\nfrom harness.cli.main import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    code = main(['golden', 'verify', 'flux-tiny', '--no-forcing'])\n"
             "print('EXIT', code, sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'transformers'}))")

@@ -13,15 +13,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.trace import (
-    SCHEMA_VERSION,
-    RecordKey,
-    Trace,
-    TraceError,
-    TraceReader,
-    TraceWriter,
-    open_trace,
-)
+from harness.trace.keys import SCHEMA_VERSION, RecordKey, TraceError
+from harness.trace.memory import Trace
+from harness.trace.streaming import TraceReader, TraceWriter, open_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"torch": "test", "device": "cpu"}  # an explicit fingerprint: skips importing diffusers to make one

@@ -39,9 +39,10 @@ from native_models.parallel import (
     parallel_context,
     parallelize,
 )
+from native_models.parallel.context import ParallelContext, SequenceLayout
 from native_models.parallel.mesh import check_sizes
-from native_models.parallel.plan import ParallelContext, apply_plan, matching_modules
-from native_models.parallel.sequence_parallel import SequenceLayout, UlyssesAttention
+from native_models.parallel.plan import apply_plan, matching_modules
+from native_models.parallel.sequence_parallel import UlyssesAttention
 from native_models.parallel.tensor_parallel import Colwise, ShardedRMSNorm
 
 PARITY_REL_L2 = 1e-5
@@ -97,7 +98,7 @@ def run_shapes(model: WanTransformer3DModel, capture: Capture) -> dict[str, torc
     return results
 
 
-# --- deliberately broken shards: instance mutations of a parallelized model, as harness/faults.py does --------
+# --- deliberately broken shards: instance mutations of a parallelized model, as references/wan/faults.py does ---
 
 
 def heads_back_in_wrong_order(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:

@@ -11,6 +11,7 @@ How a model is split is declared by the model (`_tp_plan`, `_sp_plan`) and appli
 """
 
 from native_models.parallel.capture import gather_sequence, gather_tensor_parallel
+from native_models.parallel.context import ParallelContext
 from native_models.parallel.mesh import (
     SINGLE,
     ParallelError,
@@ -19,12 +20,7 @@ from native_models.parallel.mesh import (
     destroy_parallel,
     init_parallel,
 )
-from native_models.parallel.plan import (
-    ParallelContext,
-    load_parallel_component,
-    parallel_context,
-    parallelize,
-)
+from native_models.parallel.plan import load_parallel_component, parallel_context, parallelize
 
 __all__ = [
     "SINGLE",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from native_models.parallel import comm
-from native_models.parallel.plan import ParallelContext
+from native_models.parallel.context import ParallelContext
 
 
 def gather_sequence(x: torch.Tensor, ctx: ParallelContext | None, dim: int = 1) -> torch.Tensor:

@@ -10,7 +10,6 @@ hooks on the module; the model's own forward is the only forward.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -18,19 +17,11 @@ import torch
 from torch import nn
 
 from native_models.loader import load_component
+from native_models.parallel.context import ParallelContext, SequenceState
 from native_models.parallel.mesh import ParallelError, ParallelMesh
-from native_models.parallel.sequence_parallel import SequenceState
 
 CONTEXT_ATTR = "parallel_context"
 M = TypeVar("M", bound=nn.Module)
-
-
-@dataclass
-class ParallelContext:
-    """The mesh a model was parallelized for, and its sequence-parallel state (None without SP)."""
-
-    mesh: ParallelMesh
-    sequence: SequenceState | None = None
 
 
 class Style(Protocol):

@@ -21,7 +21,7 @@ from torch import nn
 from native_models.parallel import comm
 
 if TYPE_CHECKING:
-    from native_models.parallel.plan import ParallelContext
+    from native_models.parallel.context import ParallelContext
 
 M = TypeVar("M", bound=nn.Module)
 

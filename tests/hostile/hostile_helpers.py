@@ -24,7 +24,7 @@ class Unpickled(AssertionError):
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """`diffparity ARGV` in process: (exit code, stdout, stderr); argparse's SystemExit becomes the code."""
-    from harness.cli import main
+    from harness.cli.main import main
 
     try:
         code = main(argv)

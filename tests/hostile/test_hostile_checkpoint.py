@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 
-from harness import cases
-from harness.native_runner import plan_native_run
-from harness.request import GenerationRequest
+from harness.run import cases
+from harness.run.native_runner import plan_native_run
+from harness.run.request import GenerationRequest
 from native_models.components import model_class
 from native_models.errors import CheckpointError, RequestError
 from native_models.loader import load_component, load_state_dict, read_json, resolve_checkpoint

@@ -15,8 +15,8 @@ from hostile_helpers import HOSTILE, assert_one_line_error, fails_fast
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import cases
-from harness.cli_common import UsageError, one_line
+from harness.cli.common import UsageError, one_line
+from harness.run import cases
 from native_models.errors import RequestError
 from native_models.limits import check_request_limits
 
@@ -33,17 +33,13 @@ def _reached(*args: object, **kwargs: object) -> None:
 def stubbed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Heavy entry points stubbed, the reference made to fail loudly, and the working folder a fresh nested
     temporary folder (so '../x' would land inside tmp_path, where the test can see it). Returns tmp_path."""
-    import harness.calibrate
-    import harness.parity
+    import harness.golden.calibrate
+    import harness.run.parity
+    import harness.verdicts.fault_matrix  # imported before run_parity is stubbed: it binds run_parity by name
 
-    monkeypatch.setattr(harness.parity, "run_parity", _reached)
-    monkeypatch.setattr(harness.calibrate, "calibrate", _reached)
-    try:
-        import harness.fault_matrix
-
-        monkeypatch.setattr(harness.fault_matrix, "run_fault_matrix", _reached)
-    except ImportError:
-        pass
+    monkeypatch.setattr(harness.run.parity, "run_parity", _reached)
+    monkeypatch.setattr(harness.golden.calibrate, "calibrate", _reached)
+    monkeypatch.setattr(harness.verdicts.fault_matrix, "run_fault_matrix", _reached)
     for name, case in list(cases.CASES.items()):
         monkeypatch.setitem(cases.CASES, name, dataclasses.replace(case, run_reference=_reached,
                                                                    build_checkpoint=_reached))
@@ -166,11 +162,11 @@ def test_run_out_with_nul(stubbed: Path, cli) -> None:
 
 def test_run_out_not_writable(stubbed: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read-only folder (root ignores permission bits, so the access check itself is made to say no)."""
-    import harness.cli_common
+    import harness.cli.common
 
     target = stubbed / "ro"
     target.mkdir()
-    monkeypatch.setattr(harness.cli_common.os, "access", lambda path, mode: Path(path) != target)
+    monkeypatch.setattr(harness.cli.common.os, "access", lambda path, mode: Path(path) != target)
     code, _, err = cli(["run", "flux-tiny", "--out", str(target)])
     assert_one_line_error(code, err, "the folder is not writable")
 

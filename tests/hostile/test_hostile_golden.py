@@ -18,16 +18,10 @@ from hostile_helpers import HOSTILE, assert_one_line_message, fails_fast, make_f
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.golden import (
-    HASH_KEY,
-    GoldenCorrupt,
-    GoldenError,
-    GoldenMissing,
-    golden_from_trace,
-    read_golden,
-    write_golden,
-)
-from harness.trace import Trace
+from harness.golden.errors import GoldenCorrupt, GoldenError, GoldenMissing
+from harness.golden.file_format import HASH_KEY, read_golden, write_golden
+from harness.golden.model import golden_from_trace
+from harness.trace.memory import Trace
 
 INFO = {
     "case": "flux-tiny", "family": "flux", "dtype": "fp32", "device_class": "cpu",
@@ -53,7 +47,7 @@ def sample_trace() -> Trace:
 def _request_fields() -> set[str]:
     from dataclasses import fields
 
-    from harness.request import GenerationRequest
+    from harness.run.request import GenerationRequest
 
     return {f.name for f in fields(GenerationRequest)}
 
@@ -267,7 +261,7 @@ CALIBRATIONS: dict[str, tuple[bytes, str]] = {
 
 @pytest.mark.parametrize("name", list(CALIBRATIONS))
 def test_a_hostile_calibration_file_is_one_tolerance_error(name: str, tmp_path: Path) -> None:
-    from harness.tolerances import ToleranceError, calibration_path, load_tolerance_spec
+    from harness.compare.tolerances import ToleranceError, calibration_path, load_tolerance_spec
 
     data, needle = CALIBRATIONS[name]
     path = calibration_path("flux-tiny", "fp32", "cpu", root=tmp_path)

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from harness.noise import FramesError, detect_noise
+from harness.noise.detector import FramesError, detect_noise
 
 
 def png_bytes(width: int = 16, height: int = 16) -> bytes:

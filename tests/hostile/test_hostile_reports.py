@@ -1,7 +1,7 @@
 """The report writer under failure and hostile content: an existing report set is never half-overwritten, no
 temporary or staging file is left behind, and strings from a trace or a request cannot inject markup.
 
-Entry points: `write_run_artifacts` (harness/artifacts.py), `write_json_atomic` / `write_text_atomic`,
+Entry points: `write_run_artifacts` (harness/report/artifacts.py), `write_json_atomic` / `write_text_atomic`,
 `Trace.save`, `render_html`, `render_markdown`.
 """
 
@@ -19,11 +19,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import artifacts
-from harness.report import write_json_atomic
-from harness.report_html import render_html
-from harness.report_md import render_markdown
-from harness.trace import Trace
+from harness.files import write_json_atomic
+from harness.report import artifacts
+from harness.report.html import render_html
+from harness.report.markdown import render_markdown
+from harness.trace.memory import Trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/report_samples.py
 from hostile_helpers import HOSTILE  # noqa: E402
@@ -68,11 +68,11 @@ def test_a_complete_run_leaves_no_staging_or_temporary_files(written: Path) -> N
 
 
 FAILURES = {
-    "trace-save": ("harness.trace.Trace.save", 2),  # the second trace fails: the first was already written
-    "side-by-side": ("harness.artifacts.save_side_by_side", 1),
-    "render-html": ("harness.artifacts.render_html", 1),
-    "render-markdown": ("harness.artifacts.render_markdown", 1),
-    "report-json": ("harness.artifacts.write_json_atomic", 1),
+    "trace-save": ("harness.trace.memory.Trace.save", 2),  # the second trace fails: the first was already written
+    "side-by-side": ("harness.report.artifacts.save_side_by_side", 1),
+    "render-html": ("harness.report.artifacts.render_html", 1),
+    "render-markdown": ("harness.report.artifacts.render_markdown", 1),
+    "report-json": ("harness.report.artifacts.write_json_atomic", 1),
 }
 
 
@@ -162,7 +162,7 @@ def test_json_with_nan_is_refused_and_the_old_file_kept(value: float, tmp_path: 
 
 def test_json_write_interrupted_midway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills up after half the document: the old file is intact and the temporary file is gone."""
-    import harness.report
+    import harness.files
 
     path = tmp_path / "report.json"
     write_json_atomic(path, {"ok": 1})
@@ -172,10 +172,10 @@ def test_json_write_interrupted_midway(tmp_path: Path, monkeypatch: pytest.Monke
         handle.write(json.dumps(data)[:5])  # type: ignore[attr-defined]
         raise DiskFull()
 
-    monkeypatch.setattr(harness.report.json, "dump", half_dump)
+    monkeypatch.setattr(harness.files.json, "dump", half_dump)
     with pytest.raises(OSError):
         write_json_atomic(path, {"ok": 2, "long": "x" * 1000})
-    monkeypatch.setattr(harness.report.json, "dump", real_dump)
+    monkeypatch.setattr(harness.files.json, "dump", real_dump)
     assert json.loads(path.read_text()) == {"ok": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 

@@ -28,7 +28,9 @@ from hostile_helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.trace import Trace, TraceError, TraceReader
+from harness.trace.keys import TraceError
+from harness.trace.memory import Trace
+from harness.trace.streaming import TraceReader
 
 META = {"case": "flux-tiny", "request": {"dtype": "fp32", "device": "cpu", "seed": 0}, "model": None, "side": "x"}
 ENVIRONMENT = {"torch": "test"}

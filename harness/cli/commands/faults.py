@@ -1,0 +1,76 @@
+"""`diffparity faults CASE`: run the case once per fault of its family (references/<family>/faults.py) and print
+where each is caught."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.cli.common import EXIT_FAIL, EXIT_PASS, UsageError, add_case_argument
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "faults",
+        help="run a case once per catalog fault and check each is caught in the stage it is in",
+        description=(
+            "Break the native pipeline of CASE on purpose, one catalog fault at a time (references/<family>/faults.py: "
+            "instance mutations, no source edited), run a teacher-forced parity check for each and print a matrix: "
+            "fault, expected stage, detected, localized stage (and step), error as a multiple of the floor and of the "
+            "threshold, the noise detector's verdict on the native output."
+        ),
+        epilog="Exit codes: 0 every fault detected and localized to its expected stage, 1 any not, 2 bad input.",
+    )
+    add_case_argument(parser)
+    parser.add_argument("--dtype", action="append", choices=("fp32", "bf16"),
+                        help="precision (repeatable; default both fp32 and bf16)")
+    parser.add_argument("--fault", action="append", metavar="NAME",
+                        help="run only this fault (repeatable; default every fault of the case's family)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the matrix as a JSON list here")
+    parser.add_argument("--list", action="store_true", help="list the case's faults and exit")
+    parser.set_defaults(handler=command_faults)
+
+
+def command_faults(args: argparse.Namespace) -> int:
+    from harness.run.cases import get_case
+    from harness.verdicts.faults import FAULTS, faults_for
+
+    case = get_case(args.case)
+    available = faults_for(case.family)
+    if args.fault:
+        unknown = [name for name in args.fault if name not in FAULTS]
+        if unknown:
+            raise UsageError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(f.name for f in available)}")
+        foreign = [name for name in args.fault if FAULTS[name] not in available]
+        if foreign:
+            raise UsageError(f"fault(s) {', '.join(foreign)} cannot break a {case.family} pipeline")
+        selected = [FAULTS[name] for name in dict.fromkeys(args.fault)]
+    else:
+        selected = available
+    if not selected:
+        raise UsageError(f"no catalog fault knows how to break a {case.family} pipeline (case {case.name})")
+    if args.list:
+        for fault in selected:
+            print(f"{fault.name:<32} {fault.expected_stage:<9} {fault.description}")
+        return EXIT_PASS
+    if args.json is not None and (args.json.is_dir() or args.json.parent.is_file()):
+        raise UsageError(f"--json {args.json}: cannot write a file there (a folder, or under a file)")
+    dtypes = list(dict.fromkeys(args.dtype or ["fp32", "bf16"]))
+
+    from harness.files import write_json_atomic
+    from harness.progress import Progress
+    from harness.verdicts.fault_matrix import describe, format_fault_matrix, run_fault_matrix
+
+    print(f"{case.name}: {len(selected)} fault(s) x {', '.join(dtypes)}, teacher forcing on", file=sys.stderr)
+    with Progress(case.name) as progress:
+        def after_each(done: int, total: int, outcome) -> None:
+            progress.phase(f"[{done}/{total}] {describe(outcome)}")
+
+        progress.phase(f"fault 1 of {len(selected) * len(dtypes)} (the first run imports Diffusers)")
+        outcomes = run_fault_matrix(case, selected, dtypes, after_each)
+    print(format_fault_matrix(outcomes))
+    if args.json is not None:
+        write_json_atomic(args.json, [outcome.to_dict() for outcome in outcomes])
+        print(f"json: {args.json}")
+    return EXIT_PASS if all(outcome.ok for outcome in outcomes) else EXIT_FAIL

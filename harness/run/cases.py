@@ -1,0 +1,72 @@
+"""Parity cases: a named model family + tiny offline checkpoint + default request + reference runner.
+
+`diffparity run CASE` and `pytest cases/` both start here. The harness declares no case: each family declares its
+own in its `cases` module (references/<family>/cases.py) with `register_case`, and `CASES` imports those modules
+the first time it is read (harness/families.py). A family's case module imports its reference code (Diffusers)
+lazily, so that a usage error is answered without paying the ~5 s import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness.families import FamilyRegistry
+from harness.run.request import GenerationRequest
+from harness.trace.memory import Trace
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class CaseError(Exception):
+    """An unknown case name or a request the case cannot take."""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    family: str
+    description: str
+    build_checkpoint: Callable[[], Path]
+    run_reference: Callable[[Path, GenerationRequest, Trace, ProgressCallback | None], None]
+    default_request: GenerationRequest
+    video: bool = False
+    # True when the checkpoint draws real pictures (trained or real weights): a native output the noise
+    # detector flags then fails the run. Random-weight tiny checkpoints draw noise by design.
+    expects_picture: bool = False
+    # (checkpoint, request, trace, baseline): the reference teacher-forced from `baseline`, another reference
+    # trace of the request; `diffparity calibrate` measures local floors with it (None: free floors only)
+    run_reference_forced: Callable[[Path, GenerationRequest, Trace, Trace], None] | None = None
+    # (height, width) sizes `diffparity calibrate` measures when the caller names none (empty: the default size)
+    calibration_sizes: tuple[tuple[int, int], ...] = ()
+    # (steps, height, width): per seed, one more true-CFG request at a corner the sizes miss (harness/golden/
+    # calibrate.py), measured only when the caller names no sizes
+    calibration_corners: tuple[tuple[int, int, int], ...] = ()
+
+    def request(self, **overrides: object) -> GenerationRequest:
+        """The default request with the given non-None fields replaced."""
+        return replace(self.default_request, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# name -> case, in declaration order (the families' order in references/families.py, then each module's)
+CASES: FamilyRegistry[Case] = FamilyRegistry("cases")
+
+
+def get_case(name: str) -> Case:
+    if name not in CASES:
+        raise CaseError(f"unknown case '{name}'; known cases: {', '.join(sorted(CASES))}")
+    return CASES[name]
+
+
+def register_case(case: Case) -> None:
+    """Declare a case (in a family's `cases` module, or a test's throwaway model): it then shows in
+    `diffparity list`, in the registered-case tests (cases/test_registered_cases.py) and in the gate."""
+    if case.name in CASES and CASES[case.name] is not case:
+        raise CaseError(f"case '{case.name}' is already declared")
+    CASES[case.name] = case
+
+
+def cases_for_family(family: str) -> list[Case]:
+    """The cases of a registry family (`ConfigEntry.family`), in declaration order."""
+    return [case for case in CASES.values() if case.family == family]

@@ -1,0 +1,167 @@
+"""Runs the native pipeline for a `GenerationRequest`, recording into a trace, and frees it afterwards.
+
+One load serves both native runs of a parity check: the free run, then (given the reference trace) the
+teacher-forced run (harness/run/forcing.py). `plan_native_run` validates everything that can be checked without
+loading weights (configs, component classes, safetensors headers), so a bad checkpoint is a one-line error
+before the reference side, which runs first, touches it.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from harness.run.forcing import run_forced, unsupported_reason
+from harness.run.request import GenerationRequest
+from harness.trace.memory import Trace
+from native_models.attention import get_attention_backend
+from native_models.components import MODEL_CLASSES, SCHEDULER_CLASSES, is_known_class, load_scheduler, model_class
+from native_models.configs import PipelineConfig
+from native_models.errors import CheckpointError
+from native_models.loader import check_component, read_model_index
+from native_models.parallel.mesh import SINGLE, ParallelMesh
+from native_models.pipeline import ComposedPipeline, pipeline_class_for
+from native_models.registry import get_configs
+from native_models.req import Req
+from native_models.safetensors_header import read_safetensors_header
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class NativePlan:
+    """What a native run will use, decided from config files alone (before any weights load)."""
+
+    pipeline_cls: type[ComposedPipeline]
+    config: PipelineConfig
+    batch: Req
+
+
+def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: str | None = None) -> NativePlan:
+    """Resolve pipeline class and config, and validate the request against the model's static facts.
+
+    Raises CheckpointError / RequestError with one-line messages; reads only JSON and safetensors headers.
+    """
+    pipeline_cls = pipeline_class_for(checkpoint)
+    check_components(checkpoint, pipeline_cls)
+    entry = get_configs(model_name or str(checkpoint), pipeline_cls.pipeline_name)
+    config = entry.pipeline_config_cls()
+    pipeline_cls.configure(config, checkpoint)
+    params = entry.sampling_param_cls().updated(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        seed=request.seed,
+        num_inference_steps=request.steps,
+        height=request.height,
+        width=request.width,
+        guidance_scale=request.guidance_scale,
+        true_cfg_scale=request.true_cfg_scale,
+        max_sequence_length=request.max_sequence_length,
+        num_frames=request.frames,
+    )
+    batch = Req(
+        prompt=[params.prompt] * request.batch_size,
+        negative_prompt=[params.negative_prompt] * request.batch_size if params.negative_prompt is not None else None,
+        height=params.height,
+        width=params.width,
+        num_inference_steps=params.num_inference_steps,
+        seed=params.seed,
+        guidance_scale=params.guidance_scale,
+        true_cfg_scale=params.true_cfg_scale,
+        max_sequence_length=params.max_sequence_length,
+        num_frames=params.num_frames,
+        dtype=DTYPES[request.dtype],
+        device=torch.device(request.device),
+    )
+    config.check_request(batch)
+    return NativePlan(pipeline_cls, config, batch)
+
+
+def check_components(checkpoint: Path, pipeline_cls: type[ComposedPipeline]) -> None:
+    """Every component class in model_index.json is known, the required ones are present, each model
+    component's config builds its native class within the size of its weights (on the meta device) and its
+    safetensors headers are sound, and the scheduler config parses (no tensor data read)."""
+    components = read_model_index(checkpoint)
+    for name, (_, class_name) in components.items():
+        if not is_known_class(class_name):
+            raise CheckpointError(f"model_index.json names unknown class '{class_name}' for component '{name}'")
+    missing = [name for name in pipeline_cls._required_config_modules if name not in components]
+    if missing:
+        raise CheckpointError(f"{checkpoint / 'model_index.json'} lacks required component(s) {', '.join(missing)}")
+    for name in pipeline_cls._required_config_modules:
+        class_name = components[name][1]
+        if class_name in MODEL_CLASSES:
+            check_component(model_class(class_name), checkpoint / name)
+        elif class_name in SCHEDULER_CLASSES:
+            load_scheduler(class_name, checkpoint / name)
+
+
+def check_safetensors_header(file: Path) -> None:
+    """Raise CheckpointError unless `file` has a parseable header whose tensors fill exactly its data bytes.
+
+    A truncated download fails here with the same words as the loader ('is not a readable safetensors file').
+    """
+    read_safetensors_header(file)
+
+
+def run_native(
+    checkpoint: Path,
+    request: GenerationRequest,
+    trace: Trace,
+    progress: Callable[[int, int], None] | None = None,
+    plan: NativePlan | None = None,
+    mutate: Callable[[ComposedPipeline], None] | None = None,
+    reference: Trace | None = None,
+    forced_trace: Trace | None = None,
+    mesh: ParallelMesh = SINGLE,
+) -> torch.Tensor:
+    """Run the native pipeline, recording every stage into `trace`; returns frames (B, C, H, W) in [0, 1].
+
+    With `reference` and `forced_trace`, the same loaded pipeline then runs teacher-forced from the
+    reference's inputs (harness/run/forcing.py), recording into `forced_trace` (or, for a pipeline that cannot be
+    forced, only `forced_trace.meta["forcing_skipped"]`, the reason). `mutate` is applied to the built
+    pipeline before it runs: the hook the fault tests use to break one component on purpose without editing
+    its source; it applies to both runs. `mesh`: this rank's place when the pipeline runs on several ranks
+    (harness/run/multirank.py launches them; the parallel components load sharded).
+    """
+    if (reference is None) != (forced_trace is None):
+        raise ValueError("run_native needs both `reference` and `forced_trace` for a forced run, or neither")
+    plan = plan or plan_native_run(checkpoint, request)
+    trace.meta.update(
+        side="native",
+        pipeline_class=plan.pipeline_cls.__name__,
+        attention_backend=get_attention_backend(),
+        dtype=request.dtype,
+        device=request.device,
+    )
+    pipeline = plan.pipeline_cls(checkpoint, plan.config, dtype=plan.batch.dtype, device=plan.batch.device,
+                                 mesh=mesh)
+    if mutate is not None:
+        mutate(pipeline)
+    batch = replace(plan.batch, extra={}, recorder=trace)  # the plan's batch stays untouched for the forced run
+    if progress is not None:
+        batch.extra["progress"] = progress
+    try:
+        batch = pipeline.forward(batch)
+        assert batch.output is not None
+        frames = batch.output.detach().to("cpu", torch.float32)
+        if reference is not None and forced_trace is not None:
+            forced_trace.meta.update(trace.meta, side="native-forced")
+            reason = unsupported_reason(pipeline)
+            if reason is None:
+                run_forced(pipeline, plan.batch, reference, forced_trace)
+            else:  # the parity run goes on without forcing and says why (report["forcing_skipped"])
+                forced_trace.meta["forcing_skipped"] = reason
+        return frames
+    finally:
+        still_alive = weakref.ref(pipeline)
+        del pipeline, batch
+        if still_alive() is not None:  # held by a reference cycle: collect it before the reference side loads
+            gc.collect()  # (a full collection walks every torch object: ~80 ms, so only when it frees something)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

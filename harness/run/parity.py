@@ -1,0 +1,151 @@
+"""One parity run, as a straight line: plan -> reference runner -> native runner -> compare -> report.
+
+The plan checks the native side from config files alone (harness/run/native_runner.py) before Diffusers touches
+the checkpoint; the runners (harness/run/runners.py) produce the two sides' traces and frames; the comparison
+(harness/compare/) and the report (harness/report/) are functions of what they produced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.compare.records import Comparison, compare_traces
+from harness.compare.tolerances import ToleranceSpec, load_tolerance_spec
+from harness.environment import environment
+from harness.noise.detector import noise_section
+from harness.progress import phase_of
+from harness.report.artifacts import write_run_artifacts
+from harness.report.build import build_report
+from harness.run.cases import Case
+from harness.run.forcing import FORCED_STAGES
+from harness.run.multirank import RankRun, Topology, check_topology
+from harness.run.native_runner import plan_native_run
+from harness.run.request import GenerationRequest
+from harness.run.runners import MultiRankRunner, NativeRunner, ReferenceRunner, Runner, SideRun
+from harness.trace.memory import Trace
+from native_models.attention import get_attention_backend
+from native_models.loader import resolve_checkpoint
+from native_models.pipeline import ComposedPipeline
+
+ProgressFactory = Callable[[str], Callable[[int, int], None] | None]
+
+
+@dataclass
+class ParityResult:
+    comparison: Comparison
+    report: dict[str, Any]
+    native_frames: torch.Tensor
+    reference_frames: torch.Tensor
+    native_trace: Trace
+    reference_trace: Trace
+    forced_trace: Trace | None = None  # the teacher-forced native run; None with forcing off
+    noise_fails: bool = False  # the native output is noise where the case expects a picture
+    ranks: RankRun | None = None  # multi-rank runs: rank 0's traces above, plus the single-rank comparison
+
+    @property
+    def passed(self) -> bool:
+        return self.comparison.passed and not self.noise_fails and (self.ranks is None or self.ranks.passed)
+
+
+def run_parity(
+    case: Case,
+    request: GenerationRequest,
+    model: str | None = None,
+    out_dir: Path | None = None,
+    progress: ProgressFactory | None = None,
+    mutate_native: Callable[[ComposedPipeline], None] | None = None,
+    forcing: bool = True,
+    tolerances: ToleranceSpec | None = None,
+    topology: Topology | None = None,
+) -> ParityResult:
+    """Run both sides of `case` for `request` and compare them; writes the report when `out_dir` is given.
+
+    Order: the native plan (configs, component classes and safetensors headers checked with one-line errors
+    before Diffusers touches the checkpoint), the reference run, then one native load for the free run and,
+    with `forcing`, the teacher-forced run from the reference's inputs (harness/run/forcing.py). Each side frees
+    its memory before the other loads, so one GPU that fits the model once suffices. `tolerances` default to
+    the stored calibration for the case, dtype and device class (harness/compare/tolerances.py), else the
+    defaults. A parallel `topology` runs the native side on tp x sp ranks (harness/run/multirank.py;
+    `mutate_native` then must be picklable), compared with the reference as usual and with a single-rank native
+    run (`ranks`). `progress` (a step-callback factory; a harness.progress.Progress also hears each phase).
+    """
+    phase = phase_of(progress)
+    start = time.perf_counter()
+    phase(f"checkpoint {model}" if model else "checkpoint (the case's tiny builder: built once, then cached)")
+    checkpoint = resolve_checkpoint(model) if model else case.build_checkpoint()
+    timings = {"checkpoint": time.perf_counter() - start}
+    plan = plan_native_run(checkpoint, request, model_name=model)
+    parallel = topology is not None and topology.is_parallel
+    if parallel:
+        check_topology(topology, checkpoint, plan, request.device)
+    spec = tolerances or load_tolerance_spec(case.name, request.dtype, request.device, model)
+
+    # traces stream to an unnamed spool in out_dir (bounded memory); Trace.save writes them (report/artifacts.py)
+    meta = {"case": case.name, "request": request.to_dict(), "model": model, "checkpoint": str(model or checkpoint)}
+    phase(f"reference (Diffusers), {request.steps} steps")
+    reference = ReferenceRunner(case, checkpoint, request, meta, out_dir,
+                                progress("reference") if progress else None).run()
+    native_runner: Runner
+    if parallel:
+        assert topology is not None
+        native_runner = MultiRankRunner(checkpoint, request, plan, topology, meta, out_dir, model, mutate_native)
+    else:
+        native_runner = NativeRunner(checkpoint, request, plan, meta, out_dir,
+                                     progress("native") if progress else None, mutate_native)
+    where = f"on {topology.world} ranks ({topology.name})" if parallel and topology else "on one rank"
+    phase(f"native, {request.steps} steps {where}" + (", then teacher-forced from the reference" if forcing else ""))
+    native = native_runner.run(reference.trace if forcing else None)
+
+    phase("comparing and writing the report" if out_dir is not None else "comparing")
+    comparison = compare_sides(reference, native, request.dtype, spec)
+    report = parity_report(case, request, model, str(model or checkpoint), comparison, spec,
+                           {**timings, **reference.timings, **native.timings}, reference, native)
+    result = ParityResult(comparison, report, native.frames, reference.frames, native.trace, reference.trace,
+                          native.forced_trace, noise_fails=report["noise"]["fails_run"], ranks=native.ranks)
+    if out_dir is not None:
+        write_run_artifacts(result, out_dir)
+    return result
+
+
+def compare_sides(reference: SideRun, native: SideRun, dtype: str, spec: ToleranceSpec) -> Comparison:
+    """The native free run against the reference, and the forced run's denoise/decode records when there is one."""
+    comparison = compare_traces(reference.trace, native.trace, dtype, spec)
+    if native.forced_trace is not None:
+        forced = compare_traces(reference.trace, native.forced_trace, dtype, spec, mode="forced",
+                                stages=FORCED_STAGES)
+        comparison.forced_records = forced.records
+    return comparison
+
+
+def parity_report(case: Case, request: GenerationRequest, model: str | None, checkpoint: str, comparison: Comparison,
+                  spec: ToleranceSpec, timings: dict[str, float], reference: SideRun, native: SideRun
+                  ) -> dict[str, Any]:
+    """report.json of a parity run: the comparison, then the noise verdict and the ranks, which can fail it too."""
+    report = build_report(
+        case=case.name,
+        seed=request.seed,
+        comparison=comparison,
+        request=request.to_dict(),
+        environment=environment(request.device, request.dtype, get_attention_backend()),
+        timings=timings,
+        checkpoint=checkpoint,
+        tolerances=spec.describe(),
+    )
+    if native.forcing_skipped is not None:
+        report["forcing_skipped"] = native.forcing_skipped
+    # a user's real checkpoint (--model) is expected to draw pictures, like a trained case
+    report["noise"] = noise_section(native.frames, reference.frames, case.expects_picture or model is not None,
+                                    video=case.video)
+    if report["noise"]["fails_run"]:
+        report["verdict"] = "fail"
+    if native.ranks is not None:
+        report["ranks"] = native.ranks.section()
+        if not native.ranks.passed:
+            report["verdict"] = "fail"
+    return report

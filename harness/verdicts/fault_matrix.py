@@ -1,0 +1,193 @@
+"""Run the fault catalog against a case: one teacher-forced parity run per (fault, dtype), judged against the
+fault's expectation (harness/verdicts/faults.py). `diffparity faults` and `python -m harness.verdicts.grid --faults`
+print it.
+
+A row is *detected* when the parity run fails (or the native pipeline refuses the run with a `StageFieldError`,
+for `raises` faults), and *localized* when the first local divergence is the fault's expected record (stage,
+field where named, step inside the loop) and no other stage's local record fails (save the fault's
+`also_fails`): the error is charged to the stage that makes it and to nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from harness.compare.records import threshold_multiple
+from harness.run.cases import Case
+from harness.run.multirank import Topology
+from harness.run.parity import run_parity
+from harness.run.request import GenerationRequest
+from harness.verdicts.faults import Fault
+from native_models.errors import StageFieldError
+from native_models.stages.base import PipelineStage
+
+
+@dataclass
+class FaultOutcome:
+    """One (fault, dtype) run, as plain data. `found` is the first divergence (or the refusing stage)."""
+
+    fault: str
+    dtype: str
+    expected: dict[str, Any]  # {stage, field, step}
+    request: dict[str, Any]
+    skipped: str | None = None  # why the fault was not run in this precision
+    detected: bool = False
+    localized: bool = False
+    found: dict[str, Any] | None = None  # {stage, field, step, mode} or {stage, field, raised}
+    problem: str | None = None  # the failing record's own problem (missing, shape...) or the native error
+    metric: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    x_threshold: float | None = None  # the error as a multiple of the threshold (1 - cos for cosine)
+    x_floor: float | None = None  # ... and of the calibrated floor (inf for a zero floor; None uncalibrated)
+    other_failing_stages: list[str] = field(default_factory=list)
+    noise: str = "n/a"  # the noise detector's verdict on the native output
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Caught where it must be (a fault skipped for this precision counts as nothing to catch)."""
+        return self.skipped is not None or (self.detected and self.localized)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        for key in ("value", "threshold", "x_threshold", "x_floor"):
+            if isinstance(data[key], float) and not math.isfinite(data[key]):
+                data[key] = str(data[key])  # JSON has no inf/nan
+        return data
+
+
+def trace_stage_of(stage_class_name: str) -> str | None:
+    """The trace stage ('encode', ...) of a pipeline stage class named in a StageFieldError."""
+    pending: list[type[PipelineStage]] = [PipelineStage]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == stage_class_name and cls.trace_stage:
+            return cls.trace_stage
+        pending.extend(cls.__subclasses__())
+    return None
+
+
+def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | None = None) -> FaultOutcome:
+    """One teacher-forced parity run of `case` with `fault` applied to the native pipeline, judged."""
+    request = fault.request_for(base or case.request(dtype=dtype))
+    stage, field_name, step = fault.expected_for(request)
+    outcome = FaultOutcome(fault.name, dtype, {"stage": stage, "field": field_name, "step": step},
+                           request.to_dict())
+    if not fault.applies_to(dtype):
+        outcome.skipped = fault.scope_note or f"not defined for {dtype}"
+        return outcome
+    start = time.perf_counter()
+    topology = Topology(*fault.topology)  # a shard fault runs the native side on its ranks (harness/run/multirank.py)
+    try:
+        result = run_parity(case, request, mutate_native=fault.apply,
+                            topology=topology if topology.is_parallel else None)
+    except StageFieldError as exc:  # the loud kind: the pipeline refuses, naming stage and field
+        outcome.seconds = time.perf_counter() - start
+        outcome.detected = True
+        found_stage = trace_stage_of(exc.stage)
+        outcome.found = {"stage": found_stage, "field": exc.field, "step": None, "raised": exc.stage}
+        outcome.problem = str(exc)
+        outcome.localized = fault.raises and found_stage == stage and field_name in (None, exc.field)
+        return outcome
+    outcome.seconds = time.perf_counter() - start
+    comparison = result.comparison
+    noise = result.report.get("noise") or {}
+    native = noise.get("native") or {}
+    if native:
+        outcome.noise = native.get("verdict", "n/a") + (" (fails run)" if noise.get("fails_run") else "")
+    first = comparison.first_divergence
+    outcome.detected = not result.passed
+    if first is None:
+        return outcome
+    outcome.found = {"stage": first.stage, "field": first.field, "step": first.step, "mode": first.mode}
+    outcome.problem = first.problem
+    outcome.metric = first.tolerance["metric"]
+    outcome.value = first.metrics.get(outcome.metric)
+    outcome.threshold = first.tolerance["threshold"]
+    outcome.x_threshold = threshold_multiple(first)
+    outcome.x_floor = first.floor_multiple
+    allowed = {stage, *fault.also_fails}
+    outcome.other_failing_stages = sorted({r.stage for r in comparison.local_records()
+                                           if not r.passed and r.stage not in allowed})
+    outcome.localized = (
+        not fault.raises
+        and comparison.first_divergence_is_local
+        and (first.stage, first.step) == (stage, step)
+        and field_name in (None, first.field)
+        and not outcome.other_failing_stages
+    )
+    return outcome
+
+
+def run_fault_matrix(case: Case, faults: Iterable[Fault], dtypes: Iterable[str],
+                     progress: Callable[[int, int, FaultOutcome], None] | None = None) -> list[FaultOutcome]:
+    """Every (dtype, fault) pair in that order; `progress(done, total, outcome)` after each."""
+    pairs = [(dtype, fault) for dtype in dtypes for fault in faults]
+    outcomes = []
+    for index, (dtype, fault) in enumerate(pairs):
+        outcome = run_fault(case, fault, dtype)
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(index + 1, len(pairs), outcome)
+    return outcomes
+
+
+def where(record: dict[str, Any] | None) -> str:
+    """'stage/field[/step]' of an expected or found record ('-' for none)."""
+    if record is None:
+        return "-"
+    text = f"{record['stage']}/{record['field'] or '*'}"
+    return text if record.get("step") is None else f"{text}/{record['step']}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def describe(outcome: FaultOutcome) -> str:
+    """One line for a progress report."""
+    if outcome.skipped is not None:
+        return f"{outcome.fault} ({outcome.dtype}): skipped, {outcome.skipped.split(':')[0]}"
+    if outcome.found is None:
+        return f"{outcome.fault} ({outcome.dtype}): NOT DETECTED (expected {where(outcome.expected)})"
+    verdict = "ok" if outcome.ok else f"EXPECTED {where(outcome.expected)}"
+    if "raised" in outcome.found:
+        return f"{outcome.fault} ({outcome.dtype}): refused by {outcome.found['raised']}, {verdict}"
+    size = (f"{_number(outcome.x_threshold)}x threshold" if outcome.x_threshold is not None
+            else outcome.problem or "no error figure")
+    return (f"{outcome.fault} ({outcome.dtype}): {where(outcome.found)} ({outcome.found['mode']}), {size}, "
+            f"{verdict} ({outcome.seconds:.1f} s)")
+
+
+def format_fault_matrix(outcomes: list[FaultOutcome]) -> str:
+    """The matrix: fault, dtype, expected and found record, detected, localized, error multiples, noise."""
+    header = (f"{'fault':<31} {'dtype':<5} {'expected':<31} {'detected':<8} {'localized at':<34} "
+              f"{'x floor':>8} {'x thresh':>8}  noise")
+    lines = [header]
+    for o in outcomes:
+        if o.skipped is not None:
+            lines.append(f"{o.fault:<31} {o.dtype:<5} {where(o.expected):<31} {'n/a':<8} "
+                         f"skipped: {o.skipped.split(':')[0]}")
+            continue
+        found = where(o.found)
+        if o.found is not None and "raised" in o.found:
+            found += " (raised)"
+        elif o.found is not None:
+            found += f" ({o.found['mode']})"
+        if o.found is not None and not o.localized:
+            found += " WRONG" if not o.other_failing_stages else f" +{','.join(o.other_failing_stages)}"
+        x_floor = "missing" if o.problem and o.value is None and o.found and "raised" not in o.found else (
+            _number(o.x_floor))
+        lines.append(f"{o.fault:<31} {o.dtype:<5} {where(o.expected):<31} {'yes' if o.detected else 'NO':<8} "
+                     f"{found:<34} {x_floor:>8} {_number(o.x_threshold):>8}  {o.noise}")
+    run = [o for o in outcomes if o.skipped is None]
+    good = sum(o.ok for o in run)
+    lines.append(f"{good} of {len(run)} runs caught and localized; {len(outcomes) - len(run)} skipped "
+                 f"(precision scope); {sum(o.seconds for o in run):.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Loading, running and releasing one Diffusers pipeline for a family reference runner.
+
+Every family runner does the same around its own hooks: check the folder holds the expected pipeline class,
+load it without pickles in the request's dtype, run it once with the recorder (and, for calibration, the forcer)
+installed, stamp the trace's metadata, then remove the hooks and free the pipeline so the native side can load.
+Only the family's hook classes and pipeline arguments differ; they are passed in.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+
+from harness.run.request import GenerationRequest
+from harness.trace.memory import Trace
+from references.common.instance_hooks import PipelineForcer, PipelineRecorder
+
+# fp64 serves calibration only (harness/golden/calibrate.py): the reference in float64 from the fp32 run's noise.
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in TORCH_DTYPES:
+        raise ValueError(f"unsupported dtype '{name}'; choose one of {', '.join(TORCH_DTYPES)}")
+    return TORCH_DTYPES[name]
+
+
+def make_generator(request: GenerationRequest) -> torch.Generator:
+    """The generator the reference passes to the pipeline: always a CPU generator.
+
+    Diffusers' `randn_tensor` then draws on the CPU and moves the noise to the run's device, so the initial
+    noise is the same on every device (a CPU golden and a GPU run start alike); the native side does the same.
+    """
+    return torch.Generator("cpu").manual_seed(request.seed)
+
+
+def quiet_libraries() -> None:
+    """Keep Diffusers' and transformers' loading bars and advisories off the terminal: the harness reports."""
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def check_pipeline_class(checkpoint: Path, expected: str, runner: str) -> None:
+    """Refuse a folder that is not a Diffusers pipeline of class `expected` (`runner` names the family's runner)."""
+    index = Path(checkpoint) / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a Diffusers pipeline folder (no model_index.json)")
+    class_name = json.loads(index.read_text()).get("_class_name")
+    if class_name != expected:
+        raise ValueError(f"{checkpoint} holds a {class_name}, but the {runner} reference runner needs a {expected}")
+
+
+def load_pipeline(pipeline_cls: Any, checkpoint: Path, dtype: torch.dtype) -> Any:
+    """`pipeline_cls` from `checkpoint` in `dtype`, from safetensors only (never a pickle), with bars off."""
+    quiet_libraries()
+    pipe = pipeline_cls.from_pretrained(str(checkpoint), dtype=dtype, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim), so the native side, which loads next, does not
+    stack on top of the reference's freed-but-kept arenas (measured on a FLUX.1-dev-config fp32 run: 2.37 GiB left
+    by the reference -> 0.23 GiB with the collection and the trim). A no-op where glibc is absent."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
+def run_reference_pipeline(
+    pipeline_cls: Any,
+    checkpoint: Path,
+    request: GenerationRequest,
+    trace: Trace,
+    *,
+    recorder: type[PipelineRecorder],
+    forcer: type[PipelineForcer],
+    call_kwargs: Callable[[Any], dict[str, Any]],
+    progress: Callable[[int, int], None] | None = None,
+    force_from: Trace | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Run `pipeline_cls` once for `request`, recorded into `trace` by `recorder` (forced by `forcer` when
+    `force_from` is given), and stamp the trace's metadata (the common fields, then `meta`).
+
+    `call_kwargs(pipe)` gives the pipeline's arguments (output_type and return_dict aside); it runs before any
+    hook is installed, so what it draws or prepares is not recorded. After the run the hooks are removed, the
+    pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
+    """
+    dtype = torch_dtype(request.dtype)
+    device = torch.device(request.device)
+    pipe = load_pipeline(pipeline_cls, checkpoint, dtype)
+    hooks: list[PipelineRecorder | PipelineForcer] = []
+    try:
+        pipe.to(device)
+        kwargs = call_kwargs(pipe)
+        hooks.append(recorder(pipe, request, trace, progress))
+        hooks[-1].install()
+        if force_from is not None:
+            hooks.append(forcer(pipe, force_from))
+            hooks[-1].install()
+        pipe(**kwargs, output_type="pt", return_dict=False)
+        trace.meta.update(
+            {
+                "side": "reference",
+                "pipeline_class": type(pipe).__name__,
+                "diffusers_version": diffusers.__version__,
+                "transformers_version": transformers.__version__,
+                "torch_version": torch.__version__,
+                "dtype": request.dtype,
+                "device": str(device),
+                **(meta or {}),
+            }
+        )
+        if device.type == "cuda":
+            trace.meta["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    finally:
+        while hooks:  # the forcer first: it wraps the recorder's wrappers. Popped, so no loop variable keeps the
+            hooks.pop().remove()  # last recorder (and through it the whole pipeline) alive past the collection
+        del pipe, hooks
+        gc.collect()
+        release_freed_memory()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
