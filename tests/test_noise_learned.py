@@ -157,3 +157,21 @@ def test_model_file_errors_are_one_line(tmp_path: Path) -> None:
     broken.write_text("{not json")
     with pytest.raises(NoiseModelError, match="cannot read"):
         load_model(broken)
+
+
+def test_a_head_past_its_threshold_but_outside_its_envelope_says_it_abstains(monkeypatch) -> None:
+    """A head cannot fire outside the range of its training garbage; the reason must not read "closest:
+    decoded_noise 3.6 vs 1.5" alone, which looks like a check that should have fired."""
+    import harness.noise.detector as detector
+
+    shipped = load_model()
+    head = shipped.heads[0]
+    n = len(shipped.features)
+    eager = replace(head, weights=(0.0,) * n, bias=9.0, threshold=1.0,
+                    low=(-1e9,) * (n - 1) + (1e8,), high=(1e9,) * n)  # the last statistic is always below its range
+    monkeypatch.setattr(detector, "load_model", lambda: replace(shipped, heads=(eager,)))
+    photo = shipped_images.random_crop(shipped_images.photo("astronaut"), 128, 128, np.random.default_rng(0))
+    verdict = detect_noise(photo)
+    assert not verdict
+    assert verdict.reason.startswith("no check fired; closest: decoded_noise 9 vs 1")
+    assert f"head {head.name} abstains: {shipped.features[-1]}" in verdict.reason

@@ -331,6 +331,10 @@ def _decoded_noise(model: NoiseModel, stats: dict[str, Any]) -> CheckResult:
                       "contributions": [asdict(c) for c in score.contributions[:5]],
                       "heads": {s.head: {"logit": s.logit, "threshold": s.threshold, "fired": s.fired,
                                          "out_of_range": [o.feature for o in s.out_of_range]} for s in scores}}
+    if score.out_of_range:  # a high logit that cannot fire: say so, or "closest: 3.6 vs 1.5" reads as a bug
+        o = score.out_of_range[0]
+        stats["model"]["abstains"] = (f"head {score.head} abstains: {o.feature} {o.value:.3g} outside "
+                                      f"[{o.low:.3g}, {o.high:.3g}], the range of its training garbage")
     return CheckResult("decoded_noise", score.fired, score.logit, score.threshold, score.margin)
 
 
@@ -340,6 +344,8 @@ def _verdict(index: int, checks: list[CheckResult], stats: dict[str, Any]) -> Fr
         return FrameVerdict(index, True, _describe(fired[0], stats), checks, stats)
     closest = max(checks, key=lambda c: c.margin)
     reason = f"no check fired; closest: {closest.name} {_fmt(closest.value)} vs {_fmt(closest.threshold)}"
+    if closest.name == "decoded_noise" and "abstains" in stats.get("model", {}):
+        reason += f" ({stats['model']['abstains']})"
     return FrameVerdict(index, False, reason, checks, stats)
 
 
