@@ -7,7 +7,11 @@ forced parity runs with the fault applied to the native side (`fault.request_for
 needs to show, e.g. a non-square size), and records per run:
 
 - parity: the trace comparison fails (first divergence) or the native pipeline refuses the run;
-- noise: `detect_noise` flags the native output;
+- noise: `detect_noise` flags the native output (32 px: the rule checks; the learned check needs 64 px);
+- noise (photo VAE): `detect_noise` flags the same run decoded the realistic way, by a natural-image VAE: the
+  native pipeline with the photo VAE (references/flux/photo_vae.py) as its decoder behind a linear bridge from the
+  digits latent space (references/flux/digits_bridge.py), the fault applied on top (decode-stage faults then act on
+  the photo VAE and its factors); 64 px;
 - classifier: the digit classifier (references/flux/digits.py) does not read the native output as the prompted
   digit.
 
@@ -18,6 +22,7 @@ output is bit-identical to the correct pipeline's and whose parity run passes is
 guidance-embedding fault on a model without one): nothing can or should catch it; it is reported as such.
 
     .venv/bin/python scripts/digits_fault_table.py [--digits 0,3,7] [--seeds 2] [--faults a,b] [--out DIR]
+    .venv/bin/python scripts/digits_fault_table.py --noise-only   # the two noise columns alone, no parity
 
 Writes DIR/faults.json, DIR/faults.md and DIR/native_outputs.png (a row of native outputs per variant; DIR
 defaults to out/digits-faults) and prints the table. Exit 1 when a fault that changes the output is caught by
@@ -50,17 +55,20 @@ import torch  # noqa: E402
 from harness.compare.records import threshold_multiple  # noqa: E402
 from harness.noise.detector import detect_noise  # noqa: E402
 from harness.run.cases import Case, CaseError, get_case  # noqa: E402
+from harness.run.native_runner import run_native  # noqa: E402
 from harness.run.parity import run_parity  # noqa: E402
 from harness.run.request import GenerationRequest  # noqa: E402
+from harness.trace.streaming import open_trace  # noqa: E402
 from harness.verdicts.faults import Fault, faults_for  # noqa: E402
 from native_models.errors import StageFieldError  # noqa: E402
 from references.flux.digits import DigitClassifier, digit_prompt  # noqa: E402
+from references.flux.digits_bridge import photo_vae_mutate  # noqa: E402
 
 CASE = "flux-digits"
 DTYPE = "fp32"
 DEFAULT_DIGITS = (0, 3, 7)
 DEFAULT_SEEDS = 2  # seeds 0..N-1
-DETECTORS = ("parity", "noise", "classifier")
+DETECTORS = ("parity", "noise", "photo_noise", "classifier")
 CONTROL = "correct pipeline"
 EXIT_UNCAUGHT, EXIT_USAGE = 1, 2
 
@@ -82,6 +90,8 @@ class RunOutcome:
     refused: str | None = None  # the native pipeline refused the run (StageFieldError) or failed
     noise_flagged: bool | None = None  # None: no native output
     noise_reason: str | None = None
+    photo_noise_flagged: bool | None = None  # the run decoded by the photo VAE (None: no output)
+    photo_noise_reason: str | None = None
     predicted: int | None = None
     identical_to_correct: bool | None = None  # native output bit-identical to the correct pipeline's
     caught_by: list[str] = field(default_factory=list)  # detectors that fire here and not on the control
@@ -102,6 +112,8 @@ class VariantRow:
     first_divergence: str | None = None
     noise_flagged: int = 0
     noise_reason: str | None = None
+    photo_noise_flagged: int = 0
+    photo_noise_reason: str | None = None
     classifier_hits: int = 0  # runs read as the prompted digit
     predictions: list[int | None] = field(default_factory=list)
     caught_runs: int = 0  # runs caught by at least one detector
@@ -162,6 +174,10 @@ def run_variant(case: Case, fault: Fault | None, request: GenerationRequest, dig
     verdict = detect_noise(result.native_frames)
     outcome.noise_flagged, outcome.noise_reason = bool(verdict), verdict.reason
     outcome.predicted = int(classifier.predict(result.native_frames)[0])
+    photo = run_native(case.build_checkpoint(), request, open_trace({"case": CASE}),
+                       mutate=photo_vae_mutate(None if fault is None else fault.apply))
+    photo_verdict = detect_noise(photo)
+    outcome.photo_noise_flagged, outcome.photo_noise_reason = bool(photo_verdict), photo_verdict.reason
     return outcome, result.native_frames
 
 
@@ -170,10 +186,12 @@ def judge(outcome: RunOutcome, control: RunOutcome | None, digit: int) -> None:
     fired = {
         "parity": outcome.parity_failed,
         "noise": bool(outcome.noise_flagged),
+        "photo_noise": bool(outcome.photo_noise_flagged),
         "classifier": outcome.predicted is not None and outcome.predicted != digit,
     }
     if control is not None and control is not outcome:
         fired["noise"] &= not control.noise_flagged
+        fired["photo_noise"] &= not control.photo_noise_flagged
         fired["classifier"] &= control.predicted == digit
         fired["parity"] &= not control.parity_failed
     outcome.caught_by = [name for name in DETECTORS if fired[name]]
@@ -185,6 +203,8 @@ def summarise(name: str, kind: str, description: str, note: str, outcomes: list[
     row.first_divergence = next((o.first_divergence for o in outcomes if o.first_divergence), None)
     row.noise_flagged = sum(bool(o.noise_flagged) for o in outcomes)
     row.noise_reason = next((o.noise_reason for o in outcomes if o.noise_flagged), None)
+    row.photo_noise_flagged = sum(bool(o.photo_noise_flagged) for o in outcomes)
+    row.photo_noise_reason = next((o.photo_noise_reason for o in outcomes if o.photo_noise_flagged), None)
     row.classifier_hits = sum(o.predicted == o.digit for o in outcomes)
     row.predictions = [o.predicted for o in outcomes]
     row.caught_runs = sum(bool(o.caught_by) for o in outcomes)
@@ -288,7 +308,8 @@ def describe(row: VariantRow) -> str:
     if row.status == "skipped":
         return f"{row.variant}: skipped ({row.note.split(':')[0]})"
     return (f"{row.variant}{f' [{row.request_note}]' if row.request_note else ''}: {row.status}; parity "
-            f"{row.parity_failed}/{row.runs}, noise {row.noise_flagged}/{row.runs}, classifier "
+            f"{row.parity_failed}/{row.runs}, noise {row.noise_flagged}/{row.runs}, noise (photo VAE) "
+            f"{row.photo_noise_flagged}/{row.runs}, classifier "
             f"{row.classifier_hits}/{row.runs} ({row.seconds:.0f} s)")
 
 
@@ -306,6 +327,15 @@ def _cell_noise(row: VariantRow) -> str:
     return f"{text} ({row.noise_reason.split(';')[0]})" if row.noise_reason else text
 
 
+def _cell_photo_noise(row: VariantRow) -> str:
+    if row.status == "skipped" or row.note.startswith("refused"):
+        return "-"
+    text = f"{row.photo_noise_flagged}/{row.runs}"
+    if row.photo_noise_reason:
+        text += f" ({row.photo_noise_reason.split(':')[0]})"
+    return text
+
+
 def _cell_classifier(row: VariantRow) -> str:
     if row.status == "skipped" or row.note.startswith("refused"):
         return "-"
@@ -321,15 +351,15 @@ def markdown(rows: list[VariantRow], digits: tuple[int, ...], seeds: tuple[int, 
         f"({len(digits) * len(seeds)} runs per row); teacher-forced parity runs, native output judged; parity "
         f"tolerances: {', '.join(tolerances) or '-'}.",
         "",
-        "| variant | request | parity fails: first divergence | noise flagged | classifier sees the digit | "
-        "caught by | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | request | parity fails: first divergence | noise flagged | noise flagged, photo VAE decode | "
+        "classifier sees the digit | caught by | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         caught = ", ".join(f"{d} {row.caught_by[d]}/{row.runs}" for d in DETECTORS if d in row.caught_by) or "-"
         verdict = row.status + (f": {row.note}" if row.note else "")
         lines.append(f"| `{row.variant}` | {row.request_note or 'case'} | {_cell_parity(row)} | {_cell_noise(row)} "
-                     f"| {_cell_classifier(row)} | {caught} | {verdict} |")
+                     f"| {_cell_photo_noise(row)} | {_cell_classifier(row)} | {caught} | {verdict} |")
     faults = [r for r in rows if r.kind == "fault" and r.status not in ("skipped",)]
     counts = Counter(r.status for r in faults)
     lines.append("")
@@ -390,9 +420,6 @@ def calibration_samples(digits: tuple[int, ...] = DEFAULT_DIGITS,
     (`digits-model:<fault>`, expect "either": a broken pipeline may still draw a smooth picture). Native side
     only (no reference, no forcing): the frames are exactly those of the parity runs in the table.
     """
-    from harness.run.native_runner import run_native
-    from harness.trace.streaming import open_trace
-
     case = get_case(CASE)
     checkpoint = case.build_checkpoint()
     variants: list[Fault | None] = [None, *(f for f in faults_for(case.family)
@@ -416,6 +443,71 @@ def calibration_samples(digits: tuple[int, ...] = DEFAULT_DIGITS,
                             + (f" ({note})" if note else ""),
                     "frames": frames[0].permute(1, 2, 0).numpy(),  # (H, W, C) in [0, 1]
                 }
+
+
+# ------------------------------------------------------------------------------------ noise-only table
+
+
+def noise_table(digits: tuple[int, ...], seeds: tuple[int, ...], faults: list[Fault],
+                progress: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """The two noise columns alone (no reference, no parity, no classifier; a fraction of the time): per variant,
+    how many native outputs `detect_noise` flags as the digits VAE decodes them (32 px) and as the photo VAE
+    decodes the same latents (64 px). Returns the rows and the photo-VAE frames per variant (for a grid)."""
+    case = get_case(CASE)
+    checkpoint = case.build_checkpoint()
+    variants: list[Fault | None] = [None, *(f for f in faults if f.applies_to(DTYPE) and f.topology == (1, 1))]
+    rows, grid = [], {}
+    for fault in variants:
+        name = CONTROL if fault is None else fault.name
+        row: dict[str, Any] = {"variant": name, "runs": 0, "refused": 0, "digits_vae_flagged": 0,
+                               "photo_vae_flagged": 0, "digits_vae_reason": None, "photo_vae_reason": None,
+                               "request": ""}
+        frames_out = []
+        start = time.perf_counter()
+        for digit in digits:
+            for seed in seeds:
+                base = base_request(case, digit, seed)
+                request = base if fault is None else fault.request_for(base)
+                row["request"] = request_note(request, base)
+                row["runs"] += 1
+                try:
+                    small = run_native(checkpoint, request, open_trace({"case": CASE}),
+                                       mutate=None if fault is None else fault.apply)
+                    photo = run_native(checkpoint, request, open_trace({"case": CASE}),
+                                       mutate=photo_vae_mutate(None if fault is None else fault.apply))
+                except StageFieldError:
+                    row["refused"] += 1
+                    frames_out.append(None)
+                    continue
+                for key, frames in (("digits_vae", small), ("photo_vae", photo)):
+                    verdict = detect_noise(frames)
+                    if verdict:
+                        row[f"{key}_flagged"] += 1
+                        row[f"{key}_reason"] = row[f"{key}_reason"] or verdict.reason
+                frames_out.append(photo)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        grid[name] = frames_out
+        if progress:
+            progress(f"{name}: digits VAE {row['digits_vae_flagged']}/{row['runs']}, photo VAE "
+                     f"{row['photo_vae_flagged']}/{row['runs']}, refused {row['refused']} ({row['seconds']:.0f} s)")
+    return rows, grid
+
+
+def noise_markdown(rows: list[dict[str, Any]], digits: tuple[int, ...], seeds: tuple[int, ...]) -> str:
+    lines = [f"flux-digits native outputs, {DTYPE}, digits {', '.join(map(str, digits))} x seeds "
+             f"{', '.join(map(str, seeds))}: flagged by detect_noise as decoded by the digits VAE (32 px: rule checks) "
+             "and by the photo VAE through the bridge (64 px: rules + learned check).", "",
+             "| variant | request | digits VAE | photo VAE | photo VAE reason (first flagged run) |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        if row["refused"] == row["runs"]:
+            lines.append(f"| `{row['variant']}` | {row['request'] or 'case'} | refused | refused | - |")
+            continue
+        reason = (row["photo_vae_reason"] or "-").split(";")[0]
+        lines.append(f"| `{row['variant']}` | {row['request'] or 'case'} | {row['digits_vae_flagged']}/{row['runs']} "
+                     f"| {row['photo_vae_flagged']}/{row['runs']} | {reason} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -449,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 per digit (2)")
     parser.add_argument("--faults", help="comma-separated fault names (default: every FLUX fault)")
     parser.add_argument("--out", type=Path, default=Path("out/digits-faults"), help="report folder")
+    parser.add_argument("--noise-only", action="store_true",
+                        help="only the two noise columns (native runs, no reference): noise.{md,json}, a fraction "
+                             "of the time")
     args = parser.parse_args(argv)
     try:
         digits = parse_int_list(args.digits, "digits", 0, 9)
@@ -462,6 +557,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds = tuple(range(args.seeds))
     torch.set_grad_enabled(False)
     start = time.perf_counter()
+    if args.noise_only:
+        noise_rows, photo_frames = noise_table(digits, seeds, faults, progress=lambda line: print(line, flush=True))
+        report = noise_markdown(noise_rows, digits, seeds)
+        print(report)
+        write_atomic(args.out / "noise.md", report)
+        write_atomic(args.out / "noise.json", json.dumps({"rows": noise_rows, "seconds": round(
+            time.perf_counter() - start, 1)}, indent=2) + "\n")
+        save_grid(photo_frames, args.out / "photo_vae_outputs.png")
+        return 0
     frames: dict[str, list[torch.Tensor | None]] = {}
     rows, outcomes = fault_table(digits, seeds, faults, progress=lambda line: print(line, flush=True),
                                  frames_out=frames)

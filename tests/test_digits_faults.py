@@ -26,6 +26,9 @@ def test_judge_ignores_a_detector_that_fires_on_the_correct_output() -> None:
     table.judge(faulty, control, 3)
     assert control.caught_by == ["classifier"]
     assert faulty.caught_by == ["parity", "noise"]
+    photo = table.RunOutcome("g", 3, 0, {}, photo_noise_flagged=True, predicted=3)
+    table.judge(photo, control, 3)
+    assert photo.caught_by == ["photo_noise"]
 
 
 def test_sampled_faults_are_caught_and_the_control_is_not() -> None:
@@ -36,6 +39,7 @@ def test_sampled_faults_are_caught_and_the_control_is_not() -> None:
     control = by_name[table.CONTROL]
     assert control.status == "clean" and not control.caught_by, table.describe(control)
     assert control.classifier_hits == 1 and control.parity_failed == 0 and control.noise_flagged == 0
+    assert control.photo_noise_flagged == 0  # the correct digit decoded by the photo VAE is a picture too
     for name in SAMPLED:
         row = by_name[name]
         assert row.status == "caught" and row.caught_runs == row.runs == 1, table.describe(row)

@@ -107,7 +107,7 @@ def test_white_noise_reason_and_statistics() -> None:
 def test_pink_noise_is_smooth_noise() -> None:
     pink = cal.pink_noise((128, 128), 1.0, np.random.default_rng(RNG_SEED))
     verdict = detect_noise(pink)
-    assert verdict.fired == ["smooth_noise"]
+    assert verdict.fired[0] == "smooth_noise"  # the rule decides; the learned check may agree
     kurtosis, slope = next(c.value for c in verdict.checks if c.name == "smooth_noise")
     assert 2.8 < kurtosis < 3.2 and -2.5 < slope < -1.5
 
@@ -117,7 +117,7 @@ def test_scrambled_photo_flagged(photos) -> None:
     flat = image.reshape(-1, 3)
     scrambled = flat[np.random.default_rng(RNG_SEED).permutation(len(flat))].reshape(image.shape)
     assert not detect_noise(image)
-    assert detect_noise(scrambled).fired == ["pixel_noise"]
+    assert detect_noise(scrambled).fired[0] == "pixel_noise"
 
 
 @pytest.mark.parametrize("name", ["astronaut", "hubble_deep_field", "gravel"])
@@ -162,12 +162,16 @@ def test_nonfinite_flagged(photos) -> None:
     assert detect_noise(np.full((3, 32, 32), np.inf, np.float32)).fired == ["non_finite"]
 
 
-def test_binarised_flagged(photos) -> None:
+def test_binary_pictures_are_not_flagged_for_having_two_values() -> None:
+    """Issue 16: a black-and-white silhouette is a picture; no check fires on few values alone."""
     import skimage.data
 
-    grey = small(photos, "camera", 128).astype(np.float32)
-    assert detect_noise(grey > np.median(grey)).fired[0] == "binarised"
-    assert detect_noise(skimage.data.horse()).fired[0] == "binarised"
+    for image in (skimage.data.horse(), cal.threshold_mask(cal.resize_short_side(
+            cal.to_uint8(skimage.data.horse()), 64))):
+        verdict = detect_noise(image)
+        assert not verdict, verdict.reason
+        assert verdict.statistics["midtone_share"] < 0.05  # still measured and reported
+        assert "binarised" not in [c.name for c in verdict.checks]
 
 
 # ---------------------------------------------------------------- video

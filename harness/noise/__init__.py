@@ -1,5 +1,7 @@
 """Is the output a picture or noise? A detector that needs no reference, so it can fail a run that matches one.
 
 - detector.py: `detect_noise`, `NoiseVerdict`, `Thresholds`, `noise_section` (report.json's "noise");
-- image_stats.py: the statistics it judges by (spectral slope, kurtosis, neighbour correlation...).
+- image_stats.py: the statistics it judges by (spectral slope, kurtosis, neighbour correlation...);
+- features.py: the named statistics of the learned decoded_noise check (block contrast, colour, saturation...);
+- learned.py + learned_model.json: that check's logistic heads, fitted by scripts/train_noise_model.py.
 """

@@ -7,14 +7,21 @@ measured margins in `Thresholds`, `scripts/calibrate_noise_detector.py` and docs
 
 - non_finite: any NaN or infinity;
 - near_constant: every channel's standard deviation below 0.01 (2.5 grey levels of 255);
-- binarised: under 5% of the values lie between their channel's minimum and maximum (thresholded or
-  saturated);
 - checkerboard: autocorrelation +1 along the diagonals and -1 along the axes at one lag;
 - pixel_noise: 35% or more of the variance (colour channels pooled) is uncorrelated from pixel to pixel
-  (white, uniform or salt-and-pepper noise, scrambled pixels, a picture drowned in noise);
+  (white, uniform or salt-and-pepper noise, scrambled pixels, a picture drowned in noise), unless a fifth or
+  more of the frame's 8x8 blocks are exactly flat: noise leaves no flat block, while thin lines and small text
+  on a plain ground are uncorrelated across the stroke and are drawings;
 - smooth_noise: a Gaussian random field with a 1/f-family spectrum: pixel differences with kurtosis 2.6-3.5 at
   every pyramid level (sparse edges make pictures' heavier-tailed, mostly 5 and up) and a spectral slope
-  between -3.5 and -1.25 (interpolated content is steeper, white-ish noise is left to pixel_noise).
+  between -3.5 and -1.25 (interpolated content is steeper, white-ish noise is left to pixel_noise);
+- decoded_noise: what a VAE draws from broken latents (smeared noise, saturated blobs, scrambled colour and
+  texture): one of the logistic regressions ("heads") over the named statistics of `harness/noise/features.py`
+  (`harness/noise/learned.py`, fitted by scripts/train_noise_model.py on the noise corpus) passes its threshold;
+  the reason names the head and the statistics that contributed most. Frames under 64 pixels a side are left
+  to the rules above.
+Binary and few-colour pictures (silhouettes, line art, text, QR codes) are pictures: no check fires on having
+few values alone.
 Video (`video=True`) adds flicker: consecutive frames that no longer correlate under a small shift, or a mean
 brightness that jumps back and forth.
 
@@ -30,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.noise import image_stats
+from harness.noise import features, image_stats
+from harness.noise.learned import NoiseModel, decisive, explain, load_model, probability
 
 VALUE_RANGES = ("auto", "0,1", "-1,1", "0,255")
 CHANNEL_COUNTS = (1, 2, 3, 4)
@@ -46,9 +54,10 @@ class Thresholds:
     picture nearest to each threshold and the degenerate case past it by the least, in the comments."""
 
     near_constant_std: float = 0.01  # pictures >= 0.039 (microaneurysms@64px); near-constant frame 0.003
-    binarised_midtones: float = 0.05  # pictures >= 0.376 (shepp_logan_phantom); thresholded frames 0.0
     checkerboard_score: float = 0.5  # pictures <= 0.29 (a digit at 32 px); checkerboards >= 0.9997
     pixel_noise_fraction: float = 0.35  # pictures <= 0.254 (brick@64px); drowned (noise std = picture std) >= 0.455
+    drawing_flat_share: float = 0.2  # pixel_noise needs fewer flat 8x8 blocks: drawings with thin lines >= 0.27,
+    #  salt-and-pepper over 5% of a flat frame 0.04, every other calibrated noise 0
     gaussian_kurtosis: tuple[float, float] = (2.6, 3.5)  # Gaussian fields 2.9-3.1; pictures >= 5 (at their sharpest
     #  level) except fine textures at 64 px (gravel 3.0, grass 3.44) and smooth graphics (colorwheel@64px 2.78)
     noise_slope: tuple[float, float] = (-3.5, -1.25)  # 1/f noise -1.44 to -2.53; those textures -0.99 and above,
@@ -61,6 +70,8 @@ class Thresholds:
     flicker_brightness: float = 0.05  # median |second difference| of the frames' mean brightness: pictures <= 0.001
     flicker_max_side: int = 128  # the temporal correlation is taken on a pyramid level no larger than this
     flicker_max_shift: float = 1 / 16  # largest shift searched, as a share of that level's smaller side
+    learned_model: bool = True  # run the decoded_noise check (harness/noise/learned_model.json); False: the rules alone
+    learned_min_side: int = 64  # smaller frames get no learned statistics: too few pixels for block statistics
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -275,9 +286,8 @@ def judge_frame(index: int, planes: np.ndarray, nonfinite: float, thresholds: Th
     midtones = 1.0 - sum(p.extreme_share for p in per_plane) / len(per_plane)
     stats.update(std=std, midtone_share=midtones)
     checks.append(_below("near_constant", std, t.near_constant_std))
-    if checks[-1].fired:  # a flat frame sits at its extremes: binarised and the ratios below say nothing more
+    if checks[-1].fired:  # a flat frame: the ratios below say nothing more
         return _verdict(index, checks, stats)
-    checks.append(_below("binarised", midtones, t.binarised_midtones))
 
     rho1, rho2 = image_stats.pooled_correlations(per_plane)
     fraction = image_stats.noise_fraction(rho1, rho2)
@@ -295,9 +305,37 @@ def judge_frame(index: int, planes: np.ndarray, nonfinite: float, thresholds: Th
         checkerboard_cell=cell * 2**level, spectrum_level=level,
     )
     checks.append(_above("checkerboard", checker, t.checkerboard_score))
-    checks.append(_above("pixel_noise", fraction, t.pixel_noise_fraction))
+    contrast = features.block_contrast(planes) if min(planes.shape[1:]) >= 8 else None
+    flat = contrast["flat_share"] if contrast is not None else 0.0
+    stats["flat_share"] = flat
+    pixel_noise = _above("pixel_noise", fraction, t.pixel_noise_fraction)
+    if flat >= t.drawing_flat_share:  # a drawing: strokes, not noise, make its pixel-scale variance
+        pixel_noise.fired = False
+        pixel_noise.margin = min(pixel_noise.margin, (t.drawing_flat_share - flat) / t.drawing_flat_share)
+    checks.append(pixel_noise)
     checks.append(_smooth_noise(stats["gradient_kurtosis_max"], slope, t))
+    if min(planes.shape[1:]) >= t.learned_min_side:
+        stats["features"] = features.frame_features(planes, y, kurtoses, fraction, midtones, contrast)
+        if t.learned_model:
+            checks.append(_decoded_noise(load_model(), stats))
     return _verdict(index, checks, stats)
+
+
+def _decoded_noise(model: NoiseModel, stats: dict[str, Any]) -> CheckResult:
+    """The learned check: every head's logit over the frame's named statistics; the decisive head (the one
+    furthest past, or nearest to, its threshold) is reported with its largest contributions."""
+    scores = model.score(stats["features"])
+    score = decisive(scores)
+    stats["model"] = {"head": score.head, "logit": score.logit, "threshold": score.threshold,
+                      "probability": probability(score.logit), "explanation": explain(score),
+                      "contributions": [asdict(c) for c in score.contributions[:5]],
+                      "heads": {s.head: {"logit": s.logit, "threshold": s.threshold, "fired": s.fired,
+                                         "out_of_range": [o.feature for o in s.out_of_range]} for s in scores}}
+    if score.out_of_range:  # a high logit that cannot fire: say so, or "closest: 3.6 vs 1.5" reads as a bug
+        o = score.out_of_range[0]
+        stats["model"]["abstains"] = (f"head {score.head} abstains: {o.feature} {o.value:.3g} outside "
+                                      f"[{o.low:.3g}, {o.high:.3g}], the range of its training garbage")
+    return CheckResult("decoded_noise", score.fired, score.logit, score.threshold, score.margin)
 
 
 def _verdict(index: int, checks: list[CheckResult], stats: dict[str, Any]) -> FrameVerdict:
@@ -306,6 +344,8 @@ def _verdict(index: int, checks: list[CheckResult], stats: dict[str, Any]) -> Fr
         return FrameVerdict(index, True, _describe(fired[0], stats), checks, stats)
     closest = max(checks, key=lambda c: c.margin)
     reason = f"no check fired; closest: {closest.name} {_fmt(closest.value)} vs {_fmt(closest.threshold)}"
+    if closest.name == "decoded_noise" and "abstains" in stats.get("model", {}):
+        reason += f" ({stats['model']['abstains']})"
     return FrameVerdict(index, False, reason, checks, stats)
 
 
@@ -313,9 +353,6 @@ def _describe(check: CheckResult, stats: dict[str, Any]) -> str:
     v, t = _fmt(check.value), _fmt(check.threshold)
     if check.name == "near_constant":
         return f"near-constant frame: largest channel std {v} < {t}"
-    if check.name == "binarised":
-        return (f"binarised or saturated: only {check.value:.2%} of values lie between their channel's extremes "
-                f"(< {t})")
     if check.name == "checkerboard":
         return f"checkerboard: score {v} >= {t} at {stats['checkerboard_cell']}-pixel cells"
     if check.name == "pixel_noise":
@@ -324,6 +361,8 @@ def _describe(check: CheckResult, stats: dict[str, Any]) -> str:
         kurtosis, slope = check.value
         return (f"smooth Gaussian noise: gradient kurtosis {_fmt(kurtosis)} in {_fmt(check.threshold[:2])} at every "
                 f"scale (no edges) and spectral slope {_fmt(slope)} in {_fmt(check.threshold[2:])}")
+    if check.name == "decoded_noise":
+        return f"decoded noise: {stats['model']['explanation']}"
     return f"{check.name}: {v} vs {t}"
 
 

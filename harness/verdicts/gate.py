@@ -334,7 +334,10 @@ def _check_noise(cases: list[Case], results: dict[str, VerifyResult], checks: li
             parts.append(f"{case.name}: native output flagged as noise ({noise['native'].get('reason')})")
             failed = True
         else:
-            parts.append(f"{case.name}: native output is a picture")
+            checks_run = [c.get("name") for c in noise["native"].get("checks", [])]
+            how = ("rules and learned check" if "decoded_noise" in checks_run
+                   else "rule checks; the learned check needs 64 px or more")
+            parts.append(f"{case.name}: native output is a picture ({how})")
     checks.append(Check("not noise", FAILED if failed else OK, "; ".join(parts)))
 
 

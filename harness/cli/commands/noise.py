@@ -23,11 +23,13 @@ ARRAY_SUFFIXES = (".npy",)
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "noise",
-        help="say whether decoded images or videos are pictures or noise (image statistics, no weights)",
+        help="say whether decoded images or videos are pictures or noise (image statistics)",
         description=(
             "Judge each PATH (an image, a .npy array, or a folder of frames) from image statistics: non-finite "
-            "values, near-constant, binarised, checkerboard, pixel-scale noise, smooth Gaussian noise, and flicker "
-            "between consecutive video frames. One line per input, or one JSON object per line with --json."
+            "values, near-constant, checkerboard, pixel-scale noise, smooth Gaussian noise, decoded noise (small "
+            "logistic regressions over named statistics, harness/noise/learned_model.json, frames of 64 px or "
+            "more), and flicker between consecutive video frames. Binary and few-colour pictures are pictures. "
+            "One line per input, or one JSON object per line with --json."
         ),
         epilog="Exit codes: 0 nothing flagged, 1 an input flagged, 2 unreadable input or usage.",
     )
@@ -71,6 +73,9 @@ def format_line(path: Path, verdict: dict[str, Any]) -> str:
     shown = [("noise", "noise_fraction"), ("kurtosis", "gradient_kurtosis_max"), ("slope", "spectral_slope"),
              ("checker", "checkerboard_score"), ("midtones", "midtone_share"), ("std", "std")]
     numbers = ", ".join(f"{label} {stats[key]:.3g}" for label, key in shown if stats.get(key) is not None)
+    model = stats.get("model")
+    if model:
+        numbers += f", decoded-noise logit {model['logit']:+.2f} vs {model['threshold']:.2f} ({model['head']})"
     frames = f", {verdict['frames']} frames" if verdict["frames"] > 1 else ""
     return f"{path}: {verdict['verdict']} - {verdict['reason']} [{numbers}{frames}]"
 

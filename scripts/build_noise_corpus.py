@@ -1,0 +1,128 @@
+"""Build the noise corpus: garbage a natural-image VAE draws from broken latents, and clean pictures.
+
+The items, their seeds and their half (train / test) come from references/flux/noise_corpus.py's `plan()`, a pure
+function of fixed seeds, so the split is decided before anything is rendered or measured; the plan is committed
+as references/noise_corpus/manifest.json and this script refuses to render a corpus whose plan differs from
+it (pass --write-manifest after a deliberate change). Images are written as PNG (what a user would judge),
+videos as uint8 .npy stacks (T, H, W, 3):
+
+    .venv/bin/python scripts/build_noise_corpus.py [--out out/noise-corpus] [--half train|test] [--limit N]
+                                                   [--category NAME ...]
+
+Needs the photo VAE (references/checkpoints/photo-vae, scripts/train_photo_vae.py). About 5 minutes here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from references.common import shipped_images  # noqa: E402
+from references.flux import noise_corpus  # noqa: E402
+from references.flux.photo_vae import PHOTO_VAE_CHECKPOINT, PhotoVaeError, load_photo_vae  # noqa: E402
+
+MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
+DEFAULT_OUT = Path("out/noise-corpus")
+EXIT_MISMATCH, EXIT_USAGE = 1, 2
+
+
+def manifest(items: list[noise_corpus.CorpusItem]) -> dict:
+    """The committed record of the plan: seeds, sizes, the photo split and every item with its half."""
+    split = shipped_images.photo_split()
+    return {
+        "corpus_seed": noise_corpus.CORPUS_SEED,
+        "photo_split_seed": shipped_images.SPLIT_SEED,
+        "vae_held_out_photographs": list(split.held_out),
+        "photo_halves": dict(sorted(noise_corpus.photo_halves().items())),
+        "sizes": [list(s) for s in noise_corpus.SIZES],
+        "counts": {f"{label}/{half}": sum(i.label == label and i.half == half for i in items)
+                   for label in ("clean", "garbage") for half in noise_corpus.HALVES},
+        "items": [item.to_dict() for item in items],
+    }
+
+
+def write_item(path: Path, pixels: np.ndarray) -> None:
+    """Atomic write of a PNG or .npy."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".npy":
+        with open(tmp, "wb") as handle:
+            np.save(handle, pixels, allow_pickle=False)
+    else:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _vae_sha256() -> str:
+    weights = PHOTO_VAE_CHECKPOINT / "diffusion_pytorch_model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="corpus folder (default out/noise-corpus)")
+    parser.add_argument("--half", choices=noise_corpus.HALVES, help="render one half only")
+    parser.add_argument("--category", action="append", help="render only this category (repeatable)")
+    parser.add_argument("--limit", type=int, help="render only the first N items of each category (quick look)")
+    parser.add_argument("--write-manifest", action="store_true",
+                        help=f"write the plan to {MANIFEST.relative_to(ROOT)} (after a deliberate change)")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        print(f"build_noise_corpus.py: --limit must be >= 1, got {args.limit}", file=sys.stderr)
+        return EXIT_USAGE
+
+    import torch
+
+    torch.set_num_threads(1)
+    items = noise_corpus.plan()
+    planned = manifest(items)
+    if args.write_manifest:
+        MANIFEST.parent.mkdir(parents=True, exist_ok=True)
+        MANIFEST.write_text(json.dumps(planned, indent=1) + "\n")
+        print(f"wrote {MANIFEST.relative_to(ROOT)} ({len(items)} items)")
+    elif not MANIFEST.is_file() or json.loads(MANIFEST.read_text()) != planned:
+        print(f"build_noise_corpus.py: the plan differs from {MANIFEST.relative_to(ROOT)}; the split must not change "
+              "silently (rerun with --write-manifest after a deliberate change)", file=sys.stderr)
+        return EXIT_MISMATCH
+    try:
+        vae = load_photo_vae()
+    except PhotoVaeError as exc:
+        print(f"build_noise_corpus.py: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    renderer = noise_corpus.Renderer(vae)
+    chosen, seen = [], {}
+    for item in items:
+        seen[item.category] = seen.get(item.category, 0) + 1
+        wanted = args.category is None or item.category in args.category
+        if wanted and (args.half is None or item.half == args.half) and (args.limit is None or
+                                                                         seen[item.category] <= args.limit):
+            chosen.append(item)
+    start = time.perf_counter()
+    for number, item in enumerate(chosen, 1):
+        write_item(noise_corpus.item_path(args.out, item), renderer.render(item))
+        if number % 25 == 0 or number == len(chosen):
+            print(f"{number}/{len(chosen)} items ({time.perf_counter() - start:.0f} s)", flush=True)
+    record = {"manifest": str(MANIFEST.relative_to(ROOT)), "vae_sha256": _vae_sha256(), "items": len(chosen),
+              "seconds": round(time.perf_counter() - start, 1), "load_average_1m": os.getloadavg()[0]}
+    (args.out / "build.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {len(chosen)} items under {args.out} in {record['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The noise corpus plan (split before anything is measured), its sampler arithmetic, and the drawings."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from references.common import line_art, shipped_images
+from references.flux import noise_corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def items() -> list[noise_corpus.CorpusItem]:
+    return noise_corpus.plan()
+
+
+def test_plan_is_the_committed_manifest(items) -> None:
+    """The split is data, not a side effect: the plan equals the committed manifest item for item."""
+    committed = json.loads(MANIFEST.read_text())
+    assert committed["corpus_seed"] == noise_corpus.CORPUS_SEED
+    assert committed["items"] == [item.to_dict() for item in items]
+    assert noise_corpus.plan() == items  # a pure function of the seeds
+
+
+def test_no_group_and_no_photograph_in_both_halves(items) -> None:
+    halves_of_group: dict[str, set[str]] = {}
+    for item in items:
+        halves_of_group.setdefault(item.group, set()).add(item.half)
+    assert all(len(h) == 1 for h in halves_of_group.values())
+    photo_half = noise_corpus.photo_halves()
+    for item in items:
+        if item.source in photo_half:
+            assert photo_half[item.source] == item.half, item.name
+    assert photo_half["motorcycle_left"] == photo_half["motorcycle_right"]  # one scene
+
+
+def test_halves_are_balanced_and_reconstructions_are_held_out(items) -> None:
+    counts = Counter((i.category, i.half) for i in items)
+    for category in {i.category for i in items} - {"shipped_graphic"}:
+        assert abs(counts[(category, "train")] - counts[(category, "test")]) <= 1, category
+    held_out = set(shipped_images.photo_split().held_out)
+    assert {i.source for i in items if i.category == "reconstruction"} <= held_out
+    assert not held_out & set(shipped_images.photo_split().train)
+
+
+def test_sizes_span_64_to_512(items) -> None:
+    sides = {s for i in items if i.label == "garbage" and i.frames == 1 for s in (i.height, i.width)}
+    assert min(sides) == 64 and max(sides) == 512
+    assert all(i.height % 16 == 0 and i.width % 16 == 0 for i in items if i.category != "shipped_graphic")
+
+
+def test_flux_sigmas_match_diffusers_flux_dev_schedule() -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from references.flux.components import FLUX_DEV_SCHEDULER
+
+    for height, width in ((64, 64), (256, 192), (512, 512)):
+        scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER)
+        tokens = (height // 16) * (width // 16)
+        mu = 0.5 + (1.15 - 0.5) * (tokens - 256) / (4096 - 256)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / 20, 20).tolist(), mu=mu)
+        np.testing.assert_allclose(noise_corpus.flux_sigmas(height, width), scheduler.sigmas.numpy(), rtol=1e-6)
+
+
+def test_exact_denoiser_lands_on_its_set_and_faults_do_not() -> None:
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(5, 16, 4, 4, generator=generator)
+    denoiser = noise_corpus.ExactDenoiser(data)
+    noise = torch.randn(1, 16, 4, 4, generator=generator)
+    sigmas = noise_corpus.flux_sigmas(64, 64)
+    out = noise_corpus.sample(denoiser, noise, sigmas)
+    nearest = ((data - out) ** 2).flatten(1).sum(1).min().sqrt()
+    assert float(nearest) < 1e-3 * float(data.norm() / 5)
+    for fault in ("velocity_sign_flipped", "timestep_1000x", "x0_as_velocity"):
+        broken = noise_corpus.sample(denoiser, noise, sigmas, fault)
+        assert float(((data - broken) ** 2).flatten(1).sum(1).min().sqrt()) > 1.0, fault
+    half = noise_corpus.sample(denoiser, noise, sigmas, stop=6)
+    assert float(((data - half) ** 2).flatten(1).sum(1).min().sqrt()) > 1.0
+
+
+def test_pack_order_swap_scrambles_but_keeps_values() -> None:
+    latents = torch.arange(2 * 16 * 4 * 6, dtype=torch.float32).reshape(2, 16, 4, 6)
+    tokens = noise_corpus.pack(latents)
+    assert tokens.shape == (2, 6, 64)
+    swapped = noise_corpus.unpack_swapped(tokens, 4, 6)
+    assert swapped.shape == latents.shape and not torch.equal(swapped, latents)
+    assert torch.equal(swapped.flatten().sort().values, latents.flatten().sort().values)
+
+
+@pytest.mark.parametrize("name", sorted(line_art.DRAWERS))
+def test_exact_drawings_have_few_colours(name: str) -> None:
+    rng = np.random.default_rng(3)
+    for height, width in ((64, 64), (96, 128), (256, 256)):
+        image = line_art.DRAWERS[name](rng, height, width)
+        assert image.shape == (height, width, 3) and image.dtype == np.uint8
+        colours = len(np.unique(image.reshape(-1, 3), axis=0))
+        limit = 256 if name == "text" else 7  # PIL anti-aliases glyphs: blends of two colours
+        assert 2 <= colours <= limit, (name, colours)
+
+
+def test_shipped_images_are_read_from_installed_packages() -> None:
+    assert shipped_images.photo("astronaut").shape == (512, 512, 3)
+    assert shipped_images.photo("camera").shape == (512, 512, 3)  # grey replicated
+    assert all(shipped_images.graphic(n).ndim == 3 for n in shipped_images.graphic_names())
+    with pytest.raises(shipped_images.ShippedImageError, match="unknown photograph"):
+        shipped_images.photo("lena")
