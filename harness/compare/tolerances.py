@@ -172,6 +172,8 @@ class ToleranceSpec:
     calibrated: dict[tuple[str, str, str], Tolerance] = field(default_factory=dict)
     floors: dict[tuple[str, str, str], float] = field(default_factory=dict)
     source: str = "default"
+    # which calibration a run used, or why none (a --model run: harness/golden/model_calibration.py); None: unsaid
+    calibration: dict[str, Any] | None = None
 
     def _key(self, stage: str, field_name: str, mode: str) -> tuple[str, str, str]:
         key = (mode, stage, field_name)
@@ -194,6 +196,7 @@ class ToleranceSpec:
             "floor_multiple": FLOOR_MULTIPLE,
             "minimum_roundings": MINIMUM_ROUNDINGS,
             "rule": threshold_rule(self.source if self.calibrated else None, self.dtype),
+            **({"calibration": self.calibration} if self.calibration is not None else {}),
         }
 
     @classmethod

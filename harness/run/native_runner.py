@@ -64,6 +64,7 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
         max_sequence_length=request.max_sequence_length,
         num_frames=request.frames,
     )
+    params.negative_prompt = request.negative_prompt  # verbatim, None included: both sides run the same request
     batch = Req(
         prompt=[params.prompt] * request.batch_size,
         negative_prompt=[params.negative_prompt] * request.batch_size if params.negative_prompt is not None else None,
