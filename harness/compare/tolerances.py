@@ -195,9 +195,16 @@ class ToleranceSpec:
             "floor_metric": FLOOR_METRIC,
             "floor_multiple": FLOOR_MULTIPLE,
             "minimum_roundings": MINIMUM_ROUNDINGS,
-            "rule": threshold_rule(self.source if self.calibrated else None, self.dtype),
+            "rule": self._rule(),
             **({"calibration": self.calibration} if self.calibration is not None else {}),
         }
+
+    def _rule(self) -> str:
+        rule = threshold_rule(self.source if self.calibrated else None, self.dtype)
+        note = (self.calibration or {}).get("note")
+        if self.calibrated or not note:
+            return rule
+        return rule.split(" (no calibration for this case")[0] + f" ({note})"
 
     @classmethod
     def from_calibration(cls, data: dict[str, Any], source: str) -> ToleranceSpec:

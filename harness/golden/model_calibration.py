@@ -29,8 +29,8 @@ from native_models.tokenizer_cache import cache_root
 FP64_BYTES = 8
 FP64_HEADROOM = 1.5  # the fp64 reference holds weights plus activations and the baseline's trace beside them
 GIB = 1024**3
-NO_CALIBRATION = ("no calibration for this checkpoint: thresholds are the dtype defaults "
-                  "(`diffparity calibrate --model DIR` measures its floors)")
+NO_CALIBRATION = ("no calibration for this checkpoint: thresholds are the dtype defaults; "
+                  "`diffparity calibrate --model DIR` measures its floors")
 
 
 def calibrations_dir() -> Path:
