@@ -97,6 +97,10 @@ def command_run(args: argparse.Namespace) -> int:
         true_cfg_scale=args.true_cfg, dtype=args.dtype, device=args.device,
         max_sequence_length=args.max_sequence_length,
     )
+    if checkpoint is not None:  # configs, shard index and headers checked now: a bad folder is one line, alone
+        from harness.run.native_runner import plan_native_run
+
+        plan_native_run(checkpoint, request, model_name=args.model)
     from harness.golden.model_calibration import case_tolerance_spec, model_tolerance_spec
     from harness.run.expectation import resolve_expectation
 
