@@ -97,6 +97,10 @@ def command_run(args: argparse.Namespace) -> int:
         true_cfg_scale=args.true_cfg, dtype=args.dtype, device=args.device,
         max_sequence_length=args.max_sequence_length,
     )
+    if checkpoint is None and args.model is not None:  # the case form: a bad folder's error.json lands in out_dir
+        from native_models.loader import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(args.model)
     if checkpoint is not None:  # configs, shard index and headers checked now: a bad folder is one line, alone
         from harness.run.native_runner import plan_native_run
 
@@ -148,17 +152,16 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def run_target(case_name: str | None, model: str | None) -> tuple[Case, Path | None]:
-    """The case a run executes and the --model checkpoint folder (None: the case's own): a named case, or
-    without one the checkpoint's family case (harness/run/model_case.py)."""
+    """The case a run executes: a named case (its --model folder, if any, is resolved later, once the run folder
+    exists) or, without one, the --model checkpoint's family case with the resolved folder."""
     from harness.run.cases import get_case
-    from native_models.loader import resolve_checkpoint
 
     if case_name is None and model is None:
         raise UsageError("name a CASE (see `diffparity list`) or a checkpoint with --model DIR_OR_HF_ID")
     if case_name is not None:
-        case = get_case(case_name)  # a known name: never a path to write under (`../x`, `/etc`)
-        return case, resolve_checkpoint(model) if model else None
+        return get_case(case_name), None  # a known name: never a path to write under (`../x`, `/etc`)
     from harness.run.model_case import model_case
+    from native_models.loader import resolve_checkpoint
 
     assert model is not None
     checkpoint = resolve_checkpoint(model)
