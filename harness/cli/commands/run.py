@@ -105,14 +105,18 @@ def command_run(args: argparse.Namespace) -> int:
         from harness.run.native_runner import plan_native_run
 
         plan_native_run(checkpoint, request, model_name=args.model)
-    from harness.golden.model_calibration import case_tolerance_spec, model_tolerance_spec
+    from harness.compare.tolerances import load_tolerance_spec
     from harness.run.expectation import resolve_expectation
 
-    spec = None
+    # a case's own checkpoint: its stored calibration as before; a --model checkpoint: the one stored for its
+    # identity, else (case form) the case's for that --model, and the report says which or that there is none
+    spec = load_tolerance_spec(case.name, request.dtype, request.device)
     if checkpoint is not None:
+        from harness.golden.model_calibration import case_tolerance_spec, model_tolerance_spec
+
         spec = model_tolerance_spec(case.family, checkpoint, request.dtype, request.device)
-    if spec is None or (args.case is not None and not spec.calibrated):
-        spec = case_tolerance_spec(case.name, request.dtype, request.device, args.model)
+        if args.case is not None and not spec.calibrated:
+            spec = case_tolerance_spec(case.name, request.dtype, request.device, args.model)
     expect = resolve_expectation(args.expect, case.expects_picture, checkpoint, case.name)
     from harness.report.build import format_stage_table
     from harness.run.multirank import Topology
@@ -125,7 +129,7 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"{case.name}: {request.height}x{request.width}{frames}, {request.steps} steps, seed {request.seed}, "
           f"{request.max_sequence_length} tokens, guidance {request.guidance_scale:g}{cfg}, "
           f"{request.dtype} on {request.device}{ranks}", file=sys.stderr)
-    calibration = spec.calibration or {}
+    calibration = spec.calibration or {"used": bool(spec.calibrated), "path": spec.source}
     print(f"thresholds: {'calibration ' + str(calibration.get('path')) if calibration.get('used') else 'defaults'}"
           f"{' (' + str(calibration['floors']) + ')' if calibration.get('floors') else ''}; expecting "
           f"{expect.expects} ({expect.reason})", file=sys.stderr)
