@@ -199,3 +199,62 @@ def test_forcing_from_its_own_trace_is_bit_identical() -> None:
     case.run_reference_forced(checkpoint, request, reference_forced, baseline)
     assert reference_forced.keys() == baseline.keys()
     assert all(torch.equal(reference_forced[key], tensor) for key, tensor in baseline.items())
+
+
+# ---- Wan 2.2 A14B: two experts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(d, marks=pytest.mark.covers("wan", "1rank")) for d in ("fp32", "bf16")])
+def test_wan_a14b_two_experts_match_diffusers(dtype: str) -> None:
+    """The high-noise expert runs steps 0-1 (timesteps 999, 900 >= 875), the low-noise one steps 2-3 with its own
+    CFG scale; which expert ran is recorded on both sides (the reference hooks both DiTs) and compared exactly."""
+    from harness.trace.keys import RecordKey
+
+    case = get_case("wan-a14b-tiny")
+    result = run_parity(case, case.request(dtype=dtype))
+    assert_parity(result, 5)
+    experts = [(r.step, r.mode, r.metrics["max_abs"], r.tolerance["threshold"]) for r in
+               result.comparison.all_records() if r.field == "expert"]
+    assert sorted((step, mode) for step, mode, _, _ in experts) == [(s, m) for s in range(4) for m in ("forced",
+                                                                                                       "free")]
+    assert all(error == 0.0 and threshold == 0.0 for _, _, error, threshold in experts)
+    for trace in (result.reference_trace, result.native_trace):
+        assert [int(trace[RecordKey("denoise", "expert", s)]) for s in range(4)] == [0, 0, 1, 1]
+    if dtype == "fp32":
+        assert_fp32_records(list(result.comparison.all_records()), "Diffusers (two experts)")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_expert_switch_one_step_early_is_localized_to_that_step(dtype: str) -> None:
+    """The low-noise expert planted one step early (step 1 instead of 2): the first divergence is the expert record
+    of step 1 (exact: any difference fails), teacher forced, and nothing before it or outside the loop fails."""
+    from harness.verdicts.fault_matrix import run_fault
+
+    outcome = run_fault(get_case("wan-a14b-tiny"), FAULTS["wan_expert_switch_one_step_early"], dtype)
+    assert outcome.detected and outcome.localized, outcome
+    assert outcome.found == {"stage": "denoise", "field": "expert", "step": 1, "mode": "forced"}
+    assert outcome.metric in ("max_abs", "rel_l2") and outcome.threshold == 0.0
+
+
+def test_text_to_video_builds_no_vae_encoder() -> None:
+    """Wan text-to-video decodes only: its VAE is built without the encoder the image-to-video pipeline needs
+    (53.6 M parameters at Wan 2.1 size, counted here on the meta device), so T2V memory does not grow."""
+    import torch
+
+    from harness.run.native_runner import plan_native_run
+    from native_models.models.autoencoder_kl_wan import AutoencoderKLWan, AutoencoderKLWanDecoder
+
+    case = get_case("wan-tiny")
+    checkpoint = case.build_checkpoint()
+    plan = plan_native_run(checkpoint, case.request())
+    pipeline = plan.pipeline_cls(checkpoint, plan.config)
+    vae = pipeline.get_module("vae")
+    assert isinstance(vae, AutoencoderKLWanDecoder) and vae.encoder is None and vae.quant_conv is None
+    i2v = get_case("wan-i2v-tiny")
+    i2v_plan = plan_native_run(i2v.build_checkpoint(), i2v.request())
+    assert type(i2v_plan.pipeline_cls(i2v.build_checkpoint(), i2v_plan.config).get_module("vae")) is AutoencoderKLWan
+    with torch.device("meta"):  # Wan 2.1's VAE: AutoencoderKLWanConfig's defaults
+        full = sum(p.numel() for p in AutoencoderKLWan.from_config({}).parameters())
+        decoder = sum(p.numel() for p in AutoencoderKLWanDecoder.from_config({}).parameters())
+    print(f"Wan 2.1 VAE: {full / 1e6:.1f} M parameters with the encoder, {decoder / 1e6:.1f} M without")
+    assert 53.0e6 < full - decoder < 54.0e6

@@ -20,12 +20,20 @@ from native_models.parallel.mesh import ParallelMesh
 # Diffusers/transformers class name -> "module:NativeClass"
 MODEL_CLASSES: dict[str, str] = {
     "CLIPTextModel": "native_models.models.clip_text:CLIPTextModel",
+    "CLIPVisionModel": "native_models.models.clip_vision:CLIPVisionModel",
+    "CLIPVisionModelWithProjection": "native_models.models.clip_vision:CLIPVisionModelWithProjection",
     "T5EncoderModel": "native_models.models.t5_encoder:T5EncoderModel",
     "UMT5EncoderModel": "native_models.models.t5_encoder:UMT5EncoderModel",
+    "Qwen2_5_VLForConditionalGeneration": "native_models.models.qwen_text:Qwen2_5_VLForConditionalGeneration",
+    "Qwen3Model": "native_models.models.qwen_text:Qwen3Model",
+    "Qwen3ForCausalLM": "native_models.models.qwen_text:Qwen3ForCausalLM",
     "FluxTransformer2DModel": "native_models.models.flux_transformer:FluxTransformer2DModel",
     "WanTransformer3DModel": "native_models.models.wan_transformer:WanTransformer3DModel",
+    "QwenImageTransformer2DModel": "native_models.models.qwenimage_transformer:QwenImageTransformer2DModel",
+    "ZImageTransformer2DModel": "native_models.models.zimage_transformer:ZImageTransformer2DModel",
     "AutoencoderKL": "native_models.models.autoencoder_kl:AutoencoderKL",
     "AutoencoderKLWan": "native_models.models.autoencoder_kl_wan:AutoencoderKLWan",
+    "AutoencoderKLQwenImage": "native_models.models.autoencoder_kl_qwenimage:AutoencoderKLQwenImage",
 }
 SCHEDULER_CLASSES: dict[str, str] = {
     "FlowMatchEulerDiscreteScheduler": "native_models.schedulers.flow_match_euler:FlowMatchEulerScheduler",
@@ -33,6 +41,13 @@ SCHEDULER_CLASSES: dict[str, str] = {
 }
 TOKENIZER_CLASSES = {
     "CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "AutoTokenizer", "TokenizersBackend",
+    "Qwen2Tokenizer", "Qwen2TokenizerFast",  # Qwen-Image (Qwen2.5-VL) and Z-Image (Qwen3)
+}
+# Image preprocessors, computed natively from their preprocessor_config.json (no transformers import). transformers
+# 5 without torchvision names the CLIP one `CLIPImageProcessorPil`; both names compute the same (PIL backend).
+PROCESSOR_CLASSES: dict[str, str] = {
+    "CLIPImageProcessor": "native_models.clip_image_processor:CLIPImageProcessor",
+    "CLIPImageProcessorPil": "native_models.clip_image_processor:CLIPImageProcessor",
 }
 
 
@@ -47,7 +62,8 @@ def model_class(class_name: str) -> type:
 
 
 def is_known_class(class_name: str) -> bool:
-    return class_name in MODEL_CLASSES or class_name in SCHEDULER_CLASSES or class_name in TOKENIZER_CLASSES
+    return (class_name in MODEL_CLASSES or class_name in SCHEDULER_CLASSES or class_name in TOKENIZER_CLASSES
+            or class_name in PROCESSOR_CLASSES)
 
 
 def load_tokenizer(folder: Path) -> Any:
@@ -78,20 +94,26 @@ def load_scheduler(class_name: str, folder: Path) -> Any:
         raise CheckpointError(f"{folder / 'scheduler_config.json'}: {exc}") from None
 
 
+def load_processor(class_name: str, folder: Path) -> Any:
+    """An image processor built natively from its preprocessor_config.json."""
+    return _import(PROCESSOR_CLASSES[class_name]).from_pretrained(folder)
+
+
 def load_native_component(
     name: str, class_name: str, checkpoint: Path, dtype: torch.dtype, device: torch.device,
-    mesh: ParallelMesh | None = None,
+    mesh: ParallelMesh | None = None, native_class: str | None = None,
 ) -> Any:
     """Build component `name` of a checkpoint with the native class for `class_name`.
 
     With a parallel `mesh`, a model component is loaded whole and keeps only this rank's shard (its class's
-    `_tp_plan` / `_sp_plan`, native_models/parallel).
+    `_tp_plan` / `_sp_plan`, native_models/parallel). `native_class` ("module:Class") replaces the class
+    MODEL_CLASSES names for a model component (a pipeline's reduced variant, `ComposedPipeline._native_classes`).
     """
     folder = checkpoint / name
     if not folder.is_dir():
         raise CheckpointError(f"model_index.json names component '{name}' but {folder} does not exist")
     if class_name in MODEL_CLASSES:
-        cls = _import(MODEL_CLASSES[class_name])
+        cls = _import(native_class or MODEL_CLASSES[class_name])
         if mesh is not None and mesh.is_parallel:
             from native_models.parallel.plan import load_parallel_component
 
@@ -101,4 +123,6 @@ def load_native_component(
         return load_scheduler(class_name, folder)
     if class_name in TOKENIZER_CLASSES:
         return load_tokenizer(folder)
+    if class_name in PROCESSOR_CLASSES:
+        return load_processor(class_name, folder)
     raise CheckpointError(f"model_index.json names unknown class '{class_name}' for component '{name}'")

@@ -23,12 +23,23 @@ class TextEncoderSpec:
 
     encoder: str  # component name in model_index.json, e.g. "text_encoder_2"
     tokenizer: str  # e.g. "tokenizer_2"
-    output: str  # "pooler_output" or "last_hidden_state"
+    output: str  # "pooler_output", "last_hidden_state" or "hidden_states" (then `hidden_state` picks one)
     trace_field: str  # canonical trace name of the positive embedding, e.g. "prompt_embeds"
     max_length: int | None = None  # fixed token budget; None: see below
     length_from_tokenizer: bool = False  # True: the tokenizer's model_max_length (CLIP: 77); else the request's
     attention_mask: bool = False  # give the encoder the tokenizer's padding mask (Wan's UMT5; FLUX's T5 gets none)
     zero_padding: bool = False  # zero the embeddings past each prompt's token count (Wan), after the dtype cast
+    # --- decoder-only chat LLMs (Qwen-Image's Qwen2.5-VL, Z-Image's Qwen3): ---
+    template: str | None = None  # `template.format(prompt)` is tokenized (a system prompt around the user's)
+    padding: str = "max_length"  # or "longest": pad to the call's longest prompt (each cut to the budget first)
+    hidden_state: int | None = None  # with output "hidden_states": transformers' `hidden_states[hidden_state]`
+    # keep each prompt's own tokens (where the padding mask is 1, whichever side the padding is on), drop the
+    # first `drop_tokens` of them (the template's), and right-pad every prompt with zeros to the longest: the
+    # stage then also writes the 1/0 mask of the kept tokens (`Req.prompt_masks`), recorded as `mask_field`
+    keep_real_tokens: bool = False
+    drop_tokens: int = 0
+    mask_field: str | None = None  # canonical trace name of that mask, e.g. "prompt_embeds_mask"
+    trim_to_request: bool = False  # cut the kept tokens (and mask) to the request's max_sequence_length
 
 
 @dataclass
@@ -69,6 +80,8 @@ class PipelineConfig:
 
     text_encoders: tuple[TextEncoderSpec, ...] = ()
     timestep_divisor: float = 1.0  # scheduler timesteps are divided by this before the DiT sees them
+    # image-conditioned families: which entry of the image encoder's hidden states the DiT gets (Wan: penultimate)
+    image_hidden_state: int = -2
 
     def check_request(self, batch: Req) -> None:
         """Reject a request this model cannot run (raise RequestError naming the value); default: accept."""
@@ -80,6 +93,10 @@ class PipelineConfig:
 
     def postprocess_text(self, spec: TextEncoderSpec, outputs: Any) -> torch.Tensor:
         """Pick the embedding a pipeline uses from an encoder's outputs."""
+        if spec.output == "hidden_states":
+            if spec.hidden_state is None:
+                raise ValueError(f"{spec.encoder}: output 'hidden_states' needs a hidden_state index")
+            return outputs.hidden_states[spec.hidden_state]
         return getattr(outputs, spec.output)
 
     # ---- latents ----
@@ -119,6 +136,19 @@ class PipelineConfig:
         """Rotary position inputs (ids or frequencies) of the DiT; computed once per request."""
         return {}
 
+    def run_transformer(
+        self, transformer: Any, model_input: torch.Tensor, timestep: torch.Tensor, cond_kwargs: dict[str, Any],
+        uncond_kwargs: dict[str, Any] | None, shared_kwargs: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """The DiT's conditional output and, under true CFG (`uncond_kwargs` given), its unconditional output at
+        one step, both in the latents' layout. Default: one call per pass with the keywords `hidden_states` and
+        `timestep` (FLUX, Wan, Qwen-Image); a DiT that takes other arguments or batches both passes in one call
+        (Z-Image) overrides this."""
+        shared = {"hidden_states": model_input, "timestep": timestep, **shared_kwargs}
+        cond = transformer(**shared, **cond_kwargs)
+        uncond = None if uncond_kwargs is None else transformer(**shared, **uncond_kwargs)
+        return cond, uncond
+
     def prepare_model_input(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
         """The DiT's `hidden_states` at a step: the latents in the model dtype (a no-op unless `latent_dtype`
         differs from it)."""
@@ -136,6 +166,37 @@ class PipelineConfig:
         """Classifier-free guidance: move from the unconditional towards the conditional prediction."""
         return uncond + scale * (cond - uncond)
 
+    def finish_noise_pred(self, noise_pred: torch.Tensor, batch: Req) -> torch.Tensor:
+        """The (guided) prediction as the scheduler steps with it; default: unchanged (Z-Image negates it)."""
+        return noise_pred
+
+    # ---- experts (two-transformer families) ----
+    def select_expert(self, t: torch.Tensor, batch: Req) -> int:
+        """Index of the transformer that denoises at scheduler timestep `t` (0: `transformer`, 1: `transformer_2`)."""
+        return 0
+
+    def expert_cfg_scale(self, expert: int, batch: Req) -> float:
+        """The CFG scale used with transformer `expert` (default: the request's one scale)."""
+        return batch.true_cfg_scale
+
+    # ---- image conditioning (image-to-video families) ----
+    def prepare_condition_video(self, image: Any, batch: Req) -> torch.Tensor:
+        """The conditioning image as the pixel video the VAE encodes, (1, 3, F, H, W) float32 in [-1, 1]."""
+        raise NotImplementedError(f"{type(self).__name__} takes no conditioning image")
+
+    def normalize_condition_latents(self, latents: torch.Tensor, vae: Any, batch: Req) -> torch.Tensor:
+        """VAE-encoded conditioning latents -> the DiT's latent space (the inverse of the decode denormalisation)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no conditioning image")
+
+    def prepare_condition_mask(self, batch: Req, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """Mask channels telling the DiT which latent frames are given, for latents of `latent_shape`."""
+        raise NotImplementedError(f"{type(self).__name__} takes no conditioning image")
+
+    def join_condition(self, mask: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """`Req.condition` from the mask channels and the conditioning latents (recorded apart as latents/mask
+        and latents/condition): the mask first, as WanImageToVideoPipeline concatenates them."""
+        return torch.cat([mask, latents], dim=1)  # (B, C_mask + C_lat, T, h, w)
+
     # ---- decoding ----
     def get_decode_scale_and_shift(self, vae: Any) -> tuple[float | torch.Tensor, float | torch.Tensor]:
         """Latents are divided by scale then shifted before decoding (floats, or per-channel tensors)."""
@@ -145,6 +206,11 @@ class PipelineConfig:
         """Latents after the loop -> spatial latents for the VAE."""
         assert batch.raw_latent_shape is not None  # guaranteed by DecodingStage.reads
         return self.unpack_latents(latents, batch.raw_latent_shape)
+
+    def vae_output(self, decoded: torch.Tensor, batch: Req) -> torch.Tensor:
+        """The VAE's raw output -> the decoded image or video the pipeline keeps (Qwen-Image's video VAE decodes
+        one frame: it takes frame 0); default: unchanged. Recorded as `decode/image`."""
+        return decoded
 
     def post_decoding(self, image: torch.Tensor, batch: Req) -> torch.Tensor:
         """VAE output in about [-1, 1] -> frames in [0, 1]."""

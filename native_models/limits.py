@@ -45,7 +45,8 @@ def _check_prompt(name: str, value: object, optional: bool) -> None:
 
 def check_request_limits(*, height: object, width: object, steps: object, seed: object, frames: object = 1,
                          batch_size: object = 1, guidance_scale: object = 0.0, true_cfg_scale: object = 1.0,
-                         max_sequence_length: object = 1, prompt: object = "", negative_prompt: object = None) -> None:
+                         max_sequence_length: object = 1, prompt: object = "", negative_prompt: object = None,
+                         extra_prompts: object = ()) -> None:
     """Raise RequestError (one line naming the value) when a request field is of the wrong type or out of
     bounds; see the module docstring for why."""
     h = _check_int("height", height, 1, MAX_SIDE)
@@ -61,6 +62,10 @@ def check_request_limits(*, height: object, width: object, steps: object, seed: 
     _check_float("true_cfg_scale", true_cfg_scale)
     _check_prompt("prompt", prompt, optional=False)
     _check_prompt("negative_prompt", negative_prompt, optional=True)
+    if not isinstance(extra_prompts, tuple | list):
+        raise RequestError(f"extra_prompts must be a list of strings, got {type(extra_prompts).__name__}")
+    for extra in extra_prompts:
+        _check_prompt("extra prompt", extra, optional=False)
 
 
 def check_batch_limits(batch: Any) -> None:

@@ -3,9 +3,12 @@
 transformers' TokenizersBackend turns `tokenizer(prompts, padding="max_length", max_length=L, truncation=True)`
 into three things on its Rust backend: enable truncation (longest_first, stride 0, the tokenizer's truncation
 side), enable padding (to L with its pad token, on its padding side), and `encode_batch` with special tokens.
-PromptTokenizer makes the same three calls on the same backend, so a run that only needs token ids does not
-have to import transformers (about a second of a verify run). The backend and its settings come from
-native_models/tokenizer_cache.py, which exports them from the tokenizer transformers built.
+`padding=True` / `"longest"` (Qwen-Image) pads to the batch's longest prompt instead (the backend's padding with
+no length). PromptTokenizer makes the same calls on the same backend, so a run that only needs token ids does
+not have to import transformers (about a second of a verify run). The backend and its settings come from
+native_models/tokenizer_cache.py, which exports them from the tokenizer transformers built; the settings carry
+the tokenizer's chat template and named special tokens, so `apply_chat_template` renders what transformers
+renders (native_models/chat_template.py).
 """
 
 from __future__ import annotations
@@ -31,9 +34,13 @@ class TokenizerSettings:
     padding_side: str
     truncation_side: str
     split_special_tokens: bool
+    chat_template: str | None = None  # the Jinja chat template (its "default" one), if the tokenizer has one
+    special_tokens: tuple[tuple[str, str], ...] = ()  # named special tokens (bos_token, ...) a template may read
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data["special_tokens"] = dict(self.special_tokens)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenizerSettings:
@@ -51,7 +58,13 @@ class TokenizerSettings:
             raise ValueError("settings: padding/truncation side is not left or right")
         if not isinstance(data["split_special_tokens"], bool):
             raise ValueError("settings: split_special_tokens is not a boolean")
-        return cls(**data)
+        if data["chat_template"] is not None and not isinstance(data["chat_template"], str):
+            raise ValueError("settings: chat_template is not a string")
+        special = data["special_tokens"]
+        if not isinstance(special, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in special.items()):
+            raise ValueError("settings: special_tokens is not a mapping of strings")
+        return cls(**{**data, "special_tokens": tuple(sorted(special.items()))})
 
 
 @dataclass
@@ -75,11 +88,32 @@ class PromptTokenizer:
     def model_max_length(self) -> int:
         return self.settings.model_max_length
 
-    def __call__(self, prompts: list[str], padding: str = "max_length", max_length: int | None = None,
+    @property
+    def padding_side(self) -> str:
+        return self.settings.padding_side
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], tokenize: bool = False,
+                            add_generation_prompt: bool = False, **kwargs: Any) -> str:
+        """The conversation wrapped in the tokenizer's chat template, as a string (transformers' call with
+        `tokenize=False`; no tools, no documents)."""
+        if tokenize:
+            raise NotImplementedError("PromptTokenizer.apply_chat_template returns the string (tokenize=False)")
+        if self.settings.chat_template is None:
+            raise CheckpointError(f"{self.name} has no chat template")
+        from native_models.chat_template import render_chat_template
+
+        return render_chat_template(self.settings.chat_template, conversation, add_generation_prompt,
+                                    dict(self.settings.special_tokens), **kwargs)
+
+    def __call__(self, prompts: list[str], padding: str | bool = "max_length", max_length: int | None = None,
                  truncation: bool = True, return_tensors: str = "pt", return_attention_mask: bool = True
                  ) -> TokenBatch:
-        if padding != "max_length" or truncation is not True or return_tensors != "pt":
-            raise NotImplementedError("PromptTokenizer pads to max_length, truncates and returns PyTorch tensors")
+        """`padding`: "max_length" pads every prompt to `max_length` (else the tokenizer's limit); True or
+        "longest" pads to the longest prompt of the call, each cut to `max_length` first."""
+        longest = padding is True or padding == "longest"
+        if not (longest or padding == "max_length") or truncation is not True or return_tensors != "pt":
+            raise NotImplementedError("PromptTokenizer pads (to max_length or the longest prompt), truncates and "
+                                      "returns PyTorch tensors")
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
             raise TypeError("PromptTokenizer takes a list of prompt strings")
         settings = self.settings
@@ -92,7 +126,7 @@ class PromptTokenizer:
                                        direction=settings.truncation_side)
         self.backend.enable_padding(direction=settings.padding_side, pad_id=settings.pad_token_id,
                                     pad_type_id=settings.pad_token_type_id, pad_token=settings.pad_token,
-                                    length=length, pad_to_multiple_of=None)
+                                    length=None if longest else length, pad_to_multiple_of=None)
         self.backend.encode_special_tokens = settings.split_special_tokens
         encodings = self.backend.encode_batch(prompts, add_special_tokens=True, is_pretokenized=False)
         if len({len(encoding.ids) for encoding in encodings}) > 1:  # below its special tokens the backend cuts

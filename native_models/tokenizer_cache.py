@@ -24,7 +24,7 @@ from typing import Any
 
 from native_models.prompt_tokenizer import PromptTokenizer, TokenizerSettings
 
-CACHE_FORMAT = "diffparity-tokenizer/1"
+CACHE_FORMAT = "diffparity-tokenizer/2"  # 2: chat template and named special tokens
 MAX_HASHED_BYTES = 256 * 2**20  # real tokenizer folders hold a few MB; a folder past this is not cached
 _CALL_METHODS = ("__call__", "_get_padding_truncation_strategies", "_encode_plus", "set_truncation_and_padding",
                  "_convert_encoding")
@@ -81,12 +81,17 @@ def export_tokenizer(tokenizer: Any) -> dict[str, Any] | None:
         owner = next(klass for klass in cls.__mro__ if name in klass.__dict__)
         if owner not in (TokenizersBackend, PreTrainedTokenizerBase):
             return None
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates: a plain conversation (no tools) uses "default"
+        template = template.get("default")
     try:
         settings = TokenizerSettings(
             model_max_length=int(tokenizer.model_max_length), pad_token=tokenizer.pad_token,
             pad_token_id=tokenizer.pad_token_id, pad_token_type_id=int(tokenizer.pad_token_type_id),
             padding_side=tokenizer.padding_side, truncation_side=tokenizer.truncation_side,
             split_special_tokens=bool(tokenizer.split_special_tokens),
+            chat_template=template if isinstance(template, str) else None,
+            special_tokens=tuple(sorted((str(k), str(v)) for k, v in tokenizer.special_tokens_map.items())),
         )
     except (TypeError, ValueError, OverflowError):  # e.g. model_max_length Infinity in tokenizer_config.json
         return None

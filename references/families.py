@@ -5,4 +5,6 @@ a new family adds its folder under references/ and its line below (tests/test_ar
 FAMILIES: tuple[str, ...] = (
     "references.flux",
     "references.wan",
+    "references.qwenimage",
+    "references.zimage",
 )

@@ -88,6 +88,27 @@ def test_a_fault_breaks_only_the_pipeline_it_is_applied_to(tiny_flux: Path) -> N
         assert torch.equal(again[key], tensor), key.name()
 
 
+@pytest.mark.parametrize("case_name", ["qwenimage-tiny", "zimage-tiny"])
+def test_llm_family_faults_break_only_their_pipeline(case_name: str) -> None:
+    """The same for the LLM-encoder families (their single-rank faults: shard faults refuse one rank)."""
+    case = get_case(case_name)
+    checkpoint = case.build_checkpoint()
+    request = case.request(steps=2, height=32, width=48)
+    clean = Trace()
+    run_native(checkpoint, request, clean)
+    plan = plan_native_run(checkpoint, request)
+    broken = plan.pipeline_cls(checkpoint, plan.config, dtype=plan.batch.dtype, device=plan.batch.device)
+    faults = [fault for fault in faults_for(case.family) if fault.topology == (1, 1)]
+    assert len(faults) >= 10
+    for fault in faults:
+        fault.apply(broken)
+    again = Trace()
+    run_native(checkpoint, request, again)
+    assert again.keys() == clean.keys()
+    for key, tensor in clean.items():
+        assert torch.equal(again[key], tensor), key.name()
+
+
 # ---- diffparity faults ----
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main(argv)

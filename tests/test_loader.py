@@ -27,6 +27,7 @@ from native_models.loader import (
     weight_files,
 )
 from native_models.models.clip_text import CLIPTextModelWithProjection
+from native_models.models.clip_vision import CLIPVisionModelWithProjection
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -36,6 +37,14 @@ def tiny_wan() -> Path:
     from references.wan.tiny import tiny_wan_checkpoint
 
     return tiny_wan_checkpoint(seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_wan_i2v() -> Path:
+    """Wan 2.1 I2V layout: CLIP vision tower, DiT with the image path, the VAE with its encoder."""
+    from references.wan.tiny import TinyWanConfig, tiny_wan_checkpoint
+
+    return tiny_wan_checkpoint(seed=0, config=TinyWanConfig(image_to_video=True))
 
 
 def legacy_load(cls: type, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
@@ -78,18 +87,20 @@ def components(checkpoint: Path) -> list[tuple[str, type]]:
             if class_name in MODEL_CLASSES]
 
 
-def test_every_native_model_class_is_covered(tiny_flux: Path, tiny_wan: Path) -> None:
-    covered = {cls for checkpoint in (tiny_flux, tiny_wan) for _, cls in components(checkpoint)}
-    assert covered == {model_class(name) for name in MODEL_CLASSES}
+def test_every_native_model_class_is_covered(tiny_flux: Path, tiny_wan: Path, tiny_wan_i2v: Path) -> None:
+    """CLIPVisionModelWithProjection is in no tiny checkpoint: test_clip_vision_with_projection_loads_as_before."""
+    covered = {cls for checkpoint in (tiny_flux, tiny_wan, tiny_wan_i2v) for _, cls in components(checkpoint)}
+    assert covered | {CLIPVisionModelWithProjection} == {model_class(name) for name in MODEL_CLASSES}
 
 
 @pytest.mark.parametrize("storage", ["fp32", "bf16"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("family", ["flux", "wan"])
+@pytest.mark.parametrize("family", ["flux", "wan", "wan_i2v"])
 def test_meta_build_and_mmap_give_the_old_modules_bit_for_bit(family: str, dtype: str, storage: str,
-                                                              tiny_flux: Path, tiny_wan: Path, tmp_path: Path) -> None:
+                                                              tiny_flux: Path, tiny_wan: Path, tiny_wan_i2v: Path,
+                                                              tmp_path: Path) -> None:
     """fp16 is no run dtype, but it is where T5 keeps `wo` in fp32: each class's own cast rules plan the dtypes."""
-    checkpoint = tiny_flux if family == "flux" else tiny_wan
+    checkpoint = {"flux": tiny_flux, "wan": tiny_wan, "wan_i2v": tiny_wan_i2v}[family]
     run_dtype = {**DTYPES, "fp16": torch.float16}[dtype]
     for name, cls in components(checkpoint):
         folder = checkpoint / name
@@ -99,8 +110,9 @@ def test_meta_build_and_mmap_give_the_old_modules_bit_for_bit(family: str, dtype
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-def test_resident_bytes_are_known_before_loading(dtype: str, tiny_flux: Path, tiny_wan: Path) -> None:
-    for checkpoint in (tiny_flux, tiny_wan):
+def test_resident_bytes_are_known_before_loading(dtype: str, tiny_flux: Path, tiny_wan: Path,
+                                                 tiny_wan_i2v: Path) -> None:
+    for checkpoint in (tiny_flux, tiny_wan, tiny_wan_i2v):
         for name, cls in components(checkpoint):
             model = load_component(cls, checkpoint / name, DTYPES[dtype])
             held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
@@ -117,6 +129,18 @@ def test_clip_with_projection_loads_as_before(tmp_path: Path) -> None:
     for dtype in DTYPES.values():
         assert_same_modules(load_component(CLIPTextModelWithProjection, tmp_path, dtype),
                             legacy_load(CLIPTextModelWithProjection, tmp_path, dtype))
+
+
+def test_clip_vision_with_projection_loads_as_before(tmp_path: Path) -> None:
+    from transformers import CLIPVisionConfig
+    from transformers import CLIPVisionModelWithProjection as Reference
+
+    torch.manual_seed(0)
+    Reference(CLIPVisionConfig(hidden_size=32, intermediate_size=48, projection_dim=16, num_hidden_layers=2,
+                               num_attention_heads=4, image_size=28, patch_size=7)).save_pretrained(tmp_path)
+    for dtype in DTYPES.values():
+        assert_same_modules(load_component(CLIPVisionModelWithProjection, tmp_path, dtype),
+                            legacy_load(CLIPVisionModelWithProjection, tmp_path, dtype))
 
 
 def test_bf16_stored_weights_are_upcast_in_an_fp32_run(tiny_wan: Path, tmp_path: Path) -> None:

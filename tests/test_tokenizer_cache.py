@@ -45,16 +45,21 @@ LENGTHS = (1, 2, 8, 77, 128, 512)
 
 def _tokenizer_folders() -> dict[str, Path]:
     from references.flux.tiny import tiny_flux_checkpoint
+    from references.qwenimage.tiny import tiny_qwenimage_checkpoint
     from references.wan.tiny import tiny_wan_checkpoint
+    from references.zimage.tiny import tiny_zimage_checkpoint
 
     flux, wan = tiny_flux_checkpoint(seed=0), tiny_wan_checkpoint(seed=0)
     return {"flux-tiny/tokenizer": flux / "tokenizer", "flux-tiny/tokenizer_2": flux / "tokenizer_2",
             "wan-tiny/tokenizer": wan / "tokenizer", "flux-digits/tokenizer": DIGITS / "tokenizer",
-            "flux-digits/tokenizer_2": DIGITS / "tokenizer_2"}
+            "flux-digits/tokenizer_2": DIGITS / "tokenizer_2",
+            "qwenimage-tiny/tokenizer": tiny_qwenimage_checkpoint(seed=0) / "tokenizer",
+            "zimage-tiny/tokenizer": tiny_zimage_checkpoint(seed=0) / "tokenizer"}
 
 
 FOLDERS = ("flux-tiny/tokenizer", "flux-tiny/tokenizer_2", "wan-tiny/tokenizer", "flux-digits/tokenizer",
-           "flux-digits/tokenizer_2")
+           "flux-digits/tokenizer_2", "qwenimage-tiny/tokenizer", "zimage-tiny/tokenizer")
+QWEN_FOLDERS = ("qwenimage-tiny/tokenizer", "zimage-tiny/tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +113,32 @@ def test_generated_prompts_tokenize_identically(pair: tuple[PromptTokenizer, obj
                                                 length: int) -> None:
     native, reference = pair
     _assert_same(native, reference, prompts, length)
+
+
+@pytest.mark.parametrize("name", QWEN_FOLDERS)
+def test_qwen_padding_to_the_longest_and_chat_template_match_transformers(folders: dict[str, Path], name: str,
+                                                                           tmp_path: Path) -> None:
+    """Qwen-Image pads a call's prompts to the longest (`padding=True`) on the tokenizer's side (left for the
+    tiny ones); Z-Image wraps each prompt in the tokenizer's chat template: the cached tokenizer does both as
+    transformers does, warm (no transformers) included."""
+    folder = folders[name]
+    load_cached_tokenizer(folder, load_transformers_tokenizer, tmp_path)
+    native = load_cached_tokenizer(folder, _refuse, tmp_path)
+    reference = load_transformers_tokenizer(folder)
+    assert isinstance(native, PromptTokenizer) and native.padding_side == reference.padding_side == "left"
+    batches = [EDGE_PROMPTS, ["a cat", "a red fox in the snow at night"], ["<|im_start|>user\nhi<|im_end|>"]]
+    for prompts in batches:
+        for padding in (True, "longest"):
+            theirs = reference(prompts, padding=padding, max_length=40, truncation=True, return_tensors="pt")
+            ours = native(prompts, padding=padding, max_length=40, truncation=True, return_tensors="pt")
+            assert torch.equal(ours.input_ids, theirs.input_ids) and torch.equal(ours.attention_mask,
+                                                                                   theirs.attention_mask)
+    for prompt in [*EDGE_PROMPTS, "{} {{x}} {% raw %}"]:
+        messages = [{"role": "user", "content": prompt}]
+        for thinking in (True, False):
+            assert native.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                              enable_thinking=thinking) == reference.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
 
 
 def test_legacy_vocab_and_merges_folder_is_rebuilt_like_transformers(tmp_path: Path) -> None:

@@ -142,8 +142,9 @@ def test_registered_for_checkpoints() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"added_kv_proj_dim": 32}, "added_kv_proj_dim=32 is not supported: image-to-video"),
-        ({"image_dim": 1280}, "image_dim=1280 is not supported"),
+        # the image path needs both (tests/test_wan_image_transformer.py covers the I2V DiT itself)
+        ({"added_kv_proj_dim": 32}, "image_dim=None and added_kv_proj_dim=32 must be set together"),
+        ({"image_dim": 1280}, "image_dim=1280 and added_kv_proj_dim=None must be set together"),
         ({"qk_norm": "rms_norm"}, "qk_norm='rms_norm' is not supported"),
         ({"attention_head_dim": 15}, "attention_head_dim=15 must be even"),
         ({"window_size": [-1, -1]}, r"unsupported Wan transformer config keys \['window_size'\]"),

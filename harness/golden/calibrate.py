@@ -125,24 +125,31 @@ def calibration_requests(case: Case, dtype: str, device: str, seeds: int,
     """seeds 0..N-1 at each size, plus, per seed, one request at the last size with true CFG switched the other
     way from the case's default (on for FLUX, so the negative embeddings and the unconditional DiT output get
     floors too; off for Wan, whose default guides, so unguided runs get floors too) and, for the case's default
-    sizes, one true-CFG request per `Case.calibration_corners` entry (steps, height, width)."""
+    sizes, one true-CFG request per `Case.calibration_corners` entry (steps, height, width) and one request per
+    `Case.calibration_variants` entry (the default request with those fields replaced)."""
     if seeds < 1:
         raise ValueError(f"calibration needs at least 1 seed, got {seeds}")
     base = case.request(dtype=dtype, device=device)
     corners = list(case.calibration_corners) if not sizes and cfg else []
+    variants = list(case.calibration_variants) if not sizes else []
     sizes = sizes or list(case.calibration_sizes) or [(base.height, base.width)]
     requests = []
+    def sized(height: int, width: int) -> GenerationRequest:  # the case's own image follows the size (Case.request)
+        return case.request(dtype=dtype, device=device, height=height, width=width)
+
     for seed in range(seeds):
         for height, width in sizes:
-            requests.append(replace(base, seed=seed, height=height, width=width))
+            requests.append(replace(sized(height, width), seed=seed))
         if cfg:
             height, width = sizes[-1]
             guided = {"negative_prompt": None, "true_cfg_scale": 1.0} if base.do_true_cfg else {
                 "negative_prompt": CFG_NEGATIVE_PROMPT, "true_cfg_scale": CFG_SCALE}
-            requests.append(replace(base, seed=seed, height=height, width=width, **guided))
+            requests.append(replace(sized(height, width), seed=seed, **guided))
         for steps, height, width in corners:
-            requests.append(replace(base, seed=seed, steps=steps, height=height, width=width,
+            requests.append(replace(sized(height, width), seed=seed, steps=steps,
                                     negative_prompt=CFG_NEGATIVE_PROMPT, true_cfg_scale=CFG_SCALE))
+        for overrides in variants:
+            requests.append(replace(base, seed=seed, **dict(overrides)))
     return requests
 
 
@@ -270,7 +277,8 @@ def calibrate(
         "forced_floors": forcing,
         "perturbations": [{"name": p.name, "description": p.description} for p in perturbations],
         "requests": [{"seed": r.seed, "height": r.height, "width": r.width, "steps": r.steps,
-                      "true_cfg": r.do_true_cfg} for r in requests],
+                      "true_cfg": r.do_true_cfg, **({"prompts": len(r.prompts)} if r.extra_prompts else {})}
+                     for r in requests],
         "environment": environment(device, dtype, "torch default"),
         "runtime_s": round(time.perf_counter() - start, 1),
         "records": entries,

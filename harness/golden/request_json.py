@@ -9,6 +9,7 @@ from typing import Any
 
 from harness.golden.errors import GoldenCorrupt
 from harness.run.request import GenerationRequest
+from harness.run.request_image import RequestImage
 
 
 def request_from_dict(data: Any, path: Path | None = None) -> GenerationRequest:
@@ -31,8 +32,12 @@ def request_from_dict(data: Any, path: Path | None = None) -> GenerationRequest:
         "max_sequence_length": lambda v: is_int(v, 1),
         "guidance_scale": lambda v: as_number(v) is not None and math.isfinite(float(v)) and not isinstance(v, str),
         "true_cfg_scale": lambda v: as_number(v) is not None and math.isfinite(float(v)) and not isinstance(v, str),
+        "true_cfg_scale_2": lambda v: v is None or (as_number(v) is not None and math.isfinite(float(v))
+                                                    and not isinstance(v, str)),
+        "image": lambda v: v is None or isinstance(v, dict),
         "dtype": lambda v: v in ("fp32", "bf16"),
         "device": lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"),
+        "extra_prompts": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
     }
     defaults = {f.name: f.default for f in fields(GenerationRequest)}
     for name, value in data.items():
@@ -40,6 +45,8 @@ def request_from_dict(data: Any, path: Path | None = None) -> GenerationRequest:
         if not check(value):
             raise GoldenCorrupt(f"{where}request field {name} = {str(value)[:40]!r} is invalid")
     try:
+        if data.get("image") is not None:  # the same pixels again: regenerated or re-read, sha256 checked
+            data = {**data, "image": RequestImage.from_dict(data["image"])}
         return GenerationRequest(**data)
     except (TypeError, ValueError) as exc:
         raise GoldenCorrupt(f"{where}the request is invalid ({_one_line(exc)})") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness.families import FamilyRegistry
 from harness.run.request import GenerationRequest
+from harness.run.request_image import refit_synthetic
 from harness.trace.memory import Trace
 
 ProgressCallback = Callable[[int, int], None]
@@ -43,10 +44,23 @@ class Case:
     # (steps, height, width): per seed, one more true-CFG request at a corner the sizes miss (harness/golden/
     # calibrate.py), measured only when the caller names no sizes
     calibration_corners: tuple[tuple[int, int, int], ...] = ()
+    # per seed, one more request per entry: the default request with these (field, value) pairs replaced, for a
+    # path the sizes and corners miss (e.g. prompts of different lengths in one batch: padding masks), measured
+    # only when the caller names no sizes
+    calibration_variants: tuple[tuple[tuple[str, object], ...], ...] = ()
+    # the fewest denoising steps the case's reference can run (Qwen-Image's terminal sigma shift needs 2); the
+    # false-alarm campaign draws its step counts from here
+    min_steps: int = 1
 
     def request(self, **overrides: object) -> GenerationRequest:
-        """The default request with the given non-None fields replaced."""
-        return replace(self.default_request, **{k: v for k, v in overrides.items() if v is not None})
+        """The default request with the given non-None fields replaced. A case's own synthetic conditioning
+        image follows a new size (harness/run/request_image.py `refit_synthetic`); a given image is kept."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        base = self.default_request
+        height, width = changes.get("height", base.height), changes.get("width", base.width)
+        if "image" not in changes and isinstance(height, int) and isinstance(width, int) and height > 0 < width:
+            changes["image"] = refit_synthetic(base.image, height, width)
+        return replace(base, **changes)
 
 
 # name -> case, in declaration order (the families' order in references/families.py, then each module's)

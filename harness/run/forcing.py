@@ -1,9 +1,12 @@
 """Teacher forcing: run native stages from the reference's inputs, so each error is charged where it is made.
 
 Stage level: the denoising stage gets the reference's prompt embeddings (per encoder, in the config's
-`text_encoders` order, read from the reference trace under each encoder's `trace_field`), its sigma and
-timestep schedule (installed into the native scheduler) and its initial latents; the decoding stage gets the
-reference's final latents. Step level: denoising step i starts from the reference's latents after step i-1
+`text_encoders` order, read from the reference trace under each encoder's `trace_field`, with the real-token mask
+under `mask_field` for the encoders that keep one), its sigma and
+timestep schedule (installed into the native scheduler) and its initial latents, and, for image-conditioned
+pipelines, its image tokens (`encode/image_embeds`) and conditioning channels (`latents/mask` and
+`latents/condition`, joined by the config's `join_condition`); the decoding stage gets the reference's final
+latents. Step level: denoising step i starts from the reference's latents after step i-1
 (the initial latents for step 0), so its records are the local error of that one step. A multistep scheduler
 (one with `warm_start`, e.g. Wan's UniPC) also starts step i from the reference's history: its state is rebuilt
 from the reference's guided noise predictions and latents of steps 0..i-1.
@@ -22,6 +25,7 @@ import torch
 
 from harness.trace.keys import RecordKey
 from harness.trace.memory import Trace
+from native_models.configs import TextEncoderSpec
 from native_models.pipeline import ComposedPipeline
 from native_models.req import Req
 from native_models.stages.decoding import DecodingStage
@@ -76,13 +80,28 @@ def forced_batch(pipeline: ComposedPipeline, template: Req, reference: Trace) ->
     def cast(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(device=device, dtype=dtype)
 
+    def mask(spec: TextEncoderSpec, prefix: str) -> torch.Tensor | None:  # the real-token mask, kept integer
+        if spec.mask_field is None:
+            return None
+        return _need(reference, RecordKey("encode", f"{prefix}{spec.mask_field}")).to(device=device)
+
     specs = pipeline.config.text_encoders
     batch = replace(template, extra={}, recorder=None, output=None)
     batch.prompt_embeds = [cast(_need(reference, RecordKey("encode", spec.trace_field))) for spec in specs]
+    batch.prompt_masks = [mask(spec, "") for spec in specs]
     if batch.do_true_cfg:
         batch.negative_prompt_embeds = [
             cast(_need(reference, RecordKey("encode", f"negative_{spec.trace_field}"))) for spec in specs
         ]
+        batch.negative_prompt_masks = [mask(spec, "negative_") for spec in specs]
+    image_embeds = reference.get(RecordKey("encode", "image_embeds"))
+    if image_embeds is not None:
+        batch.image_embeds = cast(image_embeds)
+    condition = reference.get(RecordKey("latents", "condition"))
+    if condition is not None:
+        condition_mask = _need(reference, RecordKey("latents", "mask"))
+        joined = pipeline.config.join_condition(condition_mask, condition)
+        batch.condition = joined.to(device=device, dtype=latent_dtype)
     initial = _need(reference, RecordKey("latents", "initial"))
     batch.raw_latent_shape = tuple(initial.shape)
     batch.latents = pipeline.config.pack_latents(initial.to(device=device, dtype=latent_dtype))

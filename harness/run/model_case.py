@@ -27,9 +27,11 @@ def model_label(model: str, checkpoint: Path) -> str:
     return safe[-80:] or "model"
 
 
-def request_from_params(params: SamplingParams) -> GenerationRequest:
-    """The family's sampling defaults as the request both sides run."""
-    return GenerationRequest(
+def request_from_params(params: SamplingParams, base: GenerationRequest) -> GenerationRequest:
+    """The family's sampling defaults as the request both sides run; what SamplingParams does not hold (an
+    image-to-video case's conditioning picture) comes from the family case's request `base`."""
+    return replace(
+        base,
         prompt=params.prompt, seed=params.seed, steps=params.num_inference_steps, height=params.height,
         width=params.width, frames=params.num_frames, guidance_scale=params.guidance_scale,
         negative_prompt=params.negative_prompt, true_cfg_scale=params.true_cfg_scale,
@@ -50,7 +52,7 @@ def model_case(model: str, checkpoint: Path) -> Case:
         name=f"{entry.family}@{model_label(model, checkpoint)}",
         description=f"{model}: {entry.family} checkpoint, request defaults from {entry.sampling_param_cls.__name__}",
         build_checkpoint=lambda: checkpoint,
-        default_request=request_from_params(params),
+        default_request=request_from_params(params, template.default_request),
         expects_picture=False,  # decided per run by --expect (harness/run/expectation.py)
         calibration_sizes=(),
         calibration_corners=(),

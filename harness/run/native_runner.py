@@ -20,9 +20,17 @@ from harness.run.forcing import run_forced, unsupported_reason
 from harness.run.request import GenerationRequest
 from harness.trace.memory import Trace
 from native_models.attention import get_attention_backend
-from native_models.components import MODEL_CLASSES, SCHEDULER_CLASSES, is_known_class, load_scheduler, model_class
+from native_models.components import (
+    MODEL_CLASSES,
+    PROCESSOR_CLASSES,
+    SCHEDULER_CLASSES,
+    is_known_class,
+    load_processor,
+    load_scheduler,
+    model_class,
+)
 from native_models.configs import PipelineConfig
-from native_models.errors import CheckpointError
+from native_models.errors import CheckpointError, RequestError
 from native_models.loader import check_component, read_model_index
 from native_models.parallel.mesh import SINGLE, ParallelMesh
 from native_models.pipeline import ComposedPipeline, pipeline_class_for
@@ -52,7 +60,18 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
     entry = get_configs(model_name or str(checkpoint), pipeline_cls.pipeline_name)
     config = entry.pipeline_config_cls()
     pipeline_cls.configure(config, checkpoint)
-    params = entry.sampling_param_cls().updated(
+    conditioning: dict[str, object] = {}  # fields only some families' sampling params have: given when set
+    if request.true_cfg_scale_2 is not None:
+        conditioning["true_cfg_scale_2"] = request.true_cfg_scale_2
+    if request.image is not None:
+        conditioning["image"] = request.image.to_pil()
+    try:
+        params = entry.sampling_param_cls().updated(**conditioning)
+    except TypeError:  # the family's SamplingParams has no such field: the model cannot take it
+        names = " and ".join({"true_cfg_scale_2": "second CFG scale (--true-cfg-2)", "image": "image (--image)"}[name]
+                             for name in conditioning)
+        raise RequestError(f"{pipeline_cls.pipeline_name} takes no {names}") from None
+    params = params.updated(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
         seed=request.seed,
@@ -65,9 +84,11 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
         num_frames=request.frames,
     )
     params.negative_prompt = request.negative_prompt  # verbatim, None included: both sides run the same request
+    prompts = [params.prompt, *request.extra_prompts]  # each prompt's images next to each other, as Diffusers
     batch = Req(
-        prompt=[params.prompt] * request.batch_size,
-        negative_prompt=[params.negative_prompt] * request.batch_size if params.negative_prompt is not None else None,
+        prompt=[prompt for prompt in prompts for _ in range(request.batch_size)],
+        negative_prompt=(None if params.negative_prompt is None
+                         else [params.negative_prompt] * (request.batch_size * len(prompts))),
         height=params.height,
         width=params.width,
         num_inference_steps=params.num_inference_steps,
@@ -76,6 +97,8 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
         true_cfg_scale=params.true_cfg_scale,
         max_sequence_length=params.max_sequence_length,
         num_frames=params.num_frames,
+        image=getattr(params, "image", None),
+        true_cfg_scale_2=getattr(params, "true_cfg_scale_2", None),
         dtype=DTYPES[request.dtype],
         device=torch.device(request.device),
     )
@@ -86,7 +109,8 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
 def check_components(checkpoint: Path, pipeline_cls: type[ComposedPipeline]) -> None:
     """Every component class in model_index.json is known, the required ones are present, each model
     component's config builds its native class within the size of its weights (on the meta device) and its
-    safetensors headers are sound, and the scheduler config parses (no tensor data read)."""
+    safetensors headers are sound, the scheduler config parses and an image processor's config reads (no tensor
+    data read). Optional components the checkpoint names (a second expert, an image encoder) are checked alike."""
     components = read_model_index(checkpoint)
     for name, (_, class_name) in components.items():
         if not is_known_class(class_name):
@@ -94,12 +118,15 @@ def check_components(checkpoint: Path, pipeline_cls: type[ComposedPipeline]) -> 
     missing = [name for name in pipeline_cls._required_config_modules if name not in components]
     if missing:
         raise CheckpointError(f"{checkpoint / 'model_index.json'} lacks required component(s) {', '.join(missing)}")
-    for name in pipeline_cls._required_config_modules:
+    optional = [name for name in pipeline_cls._optional_config_modules if name in components]
+    for name in (*pipeline_cls._required_config_modules, *optional):
         class_name = components[name][1]
         if class_name in MODEL_CLASSES:
             check_component(model_class(class_name), checkpoint / name)
         elif class_name in SCHEDULER_CLASSES:
             load_scheduler(class_name, checkpoint / name)
+        elif class_name in PROCESSOR_CLASSES:
+            load_processor(class_name, checkpoint / name)
 
 
 def check_safetensors_header(file: Path) -> None:

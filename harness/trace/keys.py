@@ -17,11 +17,15 @@ SCHEMA_VERSION = 2
 FORMAT = "diffparity-trace"
 
 # Within a stage (and within one denoising step) records are ordered as the pipeline produces them.
+# Image-to-video adds `encode/image_embeds` (the image encoder's tokens the DiT attends to), `latents/mask` and
+# `latents/condition` (the mask channels and VAE-encoded conditioning latents concatenated to the noisy latents);
+# two-expert models add `denoise/expert` (int64 (1,): which transformer ran the step, compared exactly).
 FIELD_ORDER = {
-    "encode": ("pooled_prompt_embeds", "prompt_embeds", "negative_pooled_prompt_embeds", "negative_prompt_embeds"),
+    "encode": ("pooled_prompt_embeds", "prompt_embeds", "negative_pooled_prompt_embeds", "negative_prompt_embeds",
+               "image_embeds"),
     "timesteps": ("sigmas", "timesteps"),
-    "latents": ("initial",),
-    "denoise": ("transformer_output", "transformer_output_uncond", "noise_pred", "latents"),
+    "latents": ("initial", "mask", "condition"),
+    "denoise": ("expert", "transformer_output", "transformer_output_uncond", "noise_pred", "latents"),
     "decode": ("latents", "image"),
 }
 

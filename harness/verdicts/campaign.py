@@ -62,6 +62,8 @@ class CampaignRun:
         cfg: dict[str, Any] = {"negative_prompt": CFG_NEGATIVE_PROMPT, "true_cfg_scale": CFG_SCALE} if self.cfg else {}
         base = case.request(seed=self.seed, height=self.size[0], width=self.size[1], steps=self.steps,
                             dtype=self.dtype, **cfg)
+        if not self.cfg:  # a case whose default request is guided (Wan: CFG 5) runs unguided too
+            base = replace(base, negative_prompt=None, true_cfg_scale=1.0, true_cfg_scale_2=None)
         return replace(base, batch_size=self.batch)
 
     def label(self) -> str:
@@ -72,12 +74,17 @@ class CampaignRun:
         return {axis: getattr(self, axis) for axis in AXES}
 
 
-def campaign_plan(runs: int, plan_seed: int = 0) -> list[CampaignRun]:
+def campaign_axes(min_steps: int = 1) -> dict[str, tuple[Any, ...]]:
+    """The axes, with step counts from the case's fewest (`Case.min_steps`) up to 8."""
+    return {**AXES, "steps": tuple(s for s in AXES["steps"] if s >= min_steps)}
+
+
+def campaign_plan(runs: int, plan_seed: int = 0, min_steps: int = 1) -> list[CampaignRun]:
     """`runs` runs whose axis values are balanced (each value equally often, +-1) and shuffled per axis."""
     if runs < 1:
         raise ValueError(f"a campaign needs at least 1 run, got {runs}")
     columns: dict[str, list[Any]] = {}
-    for number, (axis, values) in enumerate(AXES.items()):
+    for number, (axis, values) in enumerate(campaign_axes(min_steps).items()):
         column = [values[i % len(values)] for i in range(runs)]
         random.Random(plan_seed * 1000 + number).shuffle(column)
         columns[axis] = column
@@ -172,7 +179,7 @@ def campaign_summary(case: Case, plan_seed: int, result: CampaignResult) -> dict
         "case": case.name,
         "plan_seed": plan_seed,
         "axes": {axis: ["x".join(map(str, v)) if isinstance(v, tuple) else v for v in values]
-                 for axis, values in AXES.items()},
+                 for axis, values in campaign_axes(case.min_steps).items()},
         "runs": result.grid.runs,
         "failures": len(result.failures),
         "failed_runs": result.failures,
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         case = get_case(args.case)
-        plan = campaign_plan(args.runs, args.plan_seed)
+        plan = campaign_plan(args.runs, args.plan_seed, case.min_steps)
     except (CaseError, ValueError) as exc:
         print(f"python -m harness.verdicts.campaign: error: {exc}", file=sys.stderr)
         return 2

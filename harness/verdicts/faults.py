@@ -56,6 +56,9 @@ class Fault:
     needs_cfg: bool = False
     needs_nonsquare: bool = False
     families: tuple[str, ...] = ()  # model families whose pipelines the mutation knows how to break
+    # the cases (of those families) whose pipelines have the part the fault breaks (empty: every case), e.g. a
+    # second expert or an image encoder that other checkpoints of the family lack
+    cases: tuple[str, ...] = ()
     raises: bool = False  # the native pipeline refuses the run (StageFieldError naming stage and field)
     dtypes: tuple[str, ...] = DTYPES  # precisions in which the fault exists / is visible
     scope_note: str = ""  # why a precision is not in `dtypes`
@@ -108,9 +111,11 @@ def get_fault(name: str) -> Fault:
     return FAULTS[name]
 
 
-def faults_for(family: str) -> list[Fault]:
-    """The registered faults that know how to break a pipeline of `family`, in registration order."""
-    return [fault for fault in FAULTS.values() if family in fault.families]
+def faults_for(family: str, case: str | None = None) -> list[Fault]:
+    """The registered faults that know how to break a pipeline of `family` (and of `case`, when named: faults
+    limited to other cases of the family are left out), in registration order."""
+    return [fault for fault in FAULTS.values()
+            if family in fault.families and (case is None or not fault.cases or case in fault.cases)]
 
 
 def wrap_after(obj: Any, name: str, after: Callable[[Any], Any]) -> None:

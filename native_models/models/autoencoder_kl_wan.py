@@ -1,19 +1,25 @@
-"""The decoding half of the Wan 2.1 causal 3D video VAE (Diffusers' AutoencoderKLWan).
+"""The Wan 2.1 causal 3D video VAE (Diffusers' AutoencoderKLWan): decoder and encoder.
 
 Latents (B, z_dim, T, h, w) decode to video (B, 3, 1 + 4 * (T - 1), 8h, 8w) in [-1, 1]. The decoder is causal in
 time: latent frames are decoded one at a time, and every 3-frame temporal convolution sees the last input frames
 of the previous step through a `StreamCache` (zero frames before the start). The first latent frame becomes one
 video frame, every later one four (two temporal x2 upsamplers that skip the first frame).
 
-Module and parameter names equal Diffusers' state-dict keys, so a checkpoint loads strictly once the encoder's keys
-are dropped by `convert_checkpoint_keys`. Op order, layouts and dtype casts follow Diffusers, so fp32 agrees to
-rounding and bf16 stays bit-close.
+The encoder (image-to-video conditioning) mirrors it: video (B, 3, 1 + 4k, H, W) is encoded in chunks of 1, 4, 4, ...
+frames (Diffusers' `_encode` hard-codes the 4), every causal convolution continuing the previous chunk through the
+same `StreamCache`; each temporal x2 downsampler passes the first chunk through and afterwards convolves (stride 2)
+the previous chunk's last frame with the current chunk. `quant_conv` then gives the posterior's mean and log-variance
+(B, 2 z_dim, 1 + k, H/8, W/8); `encode` returns it as a `DiagonalGaussian` (`mode()` is the mean, which
+WanImageToVideoPipeline takes: `retrieve_latents(..., sample_mode="argmax")`).
+
+Module and parameter names equal Diffusers' state-dict keys, so a checkpoint loads strictly. Op order, layouts and
+dtype casts follow Diffusers, so fp32 agrees to rounding and bf16 stays bit-close.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,14 +31,17 @@ from native_models.config_dict import split_config
 # Frames of history a 3-frame causal convolution needs from the previous decode step (Diffusers' CACHE_T).
 CACHE_T = 2
 
-# Config keys that shape only the encoder (attn_scales: Diffusers' Wan decoder never adds attention from it)
-# or training (dropout: decoding runs in eval mode, where dropout is the identity): read and ignored.
-IGNORED_KEYS = frozenset({"in_channels", "attn_scales", "dropout"})
+# Frames per encoder chunk after the first single frame (Diffusers' `_encode`: `1 + (num_frame - 1) // 4` chunks).
+ENCODE_CHUNK = 4
+
+# Config keys that shape only training (dropout: inference runs in eval mode, where dropout is the identity): read
+# and ignored.
+IGNORED_KEYS = frozenset({"dropout"})
 
 
 @dataclass(frozen=True)
 class AutoencoderKLWanConfig:
-    """Decoder hyper-parameters, with Diffusers' AutoencoderKLWan defaults (Wan 2.1) for keys left out."""
+    """VAE hyper-parameters, with Diffusers' AutoencoderKLWan defaults (Wan 2.1) for keys left out."""
 
     base_dim: int = 96
     decoder_base_dim: int | None = None
@@ -41,6 +50,8 @@ class AutoencoderKLWanConfig:
     num_res_blocks: int = 2
     temperal_downsample: tuple[bool, ...] = (False, True, True)  # Diffusers' spelling, kept for the key
     out_channels: int = 3
+    in_channels: int = 3
+    attn_scales: tuple[float, ...] = ()  # encoder levels (1.0, 0.5, ...) with attention; the decoder never adds any
     is_residual: bool = False  # Wan 2.2's residual up blocks: not supported
     patch_size: int | None = None  # Wan 2.2's patchified output: not supported
     # Read by the pipeline around the decoder (denormalisation, latent sizes), not by the decoder itself.
@@ -94,6 +105,8 @@ class AutoencoderKLWanConfig:
                 f"temperal_downsample needs {len(self.dim_mult) - 1} entries for dim_mult {list(self.dim_mult)}, "
                 f"got {list(self.temperal_downsample)}"
             )
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError(f"in_channels={self.in_channels} and out_channels={self.out_channels} must be >= 1")
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
         for name, values in (("latents_mean", self.latents_mean), ("latents_std", self.latents_std)):
@@ -112,10 +125,10 @@ class AutoencoderKLWanConfig:
 
 
 class StreamCache:
-    """State of one frame-by-frame decode: for each causal convolution, the last input frames it has seen.
+    """State of one chunk-by-chunk decode or encode: for each causal convolution, the last input frames it has seen.
 
     Diffusers keeps this in a list indexed by call order; keying by the module gives the same state, because every
-    decode step visits the same convolutions in the same order.
+    step visits the same convolutions in the same order.
     """
 
     def __init__(self) -> None:
@@ -132,6 +145,16 @@ class StreamCache:
         self._history[conv] = keep.clone()  # a copy, so the step's full activation can be freed
         return out
 
+    def run_downsample(self, conv: CausalConv3d, x: torch.Tensor) -> torch.Tensor:
+        """A strided temporal downsampler: the first chunk passes through unchanged (and is remembered); later
+        chunks are convolved together with the previous chunk's last frame (no zero padding), as Diffusers'
+        `downsample3d` does."""
+        previous = self._history.get(conv)
+        self._history[conv] = x[:, :, -1:].clone()  # Diffusers keeps the whole chunk; only its last frame is read
+        if previous is None:
+            return x
+        return conv(torch.cat([previous, x], dim=2))
+
 
 class CausalConv3d(nn.Conv3d):
     """3D convolution padded only towards the past in time (zeros, or cached frames of earlier steps)."""
@@ -142,8 +165,9 @@ class CausalConv3d(nn.Conv3d):
         out_channels: int,
         kernel_size: int | tuple[int, int, int],
         padding: int | tuple[int, int, int] = 0,
+        stride: int | tuple[int, int, int] = 1,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
         pad_t, pad_h, pad_w = self.padding  # type: ignore[misc]
         self.past_frames = 2 * pad_t  # all temporal padding goes before the first frame
         self.spatial_padding = (pad_w, pad_w, pad_h, pad_h)
@@ -302,12 +326,97 @@ class Decoder3d(nn.Module):
         return cache.run(self.conv_out, F.silu(self.norm_out(x)))
 
 
-class AutoencoderKLWan(nn.Module):
-    """Decode-only Wan 2.1 VAE; `decode` equals Diffusers' `AutoencoderKLWan.decode(z).sample` (no tiling/slicing).
+class DownResample(nn.Module):
+    """Spatial /2 (pad right and bottom by one, 3x3 conv of stride 2); with `temporal`, then a causal time conv of
+    stride 2 that halves the frames of every chunk after the first (the first frame stays one frame)."""
 
-    Pipelines denormalise latents before decoding (`z * latents_std + latents_mean`, per channel); this class
-    only exposes the statistics and the scale factors.
+    def __init__(self, dim: int, temporal: bool) -> None:
+        super().__init__()
+        self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))  # key resample.1
+        self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)) if temporal else None
+
+    def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:  # (B, C, T, H, W)
+        b, c, t, h, w = x.shape
+        frames = self.resample(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))  # (B*T, C, H', W')
+        x = frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C, T, H', W')
+        if self.time_conv is not None:
+            x = cache.run_downsample(self.time_conv, x)  # (B, C, T', H', W')
+        return x
+
+
+class Encoder3d(nn.Module):
+    """One encode step: video frames (B, C_in, T, H, W) -> posterior parameters (B, 2 z_dim, T', H/f, W/f).
+
+    `down_blocks` is one flat list, as in Diffusers: per level `num_res_blocks` residual blocks (each followed by an
+    attention block where the level's scale 1, 1/2, ... is in `attn_scales`), then a downsampler except at the last.
     """
+
+    def __init__(self, cfg: AutoencoderKLWanConfig) -> None:
+        super().__init__()
+        dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
+        self.conv_in = CausalConv3d(cfg.in_channels, dims[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        scale = 1.0
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResidualBlock(in_dim, out_dim))
+                if scale in cfg.attn_scales:
+                    blocks.append(AttentionBlock(out_dim))
+                in_dim = out_dim
+            if i != len(cfg.dim_mult) - 1:
+                blocks.append(DownResample(out_dim, temporal=cfg.temperal_downsample[i]))
+                scale /= 2.0
+        self.down_blocks = nn.ModuleList(blocks)
+        self.mid_block = MidBlock(dims[-1])
+        self.norm_out = RMSNorm(dims[-1], video=True)
+        self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
+        x = cache.run(self.conv_in, x)
+        for block in self.down_blocks:
+            x = block(x) if isinstance(block, AttentionBlock) else block(x, cache)
+        x = self.mid_block(x, cache)
+        return cache.run(self.conv_out, F.silu(self.norm_out(x)))
+
+
+@dataclass(frozen=True)
+class DiagonalGaussian:
+    """The encoder's posterior: `parameters` (B, 2C, T, h, w) hold the mean, then the log-variance (clamped to
+    -30..20 as Diffusers' DiagonalGaussianDistribution does)."""
+
+    parameters: torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.parameters.chunk(2, dim=1)[0]
+
+    @property
+    def std(self) -> torch.Tensor:
+        logvar = self.parameters.chunk(2, dim=1)[1].clamp(-30.0, 20.0)
+        return torch.exp(0.5 * logvar)
+
+    def mode(self) -> torch.Tensor:
+        """The mean (Diffusers' `latent_dist.mode()`, `retrieve_latents(..., sample_mode="argmax")`)."""
+        return self.mean
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """mean + std * noise, the noise drawn as Diffusers' `randn_tensor` draws it: on the generator's device in
+        the parameters' dtype, then moved to the parameters' device."""
+        device = generator.device if generator is not None else self.parameters.device
+        noise = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.parameters.dtype)
+        return self.mean + self.std * noise.to(self.parameters.device)
+
+
+class AutoencoderKLWan(nn.Module):
+    """The Wan 2.1 VAE: `decode` equals Diffusers' `AutoencoderKLWan.decode(z).sample`, `encode(x).mode()` its
+    `encode(x).latent_dist.mode()` (no tiling, no slicing).
+
+    Pipelines normalise and denormalise latents around it (`(z - mean) / std` after encoding, `z * std + mean`
+    before decoding, per channel); this class only exposes the statistics and the scale factors.
+    """
+
+    # False (AutoencoderKLWanDecoder): the encoder and quant_conv are neither built nor kept (text-to-video)
+    builds_encoder: ClassVar[bool] = True
 
     def __init__(self, config: AutoencoderKLWanConfig) -> None:
         super().__init__()
@@ -318,16 +427,14 @@ class AutoencoderKLWan(nn.Module):
         self.latents_std: list[float] = [float(v) for v in config.latents_std]
         self.vae_scale_factor_spatial: int = config.spatial_factor
         self.vae_scale_factor_temporal: int = config.temporal_factor
+        self.encoder = Encoder3d(config) if self.builds_encoder else None
+        self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1) if self.builds_encoder else None
         self.post_quant_conv = CausalConv3d(config.z_dim, config.z_dim, 1)
         self.decoder = Decoder3d(config)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AutoencoderKLWan:
         return cls(AutoencoderKLWanConfig.from_dict(config))
-
-    def convert_checkpoint_keys(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Drop encoder-side weights (`encoder.*`, `quant_conv.*`); every other key is already a native name."""
-        return {k: v for k, v in state.items() if not k.startswith(("encoder.", "quant_conv."))}
 
     def decoded_num_frames(self, latent_frames: int) -> int:
         """Video frames decoded from `latent_frames` latent frames: the first gives one, each later one f_t."""
@@ -352,8 +459,53 @@ class AutoencoderKLWan(nn.Module):
             cache.first_chunk = False
         return torch.clamp(torch.cat(frames, dim=2), min=-1.0, max=1.0)
 
+    def encoded_num_frames(self, video_frames: int) -> int:
+        """Latent frames encoded from `video_frames` = 1 + 4k frames: the first chunk gives one, each later chunk
+        of 4 gives 4 / f_t (one for Wan 2.1's f_t = 4)."""
+        return 1 + (video_frames - 1) // ENCODE_CHUNK * (ENCODE_CHUNK // self.vae_scale_factor_temporal)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """(B, C_in, 1 + 4k, H, W) video in [-1, 1] -> the posterior over (B, z_dim, 1 + k', H/8, W/8) latents.
+
+        Runs in the weights' dtype (the video must match it). Diffusers encodes frames in chunks of 1, 4, 4, ...
+        and silently drops frames past the last whole chunk; other frame counts are refused here.
+        """
+        if self.encoder is None or self.quant_conv is None:
+            raise ValueError(f"{type(self).__name__} was built without its encoder (a decode-only pipeline)")
+        if x.ndim != 5 or x.shape[1] != self.config.in_channels or (x.shape[2] - 1) % ENCODE_CHUNK:
+            raise ValueError(
+                f"encode expects (B, {self.config.in_channels}, 1 + {ENCODE_CHUNK}k, H, W) video, got {tuple(x.shape)}"
+            )
+        if self.config.attn_scales:
+            raise ValueError(f"attn_scales={list(self.config.attn_scales)}: Diffusers' Wan encoder cannot run its "
+                             "attention blocks (WanAttentionBlock takes no feature cache): nothing to match")
+        if self.vae_scale_factor_temporal > ENCODE_CHUNK:
+            raise ValueError(f"a temporal factor of {self.vae_scale_factor_temporal} cannot encode chunks of "
+                             f"{ENCODE_CHUNK} frames (Diffusers' encoder fails on it too)")
+        weight_dtype = self.quant_conv.weight.dtype
+        if x.dtype != weight_dtype:
+            raise ValueError(f"video is {x.dtype} but the VAE weights are {weight_dtype}; cast one of them")
+        cache = StreamCache()
+        chunks = [self.encoder(x[:, :, :1], cache)]
+        for start in range(1, x.shape[2], ENCODE_CHUNK):
+            chunks.append(self.encoder(x[:, :, start : start + ENCODE_CHUNK], cache))
+        return DiagonalGaussian(self.quant_conv(torch.cat(chunks, dim=2)))
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.decode(z)
 
 
-__all__ = ["AutoencoderKLWan", "AutoencoderKLWanConfig", "StreamCache"]
+class AutoencoderKLWanDecoder(AutoencoderKLWan):
+    """The same VAE without its encoder, for pipelines that only decode (text-to-video): the encoder's parameters
+    (53.6 M at Wan 2.1 size) are never built, and its checkpoint keys are dropped before the strict load."""
+
+    builds_encoder: ClassVar[bool] = False
+    ENCODER_PREFIXES: ClassVar[tuple[str, ...]] = ("encoder.", "quant_conv.")
+
+    def convert_checkpoint_keys(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value for key, value in state.items() if not key.startswith(self.ENCODER_PREFIXES)}
+
+
+__all__ = ["AutoencoderKLWan", "AutoencoderKLWanConfig", "AutoencoderKLWanDecoder", "DiagonalGaussian",
+           "StreamCache"]

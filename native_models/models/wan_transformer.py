@@ -1,9 +1,18 @@
-"""Wan 2.1 text-to-video DiT, native PyTorch, numerically matching Diffusers' `WanTransformer3DModel`.
+"""Wan 2.1 DiT (text- and image-to-video), native PyTorch, numerically matching Diffusers' `WanTransformer3DModel`.
 
 Latent video (B, C, T, H, W) -> 3D patches (Conv3d) -> a sequence of L = T/pt * H/ph * W/pw tokens, run through
 blocks of [modulated self-attention with 3D RoPE, cross-attention to the text, modulated GELU-tanh FFN], each
 block modulated by the timestep through its own `scale_shift_table`; then a modulated output norm, a linear
 projection and unpatchify back to (B, C_out, T, H, W). Parameter names equal Diffusers' state-dict keys.
+
+Image-to-video (Wan 2.1 I2V: `image_dim` and `added_kv_proj_dim` set) adds an image path: the CLIP tokens
+(B, 257, image_dim) go through `condition_embedder.image_embedder` (fp32 LayerNorm, GELU MLP, fp32 LayerNorm) to
+(B, 257, C), and every block's cross-attention attends from the same queries to them through its own key/value
+projections (`add_k_proj`, `add_v_proj`, with `norm_added_k` on the keys); the image and the text results are
+summed before `to_out`. Diffusers concatenates the image tokens in front of the text and splits them off again
+inside attention assuming exactly 512 text tokens; here the two contexts stay separate tensors, which is the same
+computation at 512 text tokens (the I2V pipeline refuses other lengths, docs/families/wan-i2v.md). The input
+channels are the noisy latents concatenated with the mask and the conditioning latents (36 for Wan 2.1 I2V).
 
 Precision follows Diffusers step for step: Diffusers keeps `rope`, `time_embedder`, `scale_shift_table` and
 `norm1/2/3` in float32 when the model is loaded in half precision (`_keep_in_fp32_modules`), and computes the
@@ -77,11 +86,20 @@ class WanConfig:
 
     def validate(self) -> None:
         """Reject settings this implementation does not reproduce, naming the value."""
-        for name in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
-            if getattr(self, name) is not None:
-                raise ValueError(
-                    f"{name}={getattr(self, name)} is not supported: image-to-video Wan is not implemented (T2V only)"
-                )
+        if self.pos_embed_seq_len is not None:
+            raise ValueError(
+                f"pos_embed_seq_len={self.pos_embed_seq_len} is not supported (first-last-frame Wan is not implemented)"
+            )
+        if (self.image_dim is None) != (self.added_kv_proj_dim is None):
+            raise ValueError(
+                f"image_dim={self.image_dim} and added_kv_proj_dim={self.added_kv_proj_dim} must be set together "
+                "(the image embedder feeds the added key/value projections)"
+            )
+        if self.added_kv_proj_dim is not None and self.added_kv_proj_dim != self.inner_dim:
+            raise ValueError(
+                f"added_kv_proj_dim={self.added_kv_proj_dim} must equal num_attention_heads x attention_head_dim = "
+                f"{self.inner_dim} (it projects the image embedder's output)"
+            )
         if self.qk_norm != "rms_norm_across_heads":
             raise ValueError(f"qk_norm={self.qk_norm!r} is not supported (only 'rms_norm_across_heads')")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
@@ -91,6 +109,13 @@ class WanConfig:
         for name in ("num_attention_heads", "in_channels", "text_dim", "freq_dim", "ffn_dim", "rope_max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.image_dim is not None and self.image_dim < 1:
+            raise ValueError(f"image_dim={self.image_dim} must be positive")
+
+    @property
+    def has_image_context(self) -> bool:
+        """Wan 2.1 I2V: the DiT takes CLIP image tokens besides the text."""
+        return self.image_dim is not None
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> WanConfig:
@@ -171,24 +196,45 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-class ConditionEmbedder(nn.Module):
-    """Timestep -> (temb (B, C), per-block modulation (B, 6, C)); text (B, L, text_dim) -> (B, L, C)."""
+class ImageEmbedding(nn.Module):
+    """CLIP tokens (B, L_img, image_dim) -> (B, L_img, C): fp32 LayerNorm, exact-GELU MLP of hidden width
+    image_dim, fp32 LayerNorm (Diffusers' WanImageEmbedding; both norms stay float32 under bf16, by their names)."""
 
-    def __init__(self, dim: int, freq_dim: int, text_dim: int) -> None:
+    def __init__(self, image_dim: int, dim: int) -> None:
+        super().__init__()
+        self.norm1 = FP32LayerNorm(image_dim)  # eps 1e-5, affine: nn.LayerNorm's defaults, as Diffusers builds it
+        self.ff = FeedForward(image_dim, image_dim, dim, approximate="none")
+        self.norm2 = FP32LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.ff(self.norm1(x)))
+
+
+class ConditionEmbedder(nn.Module):
+    """Timestep -> (temb (B, C), per-block modulation (B, 6, C)); text (B, L, text_dim) -> (B, L, C); image tokens
+    (B, L_img, image_dim) -> (B, L_img, C) when the model has an image path."""
+
+    def __init__(self, dim: int, freq_dim: int, text_dim: int, image_dim: int | None = None) -> None:
         super().__init__()
         self.freq_dim = freq_dim
         self.time_embedder = MLP(freq_dim, dim, F.silu)
         self.time_proj = nn.Linear(dim, 6 * dim)
         self.text_embedder = MLP(text_dim, dim, gelu_tanh)
+        self.image_embedder = ImageEmbedding(image_dim, dim) if image_dim is not None else None
 
     def forward(
-        self, timestep: torch.Tensor, text: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, timestep: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         freqs = timestep_embedding(timestep, self.freq_dim)  # (B, freq_dim) float32, cos first
         freqs = freqs.to(self.time_embedder.linear_1.weight.dtype)  # float32 unless cast to full half precision
         temb = self.time_embedder(freqs).type_as(text)  # (B, C) in the activation dtype
         modulation = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))  # (B, 6, C)
-        return temb, modulation, self.text_embedder(text)
+        image_context = None
+        if image is not None:
+            if self.image_embedder is None:
+                raise ValueError("image tokens given to a Wan DiT without an image path (image_dim is null)")
+            image_context = self.image_embedder(image)
+        return temb, modulation, self.text_embedder(text), image_context
 
 
 class Attend(nn.Module):
@@ -218,6 +264,11 @@ class WanAttention(nn.Module):
         self.norm_k = nn.RMSNorm(dim, eps=eps)
         self.core = Attend()
 
+    def attend(self, core: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, L, H, D), k and v (B, Lk, H, D) -> (B, L, H*D) in q's dtype, through the attention `core`."""
+        out = core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, L, D)
+        return out.transpose(1, 2).flatten(2, 3).type_as(q)
+
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, rope: WanRotary | None = None
     ) -> torch.Tensor:
@@ -228,28 +279,57 @@ class WanAttention(nn.Module):
         v = self.to_v(source).unflatten(2, (-1, self.head_dim))
         if rope is not None:
             q, k = rope.apply(q), rope.apply(k)
-        out = self.core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, L, D)
-        out = out.transpose(1, 2).flatten(2, 3).type_as(q)  # (B, L, H*D)
-        return self.to_out[0](out)
+        return self.to_out[0](self.attend(self.core, q, k, v))
 
 
-class GeluTanhProj(nn.Module):
-    """Linear then tanh-approximated GELU (`ffn.net.0`)."""
+class WanImageCrossAttention(WanAttention):
+    """Cross-attention to the text and, from the same queries, to the image tokens (Wan 2.1 I2V).
 
-    def __init__(self, dim_in: int, dim_out: int) -> None:
+    The image keys and values come from their own projections (`add_k_proj`, `add_v_proj`; RMSNorm across heads on
+    the keys, `norm_added_k`); both attention results are summed before `to_out`. Each context is attended whole
+    on every rank under sequence parallelism: neither `core` nor `image_core` is a Ulysses exchange (the image and
+    text contexts are not sharded, and sending them through the all-to-all is a known shipped bug).
+    """
+
+    def __init__(self, dim: int, head_dim: int, eps: float, added_kv_dim: int) -> None:
+        super().__init__(dim, head_dim, eps)
+        self.add_k_proj = nn.Linear(added_kv_dim, dim)
+        self.add_v_proj = nn.Linear(added_kv_dim, dim)
+        self.norm_added_k = nn.RMSNorm(dim, eps=eps)
+        self.image_core = Attend()
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, context: torch.Tensor, image_context: torch.Tensor
+    ) -> torch.Tensor:
+        """x (B, L, C), context (B, L_txt, C), image_context (B, L_img, C) -> (B, L, C)."""
+        q = self.norm_q(self.to_q(x)).unflatten(2, (-1, self.head_dim))  # (B, L, H, D)
+        k = self.norm_k(self.to_k(context)).unflatten(2, (-1, self.head_dim))  # (B, L_txt, H, D)
+        v = self.to_v(context).unflatten(2, (-1, self.head_dim))
+        k_img = self.norm_added_k(self.add_k_proj(image_context)).unflatten(2, (-1, self.head_dim))  # (B, L_img, H, D)
+        v_img = self.add_v_proj(image_context).unflatten(2, (-1, self.head_dim))
+        image_out = self.attend(self.image_core, q, k_img, v_img)  # (B, L, H*D)
+        return self.to_out[0](self.attend(self.core, q, k, v) + image_out)
+
+
+class GeluProj(nn.Module):
+    """Linear then GELU (`ffn.net.0`): tanh-approximated in the blocks, exact in the image embedder."""
+
+    def __init__(self, dim_in: int, dim_out: int, approximate: str = "tanh") -> None:
         super().__init__()
+        self.approximate = approximate
         self.proj = nn.Linear(dim_in, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gelu_tanh(self.proj(x))
+        return F.gelu(self.proj(x), approximate=self.approximate)
 
 
 class FeedForward(nn.Module):
-    """GELU-tanh MLP; `net.1` is a parameter-free slot (Diffusers' dropout) so names match `net.2`."""
+    """GELU MLP dim -> hidden -> out_dim (default dim); `net.1` is a parameter-free slot (Diffusers' dropout) so
+    names match `net.2`."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None, approximate: str = "tanh") -> None:
         super().__init__()
-        self.net = nn.Sequential(GeluTanhProj(dim, hidden), nn.Identity(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(GeluProj(dim, hidden, approximate), nn.Identity(), nn.Linear(hidden, out_dim or dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -263,16 +343,22 @@ class WanBlock(nn.Module):
         dim, eps = config.inner_dim, config.eps
         self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.attn1 = WanAttention(dim, config.attention_head_dim, eps)
-        self.attn2 = WanAttention(dim, config.attention_head_dim, eps)
+        self.attn2 = (
+            WanImageCrossAttention(dim, config.attention_head_dim, eps, config.added_kv_proj_dim)
+            if config.added_kv_proj_dim is not None
+            else WanAttention(dim, config.attention_head_dim, eps)
+        )
         self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
         self.ffn = FeedForward(dim, config.ffn_dim)
         self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, modulation: torch.Tensor, rope: WanRotary
+        self, x: torch.Tensor, context: torch.Tensor, modulation: torch.Tensor, rope: WanRotary,
+        image_context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, L, C), context (B, L_txt, C), modulation (B, 6, C) -> x (B, L, C)."""
+        """x (B, L, C), context (B, L_txt, C), modulation (B, 6, C), image_context (B, L_img, C) for an I2V block
+        -> x (B, L, C)."""
         mod = (self.scale_shift_table + modulation.float()).chunk(6, dim=1)  # 6 x (B, 1, C) float32
         shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = mod
 
@@ -280,14 +366,20 @@ class WanBlock(nn.Module):
         x = (x.float() + self.attn1(h, rope=rope) * gate).type_as(x)
 
         h = self.norm2(x.float()).type_as(x)
-        x = x + self.attn2(h, context)
+        x = x + (self.attn2(h, context) if image_context is None else self.attn2(h, context, image_context))
 
         h = (self.norm3(x.float()) * (1 + ffn_scale) + ffn_shift).type_as(x)
         return (x.float() + self.ffn(h).float() * ffn_gate).type_as(x)
 
 
 class WanTransformer3DModel(nn.Module):
-    """The Wan 2.1 T2V denoiser on latent video; parameter names equal Diffusers' state-dict keys."""
+    """The Wan 2.1 denoiser on latent video; parameter names equal Diffusers' state-dict keys.
+
+    `from_config` builds a `WanImageTransformer3DModel` for a config with an image path (its parallel plans
+    differ); this class itself is the text-to-video model.
+    """
+
+    supports_image_context: ClassVar[bool] = False
 
     # Tensor parallelism: heads split across ranks (q/k/v column-parallel, out-projection row-parallel with an
     # all-reduce), q/k RMSNorm over all heads via an all-reduced sum of squares, FFN in/out column/row-parallel.
@@ -314,11 +406,16 @@ class WanTransformer3DModel(nn.Module):
     def __init__(self, config: WanConfig) -> None:
         super().__init__()
         config.validate()
+        if config.has_image_context != self.supports_image_context:
+            raise ValueError(
+                f"{type(self).__name__} cannot be built from a config with image_dim={config.image_dim}: "
+                "use WanTransformer3DModel.from_config, which picks the class with the matching parallel plans"
+            )
         self.config = config
         dim = config.inner_dim
         self.rope = WanRotaryPosEmbed(config.rope_axes, config.rope_max_seq_len)
         self.patch_embedding = nn.Conv3d(config.in_channels, dim, config.patch_size, stride=config.patch_size)
-        self.condition_embedder = ConditionEmbedder(dim, config.freq_dim, config.text_dim)
+        self.condition_embedder = ConditionEmbedder(dim, config.freq_dim, config.text_dim, config.image_dim)
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.norm_out = FP32LayerNorm(dim, config.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, config.output_channels * math.prod(config.patch_size))
@@ -326,8 +423,10 @@ class WanTransformer3DModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> WanTransformer3DModel:
-        """Build from Diffusers' transformer config.json (raises ValueError for unsupported settings)."""
-        return cls(WanConfig.from_dict(config))
+        """Build from Diffusers' transformer config.json (raises ValueError for unsupported settings): a
+        `WanImageTransformer3DModel` when the config has an image path, else a `WanTransformer3DModel`."""
+        parsed = WanConfig.from_dict(config)
+        return (WanImageTransformer3DModel if parsed.has_image_context else WanTransformer3DModel)(parsed)
 
     def check_parallel(self, tp: int, sp: int) -> None:
         """Raise ValueError when the heads cannot be split tp ways, then sp ways (Ulysses) within a TP shard."""
@@ -388,14 +487,30 @@ class WanTransformer3DModel(nn.Module):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, f, pt, h, ph, w, pw)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
+    def check_image_context(self, image: torch.Tensor | None, batch: int) -> None:
+        """The image tokens must be given to an image-path model, as (B, L_img, image_dim), and only to it."""
+        if image is None:
+            if self.config.has_image_context:
+                raise ValueError(f"this Wan DiT has an image path (image_dim={self.config.image_dim}): "
+                                 "encoder_hidden_states_image (B, L_img, image_dim) is required")
+            return
+        if not self.config.has_image_context:
+            raise ValueError("encoder_hidden_states_image given to a Wan DiT without an image path (image_dim null)")
+        if image.ndim != 3 or image.shape[0] != batch or image.shape[2] != self.config.image_dim:
+            raise ValueError(f"encoder_hidden_states_image must be ({batch}, L_img, {self.config.image_dim}), "
+                             f"got {tuple(image.shape)}")
+
     def forward(
-        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the flow velocity of a latent video.
 
-        hidden_states (B, in_channels, T, H, W) in the model dtype; timestep (B,) on the 0..1000 scale, as
-        WanPipeline passes it (`t.expand(B)`; Wan 2.2's per-token (B, L) timesteps are not supported);
-        encoder_hidden_states (B, L_txt, text_dim). Returns (B, out_channels, T, H, W) in the model dtype.
+        hidden_states (B, in_channels, T, H, W) in the model dtype (for I2V: the noisy latents, the 4 mask
+        channels and the conditioning latents, concatenated); timestep (B,) on the 0..1000 scale, as WanPipeline
+        passes it (`t.expand(B)`; Wan 2.2's per-token (B, L) timesteps are not supported); encoder_hidden_states
+        (B, L_txt, text_dim); encoder_hidden_states_image (B, L_img, image_dim), the CLIP tokens, for (and only
+        for) a model with an image path. Returns (B, out_channels, T, H, W) in the model dtype.
         """
         grid = self.token_grid(hidden_states)
         batch = hidden_states.shape[0]
@@ -406,14 +521,40 @@ class WanTransformer3DModel(nn.Module):
             raise ValueError(
                 f"encoder_hidden_states must be ({batch}, L, {self.config.text_dim}), got {tuple(text_shape)}"
             )
+        self.check_image_context(encoder_hidden_states_image, batch)
 
         rope = self.rope(grid)  # (L, 1, D/2) tables
         x = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, L, C)
-        temb, modulation, context = self.condition_embedder(timestep, encoder_hidden_states)
+        temb, modulation, context, image_context = self.condition_embedder(
+            timestep, encoder_hidden_states, encoder_hidden_states_image
+        )
+        if image_context is not None:
+            # Diffusers concatenates (image, text) and its attention slices them apart again; slices of one tensor
+            # take another CPU bf16 matmul path than separate tensors, so the same layout keeps bf16 bit-equal.
+            joint = torch.cat([image_context, context], dim=1)  # (B, L_img + L_txt, C)
+            image_context, context = joint[:, : image_context.shape[1]], joint[:, image_context.shape[1] :]
 
         for block in self.blocks:
-            x = block(x, context, modulation, rope)
+            x = block(x, context, modulation, rope, image_context)
 
         shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)  # (B, 1, C) float32 each
         x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
         return self.unpatchify(self.proj_out(x), grid)  # (B, C_out, T, H, W)
+
+
+class WanImageTransformer3DModel(WanTransformer3DModel):
+    """The Wan 2.1 image-to-video DiT: the same model with the image path built (by `from_config`).
+
+    Its tensor-parallel plan also splits the added image key/value projections by heads (and their across-heads
+    RMSNorm), like the text ones. Its sequence-parallel plan is the text-to-video one: the image path is
+    token-wise for the (sharded) queries and attends to the whole image context on every rank, so nothing of it
+    passes through the Ulysses all-to-all (which only exchanges self-attention's q, k, v).
+    """
+
+    supports_image_context: ClassVar[bool] = True
+    _tp_plan: ClassVar[dict[str, Any]] = {
+        **WanTransformer3DModel._tp_plan,
+        "blocks.*.attn2.add_k_proj": Colwise(),
+        "blocks.*.attn2.add_v_proj": Colwise(),
+        "blocks.*.attn2.norm_added_k": HeadShardedRMSNorm(),
+    }

@@ -12,15 +12,22 @@ standard ones):
 - the multistep UniPC scheduler (flow prediction) takes no sigmas and no shift from the pipeline;
 - decoding denormalises per channel, `latents / (1 / std) + mean`, with the reciprocal taken in the VAE dtype,
   after casting the float32 latents to that dtype.
+
+Wan 2.2 A14B (two experts; `boundary_ratio` and `transformer_2` in model_index.json): `transformer` denoises the
+steps whose timestep t >= boundary_ratio * num_train_timesteps (the scheduler config's), `transformer_2` the others,
+each with its CFG scale (`true_cfg_scale`, and `true_cfg_scale_2`, WanPipeline's `guidance_scale_2`, which defaults
+to the first); whether CFG runs at all follows the first scale alone, as in WanPipeline. The expert of every step is
+recorded as `denoise/expert` (config callbacks, DenoisingStage).
 """
 
 from __future__ import annotations
 
 import html
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import regex
 import torch
@@ -68,6 +75,7 @@ class WanSamplingParams(SamplingParams):
     num_frames: int = 81
     guidance_scale: float = 5.0  # no guidance embedding in Wan; kept equal to the CFG scale for clarity
     true_cfg_scale: float = 5.0
+    true_cfg_scale_2: float | None = None  # two experts: the low-noise expert's scale (None: `true_cfg_scale`)
     max_sequence_length: int = 512
 
 
@@ -83,9 +91,18 @@ class WanPipelineConfig(PipelineConfig):
     vae_scale_factor_spatial: int = 8
     vae_scale_factor_temporal: int = 4
     patch_size: tuple[int, int, int] = (1, 2, 2)
+    boundary_ratio: float | None = None  # two experts (Wan 2.2 A14B): model_index.json's boundary_ratio
+    num_train_timesteps: int = 1000  # the scheduler config's; the boundary timestep is boundary_ratio times it
 
     def check_request(self, batch: Req) -> None:
-        """Refuse what WanPipeline would silently round: frames not 4k + 1, sizes the VAE x patch do not divide."""
+        """Refuse what WanPipeline would silently round: frames not 4k + 1, sizes the VAE x patch do not divide;
+        and a second CFG scale without a second expert (WanPipeline raises too)."""
+        scale_2 = batch.true_cfg_scale_2
+        if scale_2 is not None:
+            if self.boundary_ratio is None:
+                raise RequestError(f"true_cfg_scale_2={scale_2!r} needs a two-expert checkpoint (boundary_ratio set)")
+            if isinstance(scale_2, bool) or not isinstance(scale_2, int | float) or not math.isfinite(scale_2):
+                raise RequestError(f"true_cfg_scale_2 must be a finite number, got {scale_2!r}")
         temporal = self.vae_scale_factor_temporal
         if batch.num_frames < 1 or (batch.num_frames - 1) % temporal:
             raise RequestError(f"Wan needs frames = {temporal}k + 1 (1, 5, 9, ...), got {batch.num_frames}")
@@ -126,6 +143,23 @@ class WanPipelineConfig(PipelineConfig):
     def prepare_timestep(self, t: torch.Tensor, batch: Req) -> torch.Tensor:
         return t.expand(batch.batch_size)  # the scheduler's int64 timestep, uncast and unscaled, as WanPipeline
 
+    # ---- experts ----
+    @property
+    def boundary_timestep(self) -> float | None:
+        """boundary_ratio * num_train_timesteps as the Python float WanPipeline compares timesteps with."""
+        return None if self.boundary_ratio is None else self.boundary_ratio * self.num_train_timesteps
+
+    def select_expert(self, t: torch.Tensor, batch: Req) -> int:
+        """0 (`transformer`, high noise) while `t >= boundary`, then 1 (`transformer_2`): WanPipeline's test,
+        made with the same tensor-vs-float comparison (so its promotion and rounding are the same too)."""
+        boundary = self.boundary_timestep
+        return 0 if boundary is None or bool(t >= boundary) else 1
+
+    def expert_cfg_scale(self, expert: int, batch: Req) -> float:
+        if expert == 1 and batch.true_cfg_scale_2 is not None:
+            return batch.true_cfg_scale_2
+        return batch.true_cfg_scale
+
     # ---- decoding ----
     def post_denoising_loop(self, latents: torch.Tensor, batch: Req) -> torch.Tensor:
         return latents.to(batch.dtype)  # float32 latents -> the VAE's dtype (every component loads in batch.dtype)
@@ -143,18 +177,24 @@ class WanPipelineConfig(PipelineConfig):
 class WanPipeline(ComposedPipeline):
     pipeline_name = "WanPipeline"
     _required_config_modules = ("text_encoder", "tokenizer", "transformer", "vae", "scheduler")
+    _optional_config_modules = ("transformer_2",)
+    _parallel_modules = ("transformer", "transformer_2")
+    # text-to-video decodes only: the VAE's encoder (53.6 M parameters at Wan 2.1 size) is not built
+    _native_classes: ClassVar[dict[str, str]] = {
+        "vae": "native_models.models.autoencoder_kl_wan:AutoencoderKLWanDecoder"}
 
     @classmethod
     def configure(cls, config: PipelineConfig, checkpoint: Path) -> None:
         if not isinstance(config, WanPipelineConfig):
-            raise TypeError(f"WanPipeline needs a WanPipelineConfig, got {type(config).__name__}")
-        index = read_json(checkpoint / "model_index.json")
-        if index.get("boundary_ratio") is not None or index.get("expand_timesteps"):
+            raise TypeError(f"{cls.__name__} needs a WanPipelineConfig, got {type(config).__name__}")
+        index_file = checkpoint / "model_index.json"
+        index = read_json(index_file)
+        if index.get("expand_timesteps"):
             raise CheckpointError(
-                f"{checkpoint / 'model_index.json'}: boundary_ratio={index.get('boundary_ratio')!r}, "
-                f"expand_timesteps={index.get('expand_timesteps')!r} are Wan 2.2 (two experts / per-token "
-                "timesteps): only Wan 2.1 is implemented"
+                f"{index_file}: expand_timesteps={index.get('expand_timesteps')!r} is Wan 2.2 TI2V 5B (per-token "
+                "timesteps), which is not implemented"
             )
+        cls.configure_experts(config, checkpoint, index)
         vae_file = checkpoint / "vae" / "config.json"
         try:
             vae = AutoencoderKLWanConfig.from_dict(read_json(vae_file))
@@ -167,6 +207,34 @@ class WanPipeline(ComposedPipeline):
             raise CheckpointError(f"{checkpoint / 'transformer' / 'config.json'}: patch_size {patch!r} is not 3 ints")
         config.patch_size = (patch[0], patch[1], patch[2])
 
+    @classmethod
+    def configure_experts(cls, config: WanPipelineConfig, checkpoint: Path, index: dict[str, Any]) -> None:
+        """boundary_ratio (model_index.json) and num_train_timesteps (scheduler config) of a two-expert checkpoint;
+        it must name `transformer_2` (WanPipeline would call a missing one at the first low-noise step)."""
+        ratio = index.get("boundary_ratio")
+        if ratio is None:
+            config.boundary_ratio = None
+            return
+        index_file = checkpoint / "model_index.json"
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio):
+            raise CheckpointError(f"{index_file}: boundary_ratio must be a number, got {ratio!r}")
+        transformer_2 = index.get("transformer_2")
+        if not (isinstance(transformer_2, list) and len(transformer_2) == 2 and all(transformer_2)):
+            raise CheckpointError(f"{index_file}: boundary_ratio={ratio} needs a transformer_2 component, "
+                                  f"got {transformer_2!r}")
+        steps = read_json(checkpoint / "scheduler" / "scheduler_config.json").get("num_train_timesteps", 1000)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise CheckpointError(f"{checkpoint / 'scheduler' / 'scheduler_config.json'}: num_train_timesteps "
+                                  f"{steps!r} is not a positive integer")
+        config.boundary_ratio = float(ratio)
+        config.num_train_timesteps = steps
+
+    def optional_modules(self, components: dict[str, tuple[str, str]]) -> list[str]:
+        """transformer_2 only with a boundary: without one WanPipeline never calls it, so it is not loaded."""
+        assert isinstance(self.config, WanPipelineConfig)  # checked by configure
+        names = super().optional_modules(components)
+        return names if self.config.boundary_ratio is not None else [n for n in names if n != "transformer_2"]
+
     def create_pipeline_stages(self) -> None:
         self.add_standard_t2i_stages()
 
@@ -177,9 +245,19 @@ class WanPipeline(ComposedPipeline):
 
 EntryClass = WanPipeline
 
+
+
+def is_wan_image_to_video(name: str) -> bool:
+    """A pipeline class name or path of Wan image-to-video (its own family: pipelines/wan_i2v.py)."""
+    lowered = name.lower()
+    return "imagetovideo" in lowered or "i2v" in lowered
+
+
 register_configs(
     WanSamplingParams,
     WanPipelineConfig,
-    hf_model_paths=["Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers"],
-    model_detectors=[lambda name: "wan" in name.lower()],
+    hf_model_paths=["Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+                    "Wan-AI/Wan2.2-T2V-A14B-Diffusers"],
+    # "wan" also matches WanImageToVideoPipeline, which this module (imported first) must leave to wan_i2v
+    model_detectors=[lambda name: "wan" in name.lower() and not is_wan_image_to_video(name)],
 )

@@ -41,7 +41,14 @@ def _is_shape(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) >= 3 and all(isinstance(v, int) and v > 0 for v in value)
 
 
+def _is_rgb_image(value: Any) -> bool:
+    import PIL.Image  # only the image-conditioned stages check this kind; PIL stays out of other processes
+
+    return isinstance(value, PIL.Image.Image) and value.mode == "RGB" and min(value.size) > 0
+
+
 TENSOR = FieldKind("a torch.Tensor", lambda v: isinstance(v, torch.Tensor))
+RGB_IMAGE = FieldKind("a PIL image in mode RGB", _is_rgb_image)
 TENSOR_LIST = FieldKind("a list of torch.Tensor (one per text encoder)", _is_tensor_list)
 FLOAT_LIST = FieldKind("a non-empty list of Python floats", _is_float_list)
 POSITIVE_INT = FieldKind("a positive int", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
@@ -60,6 +67,8 @@ def describe_value(value: Any) -> str:
         return f"list of {len(value)} {'/'.join(kinds) or 'items'}"
     kind = type(value)
     module = kind.__module__
+    if module.startswith("PIL.") and hasattr(value, "mode"):
+        return f"PIL.Image in mode {value.mode}"
     return kind.__name__ if module == "builtins" else f"{module.split('.')[0]}.{kind.__name__}"
 
 

@@ -27,7 +27,7 @@ class DecodingStage(PipelineStage):
         latents = latents / scale + shift
         batch.record(self.trace_stage, "latents", latents)
         with torch.no_grad():
-            image = self.vae.decode(latents)
+            image = self.config.vae_output(self.vae.decode(latents), batch)
         batch.record(self.trace_stage, "image", image)
         batch.output = self.config.post_decoding(image, batch)
         return batch

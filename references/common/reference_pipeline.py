@@ -59,6 +59,13 @@ def check_pipeline_class(checkpoint: Path, expected: str, runner: str) -> None:
         raise ValueError(f"{checkpoint} holds a {class_name}, but the {runner} reference runner needs a {expected}")
 
 
+def check_single_prompt(request: GenerationRequest, runner: str) -> None:
+    """Refuse `extra_prompts` in a runner that passes Diffusers one prompt (its native side would encode more)."""
+    if request.extra_prompts:
+        raise ValueError(f"the {runner} reference runner takes one prompt per request, got "
+                         f"{len(request.prompts)} (extra_prompts)")
+
+
 def load_pipeline(pipeline_cls: Any, checkpoint: Path, dtype: torch.dtype) -> Any:
     """`pipeline_cls` from `checkpoint` in `dtype`, from safetensors only (never a pickle), with bars off."""
     quiet_libraries()

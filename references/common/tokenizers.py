@@ -8,6 +8,7 @@ and ends with id 1. The vocabularies are small so the embedding tables stay tiny
 from __future__ import annotations
 
 import string
+from typing import Any
 
 from transformers import CLIPTokenizer, T5Tokenizer
 
@@ -150,3 +151,102 @@ def build_umt5_tokenizer() -> T5Tokenizer:
         extra_ids=UMT5_EXTRA_IDS,
         model_max_length=UMT5_MAX_LENGTH,
     )
+
+
+# ---- Qwen-Image and Z-Image: Qwen2-style byte-level BPE tokenizers (Qwen2.5-VL's and Qwen3's kind) ----
+
+QWEN_ENDOFTEXT, QWEN_IM_START, QWEN_IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+QWEN_MAX_LENGTH = 32768  # real Qwen tokenizers' model_max_length (131072 for some; the pipelines pass their own)
+
+# The words of QwenImagePipeline's prompt template (P:175), each one vocabulary token as in the real Qwen vocabulary:
+# the template then tokenizes into exactly the 34 tokens QwenImagePipeline drops (3 special + 31 text tokens).
+QWEN_IMAGE_TEMPLATE_WORDS = (
+    "system", "Describe", " the", " image", " by", " detailing", " color", " shape", " size", " texture",
+    " quantity", " text", " spatial", " relationships", " of", " objects", " and", " background", "user",
+    "assistant",
+)  # fmt: skip
+# The role names of the chat template, one token each as in the real Qwen vocabulary
+QWEN_CHAT_WORDS = ("system", "user", "assistant")
+# Words of typical test prompts, each one token with and without the leading space (a prompt's first word has none).
+QWEN_PROMPT_WORDS = (
+    "a", "an", "the", "photo", "picture", "painting", "of", "cat", "dog", "fox", "bird", "house", "tree", "river",
+    "red", "blue", "green", "golden", "small", "large", "in", "on", "at", "with", "snow", "forest", "city", "night",
+    "sunset", "blurry", "low", "quality", "ugly", "watermark", "sitting", "running", "under", "sky", "lantern",
+    "mountain", "lake", "portrait", "girl", "boy", "old", "man", "woman", "street", "neon", "sign", "reading",
+    "Hello", "World",
+)  # fmt: skip
+
+# A Qwen3-style chat template for one plain conversation: `<|im_start|>{role}\n{content}<|im_end|>\n` per message and
+# the assistant header on add_generation_prompt; `enable_thinking=False` appends the empty think block Qwen3's own
+# template appends (ZImagePipeline passes enable_thinking=True, so it does not).
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def _byte_symbols(text: str) -> list[str]:
+    """`text` as GPT-2 byte-level symbols (space -> 'Ġ', newline -> 'Ċ'), one per UTF-8 byte."""
+    table = _bytes_to_unicode()
+    return [table[b] for b in text.encode("utf-8")]
+
+
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Classic BPE: merge the best-ranked adjacent pair (leftmost on ties) until none of the pairs is a merge."""
+    while len(symbols) > 1:
+        candidates = [(ranks[pair], i) for i, pair in enumerate(zip(symbols[:-1], symbols[1:], strict=True))
+                      if pair in ranks]
+        if not candidates:
+            break
+        _, i = min(candidates)
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2:]
+    return symbols
+
+
+def qwen_bpe(words: tuple[str, ...]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level vocabulary and merges under which every word of `words` is one token.
+
+    Merges are added word by word at the lowest priority, joining the first two pieces the current merges leave
+    until the word is one piece; a merge added later never applies while an earlier one can, so words made whole
+    earlier stay whole. Deterministic: the same words give the same vocabulary and merges."""
+    ranks: dict[tuple[str, str], int] = {}
+    for word in words:
+        pieces = _bpe(_byte_symbols(word), ranks)
+        while len(pieces) > 1:
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            pieces = _bpe(_byte_symbols(word), ranks)
+    merges = sorted(ranks, key=ranks.__getitem__)
+    tokens = _bytes_to_unicode() + [left + right for left, right in merges]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    return vocab, merges
+
+
+def build_qwen_tokenizer(words: tuple[str, ...], padding_side: str = "right") -> Any:
+    """A Qwen2Tokenizer (the class Qwen2.5-VL and Qwen3 checkpoints name) with a tiny byte-level BPE vocabulary:
+    every word of `words` one token, any other text falls back to byte tokens. Special tokens as the real ones:
+    `<|endoftext|>` (pad), `<|im_start|>`, `<|im_end|>` (eos), no bos; a Qwen3-style chat template."""
+    from transformers import Qwen2Tokenizer
+
+    vocab, merges = qwen_bpe(words)
+    for special in (QWEN_ENDOFTEXT, QWEN_IM_START, QWEN_IM_END):
+        vocab[special] = len(vocab)
+    return Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token=QWEN_IM_END,
+        pad_token=QWEN_ENDOFTEXT, extra_special_tokens=[QWEN_IM_START, QWEN_IM_END],
+        model_max_length=QWEN_MAX_LENGTH, padding_side=padding_side, chat_template=QWEN_CHAT_TEMPLATE,
+    )  # fmt: skip
+
+
+def qwen_words(template_words: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Template words, then the prompt words with and without their leading space."""
+    words = list(template_words)
+    for word in QWEN_PROMPT_WORDS:
+        words += [word, " " + word]
+    return tuple(dict.fromkeys(words))

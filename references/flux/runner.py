@@ -19,6 +19,7 @@ from harness.trace.memory import Trace
 from references.common.instance_hooks import PipelineForcer, PipelineRecorder
 from references.common.reference_pipeline import (
     check_pipeline_class,
+    check_single_prompt,
     make_generator,
     quiet_libraries,
     run_reference_pipeline,
@@ -162,6 +163,7 @@ def run_flux_reference(
     After the run the pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
     """
     check_pipeline_class(checkpoint, "FluxPipeline", "FLUX")
+    check_single_prompt(request, "FLUX")
     run_reference_pipeline(
         FluxPipeline, checkpoint, request, trace, recorder=_FluxRecorder, forcer=_FluxForcer,
         call_kwargs=lambda pipe: flux_pipeline_kwargs(request) | {"latents": _fp64_start_latents(pipe, request)},

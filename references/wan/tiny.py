@@ -1,4 +1,11 @@
-"""A tiny random-weight Wan 2.1 text-to-video checkpoint in the standard Diffusers folder format, built offline.
+"""Tiny random-weight Wan checkpoints in the standard Diffusers folder format, built offline.
+
+Wan 2.1 text-to-video (WanPipeline) by default; the same builder makes the other layouts the family's cases need:
+- `boundary_ratio` set: Wan 2.2 A14B, two DiTs of the same shape (different weights) switched at
+  boundary_ratio * num_train_timesteps, `transformer_2` the low-noise expert;
+- `image_to_video`: WanImageToVideoPipeline, the DiT taking 16 + 4 + 16 input channels (latents, mask channels,
+  conditioning latents); with `image_encoder` (Wan 2.1 I2V) also a CLIP vision tower and its image processor, and
+  the DiT's image path (image_dim, the added key/value projections); without it (Wan 2.2 A14B I2V) neither.
 
 Parity needs a checkpoint both sides can load with every stage of the real architecture (UMT5 encoder with
 per-layer relative bias and its own tokenizer, the Wan DiT with 3D RoPE and cross-attention, the causal 3D VAE
@@ -17,8 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-from transformers import UMT5Config, UMT5EncoderModel
+from diffusers import (
+    AutoencoderKLWan,
+    UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from references.common.tiny_build import (
     build_once,
@@ -102,6 +115,18 @@ class TinyWanConfig:
 
     scheduler: dict = field(default_factory=lambda: dict(WAN_2_1_SCHEDULER), hash=False)
 
+    # Wan 2.2 A14B: a second expert below boundary_ratio * num_train_timesteps (None: one DiT)
+    boundary_ratio: float | None = None
+    # image-to-video: conditioning channels in the DiT input; with image_encoder (Wan 2.1 I2V) a CLIP image path
+    image_to_video: bool = False
+    image_encoder: bool = True
+    clip_hidden: int = 32
+    clip_intermediate: int = 48
+    clip_layers: int = 3  # the DiT gets the penultimate layer's state: the last one must differ from it
+    clip_heads: int = 4
+    clip_image_size: int = 28  # 4 x 4 patches of 7 pixels + the class token: 17 image tokens
+    clip_patch: int = 7
+
     def __post_init__(self) -> None:
         if len(self.vae_temperal_downsample) != len(self.vae_dim_mult) - 1:
             raise ValueError(
@@ -110,6 +135,16 @@ class TinyWanConfig:
             )
         if len(self.vae_latents_mean) != self.vae_z_dim:
             raise ValueError(f"vae_z_dim {self.vae_z_dim} must be 16: Wan's latent statistics are per channel of 16")
+
+    @property
+    def has_image_path(self) -> bool:
+        """The DiT attends to CLIP image tokens (Wan 2.1 I2V)."""
+        return self.image_to_video and self.image_encoder
+
+    @property
+    def dit_in_channels(self) -> int:
+        """Latents, plus the mask channels (one per frame of a temporal group) and conditioning latents for I2V."""
+        return 2 * self.vae_z_dim + self.vae_scale_factor_temporal if self.image_to_video else self.vae_z_dim
 
     @classmethod
     def wide(cls) -> TinyWanConfig:
@@ -172,20 +207,7 @@ def _build_components(seed: int, config: TinyWanConfig) -> dict:
     )
 
     seed_component(seed, 1)
-    transformer = WanTransformer3DModel(
-        patch_size=tuple(config.dit_patch_size),
-        num_attention_heads=config.dit_heads,
-        attention_head_dim=config.dit_head_dim,
-        in_channels=config.vae_z_dim,
-        out_channels=config.vae_z_dim,
-        text_dim=config.umt5_d_model,
-        freq_dim=config.dit_freq_dim,
-        ffn_dim=config.dit_ffn_dim,
-        num_layers=config.dit_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-    )
+    transformer = _build_dit(config)
 
     seed_component(seed, 2)
     vae = AutoencoderKLWan(
@@ -202,28 +224,64 @@ def _build_components(seed: int, config: TinyWanConfig) -> dict:
         scale_factor_spatial=config.vae_scale_factor_spatial,
     )
 
-    for index, model in enumerate((text_encoder, transformer, vae)):
+    models: dict[str, torch.nn.Module] = {"text_encoder": text_encoder, "transformer": transformer, "vae": vae}
+    if config.boundary_ratio is not None:
+        seed_component(seed, 3)  # the low-noise expert: the same architecture, its own weights
+        models["transformer_2"] = _build_dit(config)
+    if config.has_image_path:
+        seed_component(seed, 4)
+        models["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=config.clip_hidden, intermediate_size=config.clip_intermediate,
+            num_hidden_layers=config.clip_layers, num_attention_heads=config.clip_heads,
+            image_size=config.clip_image_size, patch_size=config.clip_patch, projection_dim=config.clip_hidden,
+            hidden_act="gelu",
+        ))
+    # a component's index is its seed slot, as before the optional ones existed (the T2V weights are unchanged)
+    slots = {"text_encoder": 0, "transformer": 1, "vae": 2, "transformer_2": 3, "image_encoder": 4}
+    for name, model in models.items():
         reinit_zero_weights(model)
-        randomise_constant_parameters(model, seed, index)
+        randomise_constant_parameters(model, seed, slots[name])
         model.eval()
 
-    return {
-        "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
-        "transformer": transformer,
-        "vae": vae,
-        "scheduler": UniPCMultistepScheduler(**config.scheduler),
-    }
+    components: dict = {"tokenizer": tokenizer, **models, "scheduler": UniPCMultistepScheduler(**config.scheduler)}
+    if config.has_image_path:
+        side = config.clip_image_size
+        components["image_processor"] = CLIPImageProcessorPil(size={"shortest_edge": side},
+                                                           crop_size={"height": side, "width": side})
+    return components
+
+
+def _build_dit(config: TinyWanConfig) -> WanTransformer3DModel:
+    """The Wan DiT of `config` (the caller seeds it): with the CLIP image path for Wan 2.1 I2V."""
+    image = {"image_dim": config.clip_hidden, "added_kv_proj_dim": config.dit_heads * config.dit_head_dim}
+    return WanTransformer3DModel(
+        patch_size=tuple(config.dit_patch_size),
+        num_attention_heads=config.dit_heads,
+        attention_head_dim=config.dit_head_dim,
+        in_channels=config.dit_in_channels,
+        out_channels=config.vae_z_dim,
+        text_dim=config.umt5_d_model,
+        freq_dim=config.dit_freq_dim,
+        ffn_dim=config.dit_ffn_dim,
+        num_layers=config.dit_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        **(image if config.has_image_path else {}),
+    )
 
 
 def build_tiny_wan(out_dir: Path, seed: int = 0, config: TinyWanConfig | None = None) -> Path:
-    """Write a complete WanPipeline folder (fp32 safetensors) with random weights determined by `seed`.
+    """Write a complete WanPipeline (or WanImageToVideoPipeline) folder (fp32 safetensors) with random weights
+    determined by `seed`.
 
     The global torch RNG is left as it was: seeding happens inside a forked RNG state.
     """
     config = config or TinyWanConfig()
+    pipeline_cls = WanImageToVideoPipeline if config.image_to_video else WanPipeline
+    extra = {} if config.boundary_ratio is None else {"boundary_ratio": config.boundary_ratio}
     with torch.random.fork_rng(devices=[]):
-        pipe = WanPipeline(**_build_components(seed, config))
+        pipe = pipeline_cls(**_build_components(seed, config), **extra)
     return save_checkpoint(pipe, out_dir, BUILD_VERSION, seed, config.to_dict())
 
 

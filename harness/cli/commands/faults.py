@@ -37,14 +37,14 @@ def command_faults(args: argparse.Namespace) -> int:
     from harness.verdicts.faults import FAULTS, faults_for
 
     case = get_case(args.case)
-    available = faults_for(case.family)
+    available = faults_for(case.family, case.name)
     if args.fault:
         unknown = [name for name in args.fault if name not in FAULTS]
         if unknown:
             raise UsageError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(f.name for f in available)}")
         foreign = [name for name in args.fault if FAULTS[name] not in available]
         if foreign:
-            raise UsageError(f"fault(s) {', '.join(foreign)} cannot break a {case.family} pipeline")
+            raise UsageError(f"fault(s) {', '.join(foreign)} cannot break a {case.family} pipeline of case {case.name}")
         selected = [FAULTS[name] for name in dict.fromkeys(args.fault)]
     else:
         selected = available

@@ -51,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--prompt", help="prompt (default: the case's)")
     run.add_argument("--negative-prompt", help="negative prompt; with --true-cfg > 1 enables true CFG")
     run.add_argument("--true-cfg", type=finite_float, help="true classifier-free guidance scale (default 1: off)")
+    run.add_argument("--true-cfg-2", type=finite_float, metavar="SCALE",
+                     help="two-expert models (Wan 2.2 A14B): the low-noise expert's CFG scale (default: --true-cfg)")
+    run.add_argument("--image", type=Path, metavar="PATH",
+                     help="image-to-video cases: the conditioning picture (8-bit RGB, gray or palette; no alpha, "
+                          "not 16-bit; at least 8x8; its aspect within 1.25x of the request's), given to both "
+                          "sides as the same RGB pixels (default: the case's own picture)")
     run.add_argument("--max-sequence-length", type=positive_int, metavar="N",
                      help="text-encoder token length of both sides (default: the case's, or the model family's)")
     run.add_argument("--expect", choices=EXPECT_CHOICES, default="auto",
@@ -91,11 +97,18 @@ def command_run(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda requested but no CUDA device is available to torch")
+    image = None
+    if args.image is not None:
+        if case.default_request.image is None:
+            raise UsageError(f"case {case.name} takes no conditioning image; --image is for image-to-video cases")
+        from harness.run.request_image import load_image
+
+        image = load_image(args.image)  # validated here: a bad file is one line before anything runs
     request = case.request(
         prompt=args.prompt, seed=args.seed, steps=args.steps, height=args.height, width=args.width,
         frames=args.frames, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
-        true_cfg_scale=args.true_cfg, dtype=args.dtype, device=args.device,
-        max_sequence_length=args.max_sequence_length,
+        true_cfg_scale=args.true_cfg, true_cfg_scale_2=args.true_cfg_2, image=image, dtype=args.dtype,
+        device=args.device, max_sequence_length=args.max_sequence_length,
     )
     if checkpoint is None and args.model is not None:  # the case form: a bad folder's error.json lands in out_dir
         from native_models.loader import resolve_checkpoint
@@ -124,6 +137,8 @@ def command_run(args: argparse.Namespace) -> int:
 
     topology = Topology(tp=args.tp, sp=args.sp)
     frames = f", {request.frames} frames" if case.video else ""
+    if request.image is not None:
+        frames += f", image {request.image.source} ({request.image.width}x{request.image.height})"
     ranks = f", native on {topology.world} ranks ({topology.name})" if topology.is_parallel else ""
     cfg = f", CFG {request.true_cfg_scale:g}" if request.do_true_cfg else ""
     print(f"{case.name}: {request.height}x{request.width}{frames}, {request.steps} steps, seed {request.seed}, "
