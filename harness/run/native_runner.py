@@ -83,7 +83,6 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
         max_sequence_length=request.max_sequence_length,
         num_frames=request.frames,
     )
-    params.negative_prompt = request.negative_prompt  # verbatim, None included: both sides run the same request
     prompts = [params.prompt, *request.extra_prompts]  # each prompt's images next to each other, as Diffusers
     batch = Req(
         prompt=[prompt for prompt in prompts for _ in range(request.batch_size)],

@@ -68,7 +68,14 @@ class WanSamplingParams(SamplingParams):
     WanPipeline example (Wan's own sampling negative prompt, in English), 512 UMT5 tokens."""
 
     prompt: str = "a cat walks on the grass, realistic"
-    negative_prompt: str | None = WAN_NEGATIVE_PROMPT
+    negative_prompt: str | None = ""  # what WanPipeline encodes for None; the checkpoint default is below
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: Path) -> SamplingParams:
+        """A Wan checkpoint run as a user would (`run --model`): CFG against WAN_NEGATIVE_PROMPT. The class default
+        stays "" because a request without a negative prompt falls back to it on the native side, where
+        WanPipeline encodes "" for None."""
+        return cls(negative_prompt=WAN_NEGATIVE_PROMPT)
     num_inference_steps: int = 50
     height: int = 480
     width: int = 832
