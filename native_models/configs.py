@@ -9,6 +9,7 @@ most, one model-specific stage.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +56,12 @@ class SamplingParams:
     true_cfg_scale: float = 1.0
     max_sequence_length: int = 512
     num_frames: int = 1  # video families (Wan: 4k + 1); image families ignore it
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: Path) -> SamplingParams:
+        """The defaults for one checkpoint of the family, read from its config files when variants of one
+        pipeline class differ (FLUX.1-schnell against FLUX.1-dev); default: the class's own defaults."""
+        return cls()
 
     def updated(self, **overrides: Any) -> SamplingParams:
         """A copy with the given non-None fields replaced (unknown names raise, so typos cannot pass silently)."""

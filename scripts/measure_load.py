@@ -52,38 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
 DTYPES = ("fp32", "bf16")
 
-# ---- published configs ---------------------------------------------------------------------------------------
-
-# black-forest-labs/FLUX.1-dev: transformer/config.json (layers set by the builder)
-FLUX_DEV_TRANSFORMER = {"patch_size": 1, "in_channels": 64, "attention_head_dim": 128, "num_attention_heads": 24,
-                        "joint_attention_dim": 4096, "pooled_projection_dim": 768, "guidance_embeds": True,
-                        "axes_dims_rope": (16, 56, 56)}
-# text_encoder/config.json (openai/clip-vit-large-patch14's text tower, legacy eos id 2)
-FLUX_DEV_CLIP = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "projection_dim": 768,
-                 "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
-                 "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "bos_token_id": 0, "eos_token_id": 2,
-                 "pad_token_id": 1}
-# text_encoder_2/config.json (google/t5-v1_1-xxl encoder; layers set by the builder)
-FLUX_DEV_T5 = {"vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_heads": 64,
-               "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-               "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6, "dropout_rate": 0.0,
-               "tie_word_embeddings": False, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
-# vae/config.json
-FLUX_DEV_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
-                "up_block_types": ("UpDecoderBlock2D",) * 4, "block_out_channels": (128, 256, 512, 512),
-                "layers_per_block": 2, "act_fn": "silu", "latent_channels": 16, "norm_num_groups": 32,
-                "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159, "use_quant_conv": False,
-                "use_post_quant_conv": False, "mid_block_add_attention": True}
-# Wan-AI/Wan2.1-T2V-1.3B-Diffusers: transformer/config.json (layers set by the builder)
-WAN_13B_TRANSFORMER = {"patch_size": (1, 2, 2), "num_attention_heads": 12, "attention_head_dim": 128,
-                       "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960,
-                       "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
-                       "rope_max_seq_len": 1024}
-# text_encoder/config.json (google/umt5-xxl encoder; layers set by the builder)
-WAN_UMT5 = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_heads": 64,
-            "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-            "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6, "dropout_rate": 0.0,
-            "tie_word_embeddings": False, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+# ---- published configs: references/flux/published.py, references/wan/published.py -----------------------
 
 # Published sizes used for the extrapolation: parameters per component, and the folder built here that stands in.
 REAL_MODELS = {
@@ -93,77 +62,19 @@ REAL_MODELS = {
 }
 
 
-# ---- building the folders --------------------------------------------------------------------------------------
-
-
-class _DefaultDtype:
-    """Construct modules directly in bf16: the random init then never holds an fp32 copy (the folders are
-    saved in bf16 anyway)."""
-
-    def __init__(self, dtype: Any) -> None:
-        self.dtype = dtype
-
-    def __enter__(self) -> None:
-        import torch
-
-        self.previous = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *_: object) -> None:
-        import torch
-
-        torch.set_default_dtype(self.previous)
+# ---- building the folders (the builders shared with cases/test_published_configs.py) ---------------------------
 
 
 def build_flux_dev(out: Path, double: int, single: int, t5_layers: int, shard: str) -> None:
-    import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from references.flux.published import build_published_flux
 
-    from references.common.tokenizers import CLIP_MERGES, build_clip_tokenizer, build_t5_tokenizer
-    from references.flux.components import FLUX_DEV_SCHEDULER
-
-    torch.manual_seed(0)
-    with _DefaultDtype(torch.bfloat16):
-        pipe = FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
-            vae=AutoencoderKL(**FLUX_DEV_VAE),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**FLUX_DEV_CLIP)),
-            tokenizer=build_clip_tokenizer(CLIP_MERGES),
-            text_encoder_2=T5EncoderModel(T5Config(**FLUX_DEV_T5, num_layers=t5_layers)),
-            tokenizer_2=build_t5_tokenizer(),
-            transformer=FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER, num_layers=double, num_single_layers=single),
-        )
-    pipe.save_pretrained(out, max_shard_size=shard)
-    _write_build_record(out, "flux-dev", {"double": double, "single": single, "t5_layers": t5_layers, "shard": shard})
+    build_published_flux(out, "flux-dev", double=double, single=single, t5_layers=t5_layers, shard=shard)
 
 
 def build_wan_13b(out: Path, dit_layers: int, umt5_layers: int, shard: str) -> None:
-    import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    from references.wan.published import build_published_wan
 
-    from references.common.tokenizers import build_umt5_tokenizer
-    from references.wan.tiny import WAN_2_1_SCHEDULER
-
-    torch.manual_seed(0)
-    with _DefaultDtype(torch.bfloat16):
-        pipe = WanPipeline(
-            tokenizer=build_umt5_tokenizer(),
-            text_encoder=UMT5EncoderModel(UMT5Config(**WAN_UMT5, num_layers=umt5_layers)),
-            transformer=WanTransformer3DModel(**WAN_13B_TRANSFORMER, num_layers=dit_layers),
-            vae=AutoencoderKLWan(),  # Diffusers' defaults are Wan 2.1's VAE
-            scheduler=UniPCMultistepScheduler(**WAN_2_1_SCHEDULER),
-        )
-    pipe.save_pretrained(out, max_shard_size=shard)
-    _write_build_record(out, "wan-1.3b", {"dit_layers": dit_layers, "umt5_layers": umt5_layers, "shard": shard})
-
-
-def _write_build_record(out: Path, family: str, sizes: dict[str, Any]) -> None:
-    files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*.safetensors"))}
-    record = {"family": family, "random_weights": True, "stored_dtype": "bf16", "sizes": sizes,
-              "weight_bytes": sum(files.values()), "files": files}
-    (out / "diffparity_build.json").write_text(json.dumps(record, indent=1))
+    build_published_wan(out, dit_layers=dit_layers, umt5_layers=umt5_layers, shard=shard)
 
 
 # ---- memory ----------------------------------------------------------------------------------------------------

@@ -175,6 +175,8 @@ class ToleranceSpec:
     calibrated: dict[tuple[str, str, str], Tolerance] = field(default_factory=dict)
     floors: dict[tuple[str, str, str], float] = field(default_factory=dict)
     source: str = "default"
+    # which calibration a run used, or why none (a --model run: harness/golden/model_calibration.py); None: unsaid
+    calibration: dict[str, Any] | None = None
 
     def _key(self, stage: str, field_name: str, mode: str) -> tuple[str, str, str]:
         key = (mode, stage, field_name)
@@ -196,8 +198,16 @@ class ToleranceSpec:
             "floor_metric": FLOOR_METRIC,
             "floor_multiple": FLOOR_MULTIPLE,
             "minimum_roundings": MINIMUM_ROUNDINGS,
-            "rule": threshold_rule(self.source if self.calibrated else None, self.dtype),
+            "rule": self._rule(),
+            **({"calibration": self.calibration} if self.calibration is not None else {}),
         }
+
+    def _rule(self) -> str:
+        rule = threshold_rule(self.source if self.calibrated else None, self.dtype)
+        note = (self.calibration or {}).get("note")
+        if self.calibrated or not note:
+            return rule
+        return rule.split(" (no calibration for this case")[0] + f" ({note})"
 
     @classmethod
     def from_calibration(cls, data: dict[str, Any], source: str) -> ToleranceSpec:

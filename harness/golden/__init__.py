@@ -8,5 +8,6 @@
 - verify.py: `verify_golden`, `compare_with_golden`, `check_checkpoint`;
 - checkpoint_identity.py: `checkpoint_identity`, what makes two checkpoints the same;
 - calibrate.py: `calibrate`, the floor of every record measured by the reference against itself, written under
-  golden/tolerances/ (harness/compare/tolerances.py reads it).
+  golden/tolerances/ (harness/compare/tolerances.py reads it);
+- model_calibration.py: a user's checkpoint calibrated and found again by its identity (`model_tolerance_spec`).
 """

@@ -226,13 +226,15 @@ def calibrate(
     cfg: bool = True,
     checkpoint: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    skip: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Measure every record's floors for `case` and return the calibration document (not yet written)."""
+    """Measure every record's floors for `case` and return the calibration document (not yet written).
+    `skip`: perturbations left out by name (fp64 when the checkpoint does not fit in memory twice over)."""
     from native_models.loader import resolve_checkpoint
 
     start = time.perf_counter()
     checkpoint = checkpoint or (resolve_checkpoint(model) if model else case.build_checkpoint())
-    perturbations = perturbations_for(device, dtype)
+    perturbations = [p for p in perturbations_for(device, dtype) if p.name not in skip]
     requests = calibration_requests(case, dtype, device, seeds, sizes, cfg)
     forcing = case.run_reference_forced is not None
     free: dict[tuple[str, str], FloorEntry] = {}

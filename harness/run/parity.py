@@ -23,6 +23,7 @@ from harness.progress import phase_of
 from harness.report.artifacts import write_run_artifacts
 from harness.report.build import build_report
 from harness.run.cases import Case
+from harness.run.expectation import Expectation, resolve_expectation
 from harness.run.forcing import FORCED_STAGES
 from harness.run.multirank import RankRun, Topology, check_topology
 from harness.run.native_runner import plan_native_run
@@ -63,6 +64,7 @@ def run_parity(
     forcing: bool = True,
     tolerances: ToleranceSpec | None = None,
     topology: Topology | None = None,
+    expect: Expectation | None = None,
 ) -> ParityResult:
     """Run both sides of `case` for `request` and compare them; writes the report when `out_dir` is given.
 
@@ -74,6 +76,7 @@ def run_parity(
     defaults. A parallel `topology` runs the native side on tp x sp ranks (harness/run/multirank.py;
     `mutate_native` then must be picklable), compared with the reference as usual and with a single-rank native
     run (`ranks`). `progress` (a step-callback factory; a harness.progress.Progress also hears each phase).
+    `expect`: whether the native output must look like a picture (harness/run/expectation.py); default: auto.
     """
     phase = phase_of(progress)
     start = time.perf_counter()
@@ -85,6 +88,7 @@ def run_parity(
     if parallel:
         check_topology(topology, checkpoint, plan, request.device)
     spec = tolerances or load_tolerance_spec(case.name, request.dtype, request.device, model)
+    expect = expect or resolve_expectation(None, case.expects_picture, checkpoint if model else None, case.name)
 
     # traces stream to an unnamed spool in out_dir (bounded memory); Trace.save writes them (report/artifacts.py)
     meta = {"case": case.name, "request": request.to_dict(), "model": model, "checkpoint": str(model or checkpoint)}
@@ -105,7 +109,7 @@ def run_parity(
     phase("comparing and writing the report" if out_dir is not None else "comparing")
     comparison = compare_sides(reference, native, request.dtype, spec)
     report = parity_report(case, request, model, str(model or checkpoint), comparison, spec,
-                           {**timings, **reference.timings, **native.timings}, reference, native)
+                           {**timings, **reference.timings, **native.timings}, reference, native, expect)
     result = ParityResult(comparison, report, native.frames, reference.frames, native.trace, reference.trace,
                           native.forced_trace, noise_fails=report["noise"]["fails_run"], ranks=native.ranks)
     if out_dir is not None:
@@ -124,8 +128,8 @@ def compare_sides(reference: SideRun, native: SideRun, dtype: str, spec: Toleran
 
 
 def parity_report(case: Case, request: GenerationRequest, model: str | None, checkpoint: str, comparison: Comparison,
-                  spec: ToleranceSpec, timings: dict[str, float], reference: SideRun, native: SideRun
-                  ) -> dict[str, Any]:
+                  spec: ToleranceSpec, timings: dict[str, float], reference: SideRun, native: SideRun,
+                  expect: Expectation) -> dict[str, Any]:
     """report.json of a parity run: the comparison, then the noise verdict and the ranks, which can fail it too."""
     report = build_report(
         case=case.name,
@@ -139,9 +143,8 @@ def parity_report(case: Case, request: GenerationRequest, model: str | None, che
     )
     if native.forcing_skipped is not None:
         report["forcing_skipped"] = native.forcing_skipped
-    # a user's real checkpoint (--model) is expected to draw pictures, like a trained case
-    report["noise"] = noise_section(native.frames, reference.frames, case.expects_picture or model is not None,
-                                    video=case.video)
+    report["expect"] = expect.to_dict()
+    report["noise"] = noise_section(native.frames, reference.frames, expect.picture, video=case.video)
     if report["noise"]["fails_run"]:
         report["verdict"] = "fail"
     if native.ranks is not None:

@@ -47,13 +47,22 @@ def flux_image_ids(grid_h: int, grid_w: int, dtype: torch.dtype, device: torch.d
 
 @dataclass
 class FluxSamplingParams(SamplingParams):
-    """FLUX.1-dev defaults."""
+    """FLUX.1-dev defaults (FluxPipeline's own: 28 steps, guidance 3.5, 1024x1024, 512 T5 tokens)."""
 
     num_inference_steps: int = 28
     height: int = 1024
     width: int = 1024
     guidance_scale: float = 3.5
     max_sequence_length: int = 512
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: Path) -> SamplingParams:
+        """FLUX.1-schnell (a transformer without guidance embedding: timestep-distilled) samples as its model card
+        says: 4 steps, guidance 0, 256 T5 tokens; every other FLUX checkpoint gets FLUX.1-dev's defaults."""
+        transformer = read_json(checkpoint / "transformer" / "config.json")
+        if transformer.get("guidance_embeds", False):
+            return cls()
+        return cls(num_inference_steps=4, guidance_scale=0.0, max_sequence_length=256)
 
 
 @dataclass

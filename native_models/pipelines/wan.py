@@ -54,12 +54,28 @@ def clean_wan_prompt(text: str) -> str:
     return regex.sub(r"\s+", " ", text).strip()  # the `regex` module, as Diffusers: its \s is Unicode White_Space
 
 
+WAN_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly "
+    "drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy "
+    "background, three legs, many people in the background, walking backwards"
+)
+
+
 @dataclass
 class WanSamplingParams(SamplingParams):
-    """WanPipeline's defaults: 81 frames at 480x832, 50 steps, CFG 5.0 against the empty negative prompt."""
+    """WanPipeline's defaults: 81 frames at 480x832, 50 steps, CFG 5.0 against the negative prompt of Diffusers'
+    WanPipeline example (Wan's own sampling negative prompt, in English), 512 UMT5 tokens."""
 
     prompt: str = "a cat walks on the grass, realistic"
-    negative_prompt: str | None = ""
+    negative_prompt: str | None = ""  # what WanPipeline encodes for None; the checkpoint default is below
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: Path) -> SamplingParams:
+        """A Wan checkpoint run as a user would (`run --model`): CFG against WAN_NEGATIVE_PROMPT. The class default
+        stays "" because a request without a negative prompt falls back to it on the native side, where
+        WanPipeline encodes "" for None."""
+        return cls(negative_prompt=WAN_NEGATIVE_PROMPT)
     num_inference_steps: int = 50
     height: int = 480
     width: int = 832

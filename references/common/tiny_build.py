@@ -79,6 +79,7 @@ def save_checkpoint(pipe: Any, out_dir: Path, build_version: int, seed: int, con
     pipe.save_pretrained(out_dir, safe_serialization=True)
     info = {
         "build_version": build_version,
+        "random_weights": True,  # `diffparity run --model DIR --expect auto` then expects noise
         "seed": seed,
         "config": config,
         "torch": torch.__version__,

@@ -7,7 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.cli.common import EXIT_PASS, UsageError, add_case_argument, bounded_int, check_out_dir
+from harness.cli.common import EXIT_PASS, UsageError, bounded_int, check_out_dir, positive_int
+
+SMALL_SIDE, SMALL_STEPS, SMALL_FRAMES = 64, 2, 5  # the small request of `calibrate --model DIR`
 
 
 def size(text: str) -> tuple[int, int]:
@@ -35,13 +37,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 written, 2 bad input or usage.",
     )
-    add_case_argument(parser)
-    parser.add_argument("--seeds", type=bounded_int(1000), default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("case", metavar="CASE", nargs="?",
+                        help="case name, e.g. flux-tiny (see `diffparity list`); leave out with --model to calibrate "
+                             "that checkpoint, stored by its identity and used by every later `run --model` of it")
+    parser.add_argument("--seeds", type=bounded_int(1000), help="seeds 0..N-1 (default 3; with --model alone, 1)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="precision (default fp32)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
     parser.add_argument("--size", type=size, action="append", metavar="HxW",
                         help="a size to calibrate (repeatable; default: the case's calibration sizes)")
-    parser.add_argument("--model", metavar="PATH_OR_HF_ID", help="calibrate this checkpoint instead of the case's")
+    parser.add_argument("--model", metavar="PATH_OR_HF_ID",
+                        help="calibrate this checkpoint: without CASE at a small request of its family's defaults "
+                             f"({SMALL_SIDE}x{SMALL_SIDE}, {SMALL_STEPS} steps, {SMALL_FRAMES} frames for video, the "
+                             "family's token length), fp64 only where it fits in memory, stored under "
+                             "$DIFFPARITY_CACHE/calibrations/ keyed by the checkpoint's identity")
+    parser.add_argument("--steps", type=positive_int, help=f"steps of each request (with --model alone; default "
+                                                           f"{SMALL_STEPS})")
+    parser.add_argument("--max-sequence-length", type=positive_int, metavar="N",
+                        help="token length (with --model alone; default: the family's, as `run --model` uses)")
     parser.add_argument("--no-cfg", action="store_true", help="no true-CFG request (no floors for negative fields)")
     parser.add_argument("--out", type=Path, metavar="FILE", dest="out_file",  # a file: no error.json beside it
                         help="write here instead of golden/tolerances/ (the default, read by `diffparity run`)")
@@ -52,12 +64,16 @@ def command_calibrate(args: argparse.Namespace) -> int:
     from harness.compare.tolerances import calibration_path
     from harness.run.cases import get_case
 
-    case = get_case(args.case)
+    if args.case is None and args.model is None:
+        raise UsageError("name a CASE (see `diffparity list`) or a checkpoint with --model DIR_OR_HF_ID")
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda requested but no CUDA device is available to torch")
+    if args.case is None:
+        return calibrate_model(args)
+    case = get_case(args.case)
     path: Path = args.out_file or calibration_path(case.name, args.dtype, args.device, args.model)
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder; calibrate writes one file")
@@ -67,11 +83,48 @@ def command_calibrate(args: argparse.Namespace) -> int:
 
     print(f"{case.name}: calibrating {args.dtype} on {args.device}, {args.seeds} seed(s)", file=sys.stderr)
     with Progress(case.name) as progress:
-        document = calibrate(case, dtype=args.dtype, device=args.device, seeds=args.seeds, sizes=args.size,
+        document = calibrate(case, dtype=args.dtype, device=args.device, seeds=args.seeds or 3, sizes=args.size,
                              model=args.model, cfg=not args.no_cfg, progress=progress.phase)
     write_calibration(document, path)
     print(format_floors(document))
     perturbations = ", ".join(p["name"] for p in document["perturbations"])
     print(f"{len(document['requests'])} requests x perturbations ({perturbations}) in {document['runtime_s']} s")
     print(f"tolerances: {path}")
+    return EXIT_PASS
+
+
+def calibrate_model(args: argparse.Namespace) -> int:
+    """`calibrate --model DIR`: floors on the user's checkpoint at a small request, stored by its identity."""
+    from dataclasses import replace
+
+    from harness.golden.calibrate import calibrate, format_floors, write_calibration
+    from harness.golden.model_calibration import annotate, fp64_fits, identity_digest, model_calibration_path
+    from harness.progress import Progress
+    from harness.run.model_case import model_case
+    from native_models.loader import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.model)
+    case = model_case(args.model, checkpoint)
+    digest, kind = identity_digest(checkpoint)
+    path: Path = args.out_file or model_calibration_path(case.family, digest, args.dtype, args.device)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; calibrate writes one file")
+    check_out_dir(path.parent)
+    small = case.request(steps=args.steps or SMALL_STEPS, height=SMALL_SIDE, width=SMALL_SIDE,
+                         frames=SMALL_FRAMES if case.video else 1, max_sequence_length=args.max_sequence_length)
+    case = replace(case, default_request=small)
+    fits, floors = fp64_fits(checkpoint, args.dtype, args.device)
+    seeds = args.seeds or 1
+    print(f"{case.name}: calibrating {args.dtype} on {args.device}, {seeds} seed(s), {small.steps} steps, "
+          f"{small.max_sequence_length} tokens; {floors}", file=sys.stderr)
+    with Progress(case.name) as progress:
+        document = calibrate(case, dtype=args.dtype, device=args.device, seeds=seeds, sizes=args.size,
+                             model=args.model, cfg=not args.no_cfg, checkpoint=checkpoint, progress=progress.phase,
+                             skip=() if fits else ("fp64",))
+    annotate(document, case.family, digest, kind, floors, str(args.model))
+    write_calibration(document, path)
+    print(format_floors(document))
+    perturbations = ", ".join(p["name"] for p in document["perturbations"])
+    print(f"{len(document['requests'])} requests x perturbations ({perturbations}) in {document['runtime_s']} s")
+    print(f"calibration of checkpoint {digest[:16]} ({kind}): {path}")
     return EXIT_PASS

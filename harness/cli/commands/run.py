@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.cli.common import (
     EXIT_FAIL,
     EXIT_PASS,
     UsageError,
-    add_case_argument,
     check_out_dir,
     finite_float,
     positive_int,
     seed_int,
 )
+from harness.run.expectation import EXPECT_CHOICES
+
+if TYPE_CHECKING:
+    from harness.run.cases import Case
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,10 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 parity holds, 1 parity fails (first divergence printed), 2 bad input or usage.",
     )
-    add_case_argument(run)
+    run.add_argument("case", metavar="CASE", nargs="?",
+                     help="case name, e.g. flux-tiny (see `diffparity list`); leave out with --model to run that "
+                          "checkpoint with its family's own request defaults")
     run.add_argument("--model", metavar="PATH_OR_HF_ID",
-                     help="run the case on this checkpoint instead of its tiny one: a local Diffusers folder or a "
-                          "Hugging Face id already in the offline cache")
+                     help="a local Diffusers folder or a Hugging Face id already in the offline cache. Without CASE "
+                          "the family comes from its model_index.json and the request from the family's sampling "
+                          "defaults (FLUX.1-dev: 28 steps, 1024x1024, guidance 3.5, 512 tokens; schnell: 4 steps, "
+                          "guidance 0, 256 tokens; Wan 2.1: 50 steps, 81 frames 480x832, CFG 5, 512 tokens); "
+                          "with CASE, the case's request on this checkpoint")
     run.add_argument("--seed", type=seed_int, help="random seed of the initial noise (default: case's)")
     run.add_argument("--steps", type=positive_int, help="denoising steps")
     run.add_argument("--height", type=positive_int, help="image height in pixels")
@@ -48,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="image-to-video cases: the conditioning picture (8-bit RGB, gray or palette; no alpha, "
                           "not 16-bit; at least 8x8; its aspect within 1.25x of the request's), given to both "
                           "sides as the same RGB pixels (default: the case's own picture)")
+    run.add_argument("--max-sequence-length", type=positive_int, metavar="N",
+                     help="text-encoder token length of both sides (default: the case's, or the model family's)")
+    run.add_argument("--expect", choices=EXPECT_CHOICES, default="auto",
+                     help="what the checkpoint should draw: picture (a noise-like native output fails the run), "
+                          "noise (the noise check only informs), auto (default: noise when the checkpoint's "
+                          "diffparity_build.json says random weights or the case has random weights, else picture)")
     run.add_argument("--dtype", choices=("fp32", "bf16"), help="precision of both sides (default fp32)")
     run.add_argument("--device", choices=("cpu", "cuda"), help="device of both sides (default cpu)")
     run.add_argument("--tp", type=positive_int, default=1, metavar="N",
@@ -66,10 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from harness.run.cases import get_case
     from harness.run.run_folders import new_run_folder
 
-    case = get_case(args.case)  # a known name: never a path to write under (`../x`, `/etc`)
+    case, checkpoint = run_target(args.case, args.model)
     if args.out is None:
         check_out_dir(Path("out") / case.name)
         # every later error lands in this run's own folder (error.json), which `latest` then points at
@@ -94,8 +108,29 @@ def command_run(args: argparse.Namespace) -> int:
         prompt=args.prompt, seed=args.seed, steps=args.steps, height=args.height, width=args.width,
         frames=args.frames, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
         true_cfg_scale=args.true_cfg, true_cfg_scale_2=args.true_cfg_2, image=image, dtype=args.dtype,
-        device=args.device,
+        device=args.device, max_sequence_length=args.max_sequence_length,
     )
+    if checkpoint is None and args.model is not None:  # the case form: a bad folder's error.json lands in out_dir
+        from native_models.loader import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(args.model)
+    if checkpoint is not None:  # configs, shard index and headers checked now: a bad folder is one line, alone
+        from harness.run.native_runner import plan_native_run
+
+        plan_native_run(checkpoint, request, model_name=args.model)
+    from harness.compare.tolerances import load_tolerance_spec
+    from harness.run.expectation import resolve_expectation
+
+    # a case's own checkpoint: its stored calibration as before; a --model checkpoint: the one stored for its
+    # identity, else (case form) the case's for that --model, and the report says which or that there is none
+    spec = load_tolerance_spec(case.name, request.dtype, request.device)
+    if checkpoint is not None:
+        from harness.golden.model_calibration import case_tolerance_spec, model_tolerance_spec
+
+        spec = model_tolerance_spec(case.family, checkpoint, request.dtype, request.device)
+        if args.case is not None and not spec.calibrated:
+            spec = case_tolerance_spec(case.name, request.dtype, request.device, args.model)
+    expect = resolve_expectation(args.expect, case.expects_picture, checkpoint, case.name)
     from harness.report.build import format_stage_table
     from harness.run.multirank import Topology
     from harness.run.parity import run_parity
@@ -105,13 +140,19 @@ def command_run(args: argparse.Namespace) -> int:
     if request.image is not None:
         frames += f", image {request.image.source} ({request.image.width}x{request.image.height})"
     ranks = f", native on {topology.world} ranks ({topology.name})" if topology.is_parallel else ""
+    cfg = f", CFG {request.true_cfg_scale:g}" if request.do_true_cfg else ""
     print(f"{case.name}: {request.height}x{request.width}{frames}, {request.steps} steps, seed {request.seed}, "
+          f"{request.max_sequence_length} tokens, guidance {request.guidance_scale:g}{cfg}, "
           f"{request.dtype} on {request.device}{ranks}", file=sys.stderr)
+    calibration = spec.calibration or {"used": bool(spec.calibrated), "path": spec.source}
+    print(f"thresholds: {'calibration ' + str(calibration.get('path')) if calibration.get('used') else 'defaults'}"
+          f"{' (' + str(calibration['floors']) + ')' if calibration.get('floors') else ''}; expecting "
+          f"{expect.expects} ({expect.reason})", file=sys.stderr)
     from harness.progress import Progress
 
     with Progress(case.name, enabled=not args.no_progress) as progress:
         result = run_parity(case, request, model=args.model, out_dir=out_dir, progress=progress,
-                            forcing=not args.no_forcing, topology=topology)
+                            forcing=not args.no_forcing, tolerances=spec, topology=topology, expect=expect)
     print(format_stage_table(result.comparison, result.report.get("noise"), result.report.get("tolerances")))
     if result.report.get("forcing_skipped"):
         print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
@@ -127,3 +168,20 @@ def command_run(args: argparse.Namespace) -> int:
         point_latest(out_dir)
     print(f"report: {out_dir / 'report.json'}")
     return EXIT_PASS if result.passed else EXIT_FAIL
+
+
+def run_target(case_name: str | None, model: str | None) -> tuple[Case, Path | None]:
+    """The case a run executes: a named case (its --model folder, if any, is resolved later, once the run folder
+    exists) or, without one, the --model checkpoint's family case with the resolved folder."""
+    from harness.run.cases import get_case
+
+    if case_name is None and model is None:
+        raise UsageError("name a CASE (see `diffparity list`) or a checkpoint with --model DIR_OR_HF_ID")
+    if case_name is not None:
+        return get_case(case_name), None  # a known name: never a path to write under (`../x`, `/etc`)
+    from harness.run.model_case import model_case
+    from native_models.loader import resolve_checkpoint
+
+    assert model is not None
+    checkpoint = resolve_checkpoint(model)
+    return model_case(model, checkpoint), checkpoint

@@ -1,0 +1,75 @@
+"""Real-config check: folders built by Diffusers itself from the *published* component configs of FLUX.1-dev,
+FLUX.1-schnell and Wan 2.1 T2V 1.3B (real widths, one or two layers, bf16 and sharded like the public
+repositories: references/<family>/published.py) run through the command a user types, `diffparity run --model
+DIR --dtype fp32`, at the family's own token length (512, 256, 512) and a small size.
+
+Slow (about 1 GB of bf16 weights per folder, 4 GiB per side in fp32): marked `slow`, run in the CPU suite.
+Larger builds (more layers, the real shard sizes): scripts/published_configs.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from native_models.safetensors_header import read_safetensors_header
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--height", "32", "--width", "32", "--steps", "1"]
+
+
+def _flux(variant: str) -> Callable[[Path], Path]:
+    def build(out: Path) -> Path:
+        from references.flux.published import build_published_flux
+
+        return build_published_flux(out, variant, double=1, single=1, t5_layers=1, clip_layers=1)
+    return build
+
+
+def _wan(out: Path) -> Path:
+    from references.wan.published import build_published_wan
+
+    return build_published_wan(out, dit_layers=1, umt5_layers=1)
+
+
+# name -> (builder, extra flags, sharded component, expected tokens, expected guidance)
+FOLDERS = {
+    "flux-dev": (_flux("flux-dev"), SMALL, "transformer", 512, 3.5),
+    "flux-schnell": (_flux("flux-schnell"), SMALL, "transformer", 256, 0.0),
+    "wan-1.3b": (_wan, [*SMALL, "--frames", "5"], "text_encoder", 512, 5.0),
+}
+
+
+@pytest.mark.parametrize("name", list(FOLDERS))
+def test_published_config_folder_passes_the_users_command(name: str, tmp_path: Path) -> None:
+    build, flags, sharded, tokens, guidance = FOLDERS[name]
+    folder = build(tmp_path / name)
+    index = next((folder / sharded).glob("*.safetensors.index.json"))  # sharded as the public repositories are
+    shards = sorted((folder / sharded).glob("*-of-*.safetensors"))
+    assert len(shards) >= 2 and len(set(json.loads(index.read_text())["weight_map"].values())) == len(shards)
+    assert {info.dtype for info in read_safetensors_header(shards[0]).values()} == {"BF16"}
+
+    out = tmp_path / "run"
+    script = Path(sys.executable).with_name("diffparity")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([str(script), "run", "--model", str(folder), "--dtype", "fp32", *flags, "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["verdict"] == "pass" and report["first_divergence"] is None
+    request = report["request"]
+    assert request["max_sequence_length"] == tokens
+    assert (request["true_cfg_scale"] if name.startswith("wan") else request["guidance_scale"]) == guidance
+    assert report["expect"]["expects"] == "noise"  # the build record says random weights
+    embeds = next(r for r in report["records"] if (r["stage"], r["field"]) == ("encode", "prompt_embeds"))
+    assert embeds["shape"][1] == tokens  # the far T5 buckets (distance >= 128) were exercised when tokens > 128
+    worst = max(r["metrics"][r["tolerance"]["metric"]] / r["tolerance"]["threshold"] for r in report["records"]
+                if r["tolerance"]["threshold"] > 0)
+    assert worst < 1.0
