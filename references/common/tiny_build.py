@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from harness.lifetime import sweep_stale_folders
 from native_models.tokenizer_cache import cache_root
 
 BUILD_INFO_FILE = "diffparity_build.json"
@@ -106,7 +107,9 @@ def build_once(final: Path, build: Callable[[Path], Any]) -> Path:
     if (final / "model_index.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    sweep_stale_folders(final.parent, (final.name,), sep=".")  # a build killed outright (SIGKILL) left its folder
+    # .NAME.PID.xxxx: a stop signal removes it on the way out (harness/lifetime.py), a later build sweeps it
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         build(tmp)
