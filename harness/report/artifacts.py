@@ -63,7 +63,10 @@ def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [0, 1] -> (B, H, W, C) uint8; a video batch (B, C, F, H, W) -> (B * F, H, W, C)."""
     if frames.ndim == 5:
         frames = frames.transpose(1, 2).flatten(0, 1)  # (B, F, C, H, W) -> (B * F, C, H, W), frames in order
-    array = frames.detach().to(torch.float32).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    # NaN drawn black and infinities clamped here, where they are pixels: numpy's cast of a NaN to uint8 is
+    # undefined and prints a RuntimeWarning in the middle of the run's output (the report names non-finite values)
+    frames = torch.nan_to_num(frames.detach().to(torch.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    array = frames.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return (array * 255).round().astype(np.uint8)
 
 
