@@ -8,8 +8,8 @@ exceeds what this process can still get, and warned about when it takes more tha
 The estimate reads only config.json files and assumes the geometry of the families here (FLUX, Wan): a VAE
 that scales 8x per side, a DiT token per 2x2 latent patch (16x16 pixels), Wan's 4 frames per latent frame. Its
 parts do not coexist, so the peak is their maximum:
-- DiT attention on the CPU (the 'math' kernel materialises the scores): batch x heads x tokens^2 x 4 bytes,
-  twice (scores and their softmax);
+- DiT attention with the 'math' kernel (the CPU default; it materialises the scores): batch x heads x
+  tokens^2 x 4 bytes, twice (scores and their softmax);
 - VAE mid-block attention (one head over every latent pixel of a frame): latent_pixels^2 x 4 bytes, twice;
 - VAE decoder convolutions at each resolution: batch x frames x pixels / 4^level x channels x 4 bytes,
   three alive at once (input, output, residual).
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.run.request import GenerationRequest
+from native_models.attention import get_attention_backend
 from native_models.errors import RequestError
 from native_models.loader import read_json
 
@@ -48,6 +49,13 @@ def _channels(vae: dict[str, Any]) -> list[int]:
     return [base * m for m in mults if isinstance(m, int) and m > 0] or [base]
 
 
+def materialises_scores(device: str) -> bool:
+    """Whether the native attention holds whole score matrices: the 'math' kernel, the CPU default
+    (native_models/attention.py); SDPA and flash-attn on CUDA work in tiles."""
+    backend = get_attention_backend()
+    return backend == "math" or (backend == "auto" and device == "cpu")
+
+
 def estimate_peak_bytes(checkpoint: Path, request: GenerationRequest) -> tuple[int, str]:
     """(bytes, what needs them) of the largest activation the request needs on either side."""
     transformer = read_json(checkpoint / "transformer" / "config.json") if (checkpoint / "transformer").is_dir() else {}
@@ -58,11 +66,11 @@ def estimate_peak_bytes(checkpoint: Path, request: GenerationRequest) -> tuple[i
     tokens = latent_frames * math.ceil(request.height / side) * math.ceil(request.width / side)
     tokens += request.max_sequence_length if "joint_attention_dim" in transformer else 0  # FLUX joint attention
     heads = _number(transformer, "num_attention_heads", 24)
-    parts = {
-        f"DiT attention scores ({heads} heads x {tokens} tokens^2)": 2 * batch * heads * tokens**2 * FLOAT_BYTES,
-    }
-    latent_pixels = math.ceil(request.height / VAE_SCALE) * math.ceil(request.width / VAE_SCALE)
-    parts[f"VAE attention over {latent_pixels} latent pixels"] = 2 * batch * latent_pixels**2 * FLOAT_BYTES
+    parts: dict[str, int] = {}
+    if materialises_scores(request.device):
+        parts[f"DiT attention scores ({heads} heads x {tokens} tokens^2)"] = 2 * batch * heads * tokens**2 * FLOAT_BYTES
+        latent_pixels = math.ceil(request.height / VAE_SCALE) * math.ceil(request.width / VAE_SCALE)
+        parts[f"VAE attention over {latent_pixels} latent pixels"] = 2 * batch * latent_pixels**2 * FLOAT_BYTES
     pixels = batch * frames * request.height * request.width
     conv = max(channels * pixels // 4**level for level, channels in enumerate(_channels(vae)))
     parts["VAE decoder activations"] = 3 * conv * FLOAT_BYTES
