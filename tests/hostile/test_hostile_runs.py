@@ -24,7 +24,6 @@ from hostile_helpers import assert_one_line_error, fails_fast
 from stop_signals import hidden_folders, stop_run
 
 import harness.run.parity
-from harness.lifetime import CommandLifetime, Interrupted, owner_pid, temporary_folder_prefix
 from harness.report import artifacts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,28 +79,43 @@ def test_a_stopped_multi_rank_run_leaves_no_process_no_folder_no_stale_report(si
     assert "Traceback" not in result.stderr_tail and "internal error" not in result.stderr_tail
 
 
-def test_sigterm_while_writing_leaves_no_staging_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 19 #7: a real SIGTERM while the artifacts are written unwinds (the command's lifetime turns it into
-    Interrupted) and the staging folder goes with it; the earlier run stays whole."""
-    from test_hostile_reports import _result, snapshot
+# SIGTERM arrives (a real signal, sent by the process to itself) while report.html is rendered, in staging
+WRITE_AND_DIE = """
+import os, signal, sys
+import harness.report.artifacts as artifacts
+render = artifacts.render_html
+def render_and_die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return render(*args, **kwargs)
+artifacts.render_html = render_and_die
+from harness.cli.main import main
+sys.exit(main(["run", "flux-tiny", "--steps", "1", "--height", "32", "--width", "32", "--no-forcing",
+               "--no-progress", "--out", sys.argv[1]]))
+"""
 
-    artifacts.write_run_artifacts(_result(1.0), tmp_path)
-    before = snapshot(tmp_path)
 
-    def render_and_die(*args: object, **kwargs: object) -> str:
-        os.kill(os.getpid(), signal.SIGTERM)
-        return "<html>never</html>"
-
-    monkeypatch.setattr(artifacts, "render_html", render_and_die)
-    with pytest.raises(Interrupted), CommandLifetime():
-        artifacts.write_run_artifacts(_result(2.0), tmp_path)
-    assert snapshot(tmp_path) == before  # no .staging-*, every old file byte for byte
+@pytest.mark.slow
+def test_sigterm_while_writing_leaves_no_staging_folder(tmp_path: Path) -> None:
+    """Issue 19 #7/#6: SIGTERM while the artifacts are written left `.staging-*` and no marker; now the staging
+    folder goes, the earlier run moves to previous/ and error.json says SIGTERM (a real process, a real signal)."""
+    out = tmp_path / "out"
+    files = _previous_run(out)
+    proc = subprocess.run([sys.executable, "-c", WRITE_AND_DIE, str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    assert hidden_folders(out) == []
+    assert sorted(p.name for p in out.iterdir()) == ["error.json", "previous"]
+    assert {n: (out / "previous" / n).read_bytes() for n in files} == files
+    assert json.loads((out / "error.json").read_text())["interrupted"] == "SIGTERM"
+    assert "Traceback" not in proc.stderr
 
 
 def test_folders_of_killed_runs_are_swept(tmp_path: Path) -> None:
     """Issue 19 #7: `.staging-*` / `.ranks-*` of a run killed outright (SIGKILL: no handler) are removed by the
     next run into the folder; a live owner's folder is left alone."""
     from test_hostile_reports import _result
+
+    from harness.lifetime import owner_pid, temporary_folder_prefix
 
     dead = _dead_pid()
     stale = [tmp_path / f".staging-{dead}-abc", tmp_path / f".ranks-{dead}-def"]
@@ -117,6 +131,7 @@ def test_folders_of_killed_runs_are_swept(tmp_path: Path) -> None:
 def test_a_killed_checkpoint_build_is_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 19 #7: a first checkpoint build killed outright leaves `.NAME.PID.xxxx` in the cache; the next
     build removes it, and a build interrupted by a signal removes its own."""
+    from harness.lifetime import CommandLifetime, Interrupted
     from references.common.tiny_build import build_once
 
     final = tmp_path / "checkpoints" / "tiny-x"
