@@ -16,14 +16,16 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 GRACE_S = 2.0  # how long children get to exit on SIGTERM before SIGKILL
+_TRACKED: set[Path] = set()  # temporary folders alive now (temporary_folder, tracked)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -95,6 +97,15 @@ def stop_descendants(grace_s: float = GRACE_S) -> int:
     return len(pids)
 
 
+def _importing(frame: FrameType | None) -> bool:
+    """Whether the interrupted code is inside an import (a frame of importlib's bootstrap on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class CommandLifetime:
     """Context manager around one command: stop signals stop the children, then raise `Interrupted` here.
 
@@ -104,13 +115,29 @@ class CommandLifetime:
     def __init__(self) -> None:
         self._previous: dict[int, object] = {}
         self._stopping = False
+        self.on_stop: Callable[[str], None] | None = None  # records the stop (error.json) when it cannot unwind
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._stopping:  # a second signal while stopping: the first is already unwinding
             return
         self._stopping = True
         stop_descendants()
+        if _importing(frame):  # an exception raised inside an import breaks the module (torch: a crash)
+            self._stop_now(signal.Signals(signum).name)
         raise Interrupted(signum)
+
+    def _stop_now(self, name: str) -> None:
+        """Stop without unwinding (the signal came inside an import): remove the tracked temporary folders,
+        record the stop, exit 2."""
+        for folder in list(_TRACKED):
+            shutil.rmtree(folder, ignore_errors=True)
+        if self.on_stop is not None:
+            with contextlib.suppress(Exception):
+                self.on_stop(name)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(2)
 
     def __enter__(self) -> CommandLifetime:
         import threading
@@ -139,10 +166,19 @@ def temporary_folder(kind: str, parent: Path | None = None) -> Iterator[Path]:
     if parent is not None:
         Path(parent).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=temporary_folder_prefix(kind), dir=parent))
+    with tracked(folder):
+        yield folder
+
+
+@contextlib.contextmanager
+def tracked(folder: Path) -> Iterator[Path]:
+    """Remove `folder` on the way out, and on a stop that cannot unwind (the lifetime removes what is tracked)."""
+    _TRACKED.add(folder)
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        _TRACKED.discard(folder)
 
 
 def owner_pid(name: str, kind: str, sep: str = "-") -> int | None:
@@ -170,4 +206,4 @@ def sweep_stale_folders(parent: Path, kinds: tuple[str, ...], sep: str = "-") ->
 
 
 __all__ = ["CommandLifetime", "Interrupted", "descendants", "stop_descendants", "sweep_stale_folders",
-           "temporary_folder", "temporary_folder_prefix"]
+           "temporary_folder", "temporary_folder_prefix", "tracked"]

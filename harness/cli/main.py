@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from harness.cli.common import EXIT_USAGE, OneLineParser, UsageError, one_line
+from harness.lifetime import CommandLifetime, Interrupted
+from harness.outcome import mark_failed_run
 
 # OS errors that mean the disk or the folder refused (named as such, not an internal error): errno -> reason
 OS_REFUSALS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
@@ -54,32 +56,49 @@ def write_error_report(out_dir: Path | None, case: str | None, message: str, int
     signal that stopped it), the earlier run's files moved to DIR/previous/ (harness/report/artifacts.py)."""
     if out_dir is None:
         return
-    from harness.report.artifacts import mark_failed_run
-
     record = {"case": case, "error": message, "exit_code": EXIT_USAGE, "interrupted": interrupted}
     with contextlib.suppress(OSError, ValueError):  # an unusable folder (or a NUL in its name): stderr says it
         mark_failed_run(Path(out_dir), record)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`diffparity ARGV` -> exit code. The command's lifetime (signal handlers) starts first, so a stop signal
+    at any moment, even while the parser imports its subcommands, ends in one line and exit 2."""
+    with CommandLifetime() as lifetime:  # stop signals stop every child process, then unwind (harness/lifetime.py)
+        return _main(argv, lifetime)
+
+
+def _stopped_by(exc: KeyboardInterrupt) -> str:
+    return exc.args[0] if isinstance(exc, Interrupted) and exc.args else "SIGINT"
+
+
+def _main(argv: list[str] | None, lifetime: CommandLifetime) -> int:
     # the libraries' own advisories (missing torchvision, accelerate...) are not the user's business here
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, not a crash
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt as exc:
+        print(f"diffparity: interrupted ({_stopped_by(exc)}) before the command started", file=sys.stderr)
+        return EXIT_USAGE
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from harness.lifetime import CommandLifetime, Interrupted
 
+    def on_stop(name: str) -> None:  # a stop inside an import exits at once: the same line and record
+        print(f"diffparity {args.command}: interrupted ({name}); nothing of this run is left as current",
+              file=sys.stderr)
+        _record_failure(args, f"interrupted by {name}", interrupted=name)
+
+    lifetime.on_stop = on_stop
     try:
-        with CommandLifetime():  # stop signals stop every child process, then unwind here (harness/lifetime.py)
-            return args.handler(args)
+        return args.handler(args)
     except KeyboardInterrupt as exc:
-        name = exc.args[0] if isinstance(exc, Interrupted) else "SIGINT"
+        name = _stopped_by(exc)
         print(f"diffparity {args.command}: interrupted ({name}); nothing of this run is left as current",
               file=sys.stderr)
         _record_failure(args, f"interrupted by {name}", interrupted=name)

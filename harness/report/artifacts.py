@@ -18,6 +18,7 @@ from PIL import Image
 
 from harness.files import write_json_atomic, write_text_atomic
 from harness.lifetime import sweep_stale_folders, temporary_folder
+from harness.outcome import RUN_ARTIFACTS, TEMPORARY_KINDS
 from harness.report.html import render_html
 from harness.report.image_metrics import ImageMetricsError, image_metrics, json_safe
 from harness.report.images import side_by_side
@@ -87,15 +88,6 @@ def save_side_by_side(native: torch.Tensor, reference: torch.Tensor, out_dir: Pa
     return written, vmax
 
 
-# every file a run or a compare may leave in its folder: a new run replaces or removes each of them, so no file
-# of an earlier run is ever left beside a newer report.json (a mixed folder)
-RUN_ARTIFACTS = ("report.json", "report.html", "report.md", "error.json", "native.png", "reference.png",
-                 "side_by_side.png", "native.safetensors", "reference.safetensors", "native_forced.safetensors",
-                 "native_1rank.safetensors", "native_1rank_forced.safetensors")
-PREVIOUS = "previous"  # where a failed or interrupted run moves the run before it (retire_previous_run)
-TEMPORARY_KINDS = ("staging", "ranks")  # harness/lifetime.py folders a killed run may have left in DIR
-
-
 def write_run_artifacts(result: RunOutputs, out_dir: Path) -> None:
     """Traces, images, HTML and Markdown reports, then report.json last, so a report.json on disk always has
     its artifacts beside it.
@@ -128,37 +120,6 @@ def _publish(staging: Path, out_dir: Path) -> None:
         if path.name != "report.json":
             os.replace(path, out_dir / path.name)
     os.replace(staging / "report.json", out_dir / "report.json")
-
-
-def retire_previous_run(out_dir: Path) -> list[str]:
-    """Move an earlier run's files out of `out_dir` into `out_dir/previous/` (report.json first), so a failed or
-    interrupted run never leaves the earlier report reading as this run's; returns the names moved. A folder
-    without report.json keeps what it has (a second failure keeps the run in previous/ as it was)."""
-    if not (out_dir / "report.json").is_file():
-        return []
-    target = out_dir / PREVIOUS
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        target.unlink()
-    target.mkdir(exist_ok=True)
-    moved = []
-    for name in RUN_ARTIFACTS:
-        source = out_dir / name
-        if name != "error.json" and (source.is_file() or source.is_symlink()):
-            os.replace(source, target / name)
-            moved.append(name)
-        elif name != "report.json":
-            (target / name).unlink(missing_ok=True)  # an older run's file in previous/ is not this run's
-    return moved
-
-
-def mark_failed_run(out_dir: Path, record: dict[str, Any]) -> None:
-    """The one artifact of a run that failed or was interrupted: `out_dir/error.json` (`record`: case, error,
-    exit_code, interrupted), after the earlier run's files moved to previous/ (named in the record)."""
-    sweep_stale_folders(out_dir, TEMPORARY_KINDS)
-    moved = retire_previous_run(out_dir)
-    if moved:
-        record = {**record, "previous_run": {"folder": PREVIOUS, "files": moved}}
-    write_json_atomic(out_dir / "error.json", record)
 
 
 def _write_artifacts(result: RunOutputs, out_dir: Path) -> None:

@@ -64,12 +64,15 @@ def _previous_run(out: Path) -> dict[str, bytes]:
 # ---- 1 and 7: signals on a multi-rank run, temporary folders ------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.parametrize("moment", ["start", "ranks-start"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stopped_multi_rank_run_leaves_no_process_no_folder_no_stale_report(signum: int, tmp_path: Path) -> None:
-    """Issue 19 #1/#6/#7: `run wan-tiny --tp 2 --sp 2` stopped while its 4 ranks run: 5 s later no process of
-    its session is alive (ranks, forkserver, resource tracker), no hidden folder is left, and the earlier run
-    in --out moved to previous/ beside an error.json that says which signal stopped it."""
-    result = stop_run(["run", "wan-tiny", "--tp", "2", "--sp", "2"], tmp_path / "out", "ranks-start", signum)
+def test_a_stopped_multi_rank_run_leaves_no_process_no_folder_no_stale_report(signum: int, moment: str,
+                                                                              tmp_path: Path) -> None:
+    """Issue 19 #1/#6/#7: `run wan-tiny --tp 2 --sp 2` stopped while it imports (1 s in: the signal lands inside
+    an import, where raising would break torch) or while its 4 ranks run: 5 s later no process of its session
+    is alive (ranks, forkserver, resource tracker), no hidden folder is left, and the earlier run in --out moved
+    to previous/ beside an error.json that says which signal stopped it."""
+    result = stop_run(["run", "wan-tiny", "--tp", "2", "--sp", "2"], tmp_path / "out", moment, signum)
     assert result.processes_left == [], result
     assert result.hidden_left == [], result
     assert result.exit_code == 2, result

@@ -113,7 +113,8 @@ def publish_compare_report(out: Path, report: dict) -> None:
     """report.json into `out` as the folder's only current file: a run's files already there move to
     out/previous/ (the compared traces among them: the report then names them there), never a mixed folder."""
     from harness.files import write_json_atomic
-    from harness.report.artifacts import PREVIOUS, publish_artifacts, retire_previous_run
+    from harness.outcome import PREVIOUS, retire_previous_run
+    from harness.report.artifacts import publish_artifacts
 
     folder = out.resolve()
     moved = set(retire_previous_run(out))
