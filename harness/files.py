@@ -17,7 +17,14 @@ from typing import IO, Any
 
 
 def default_file_mode() -> int:
-    """0o666 without the umask's bits."""
+    """0o666 without the umask's bits. The umask is read from /proc (Linux), not set and restored: setting it
+    from one thread while another creates a file gives that file (or, interleaved, the process) the wrong mode."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask

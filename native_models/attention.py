@@ -41,6 +41,19 @@ def set_attention_backend(name: str) -> None:
     _selected = name
 
 
+def check_attention_selection() -> str:
+    """The selected backend, after checking that it can run here: DIFFPARITY_ATTENTION is read at import and
+    never checked there, so a typo or a 'flash' without flash-attn is refused (one line) before a run starts
+    instead of running SDPA while the report names the requested backend."""
+    if _selected not in BACKENDS:
+        raise NativeError(f"DIFFPARITY_ATTENTION={_selected[:40]!r} is not an attention backend; choose one of "
+                          f"{', '.join(BACKENDS)}")
+    if _selected == "flash" and not flash_attn_available():
+        raise NativeError("DIFFPARITY_ATTENTION=flash but the flash-attn package is not installed; choose auto, "
+                          "sdpa or math")
+    return _selected
+
+
 def get_attention_backend() -> str:
     return _selected
 

@@ -41,6 +41,10 @@ def _check_prompt(name: str, value: object, optional: bool) -> None:
         raise RequestError(f"{name} must be a string, got {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
         raise RequestError(f"{name} has {len(value)} characters, more than {MAX_PROMPT_CHARS}")
+    try:  # bytes that were not UTF-8 on the command line arrive as lone surrogates: no tokenizer takes them
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(f"{name} is not valid UTF-8 text (undecodable byte at character {exc.start})") from None
 
 
 def check_request_limits(*, height: object, width: object, steps: object, seed: object, frames: object = 1,

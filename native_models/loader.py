@@ -32,7 +32,7 @@ from native_models.checkpoint_files import (
     tensor_sources,
 )
 from native_models.errors import CheckpointError
-from native_models.mapped_safetensors import FLOAT_DTYPES, MappedSafetensors
+from native_models.mapped_safetensors import FLOAT_DTYPES, TORCH_DTYPES, MappedSafetensors
 from native_models.materialise import Origin, materialise, meta_tensors, state_slots
 from native_models.meta_build import ConfigTooLarge, SkipInitOnMeta, build_empty, check_build_size, plan_dtypes
 from native_models.safetensors_header import FLOAT_WEIGHT_DTYPES
@@ -183,8 +183,21 @@ def _checked_component(cls: type, component_dir: Path) -> tuple[dict[str, Any], 
 def check_component(cls: type, component_dir: Path) -> dict[str, Any]:
     """Everything about a model component that can be checked without reading weights: config.json parses and
     builds `cls` within the size of the checkpoint, the safetensors headers (every shard) and the shard index
-    are sound. Returns the config."""
-    return _checked_component(cls, component_dir)[0]
+    are sound, and every stored tensor has the shape and a dtype the model built from config.json needs (a
+    `latent_channels` edited in config.json is named here, before Diffusers loads anything). Returns the config."""
+    config, sources = _checked_component(cls, component_dir)
+    model = build_empty(cls, config, component_dir)  # parameters on the meta device: no memory, no data read
+    state: dict[str, torch.Tensor] = {}
+    files: dict[int, Path] = {}
+    for name, source in sources.items():
+        stand_in = torch.empty(source.info.shape, dtype=TORCH_DTYPES[source.info.dtype], device="meta")
+        state[name] = stand_in
+        files[id(stand_in)] = source.file
+    convert = getattr(model, "convert_checkpoint_keys", None)
+    if convert is not None:
+        state = convert(state)
+    check_state(model, state, component_dir, files)
+    return config
 
 
 def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path,

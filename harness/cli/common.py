@@ -100,3 +100,22 @@ def check_out_dir(path: Path, flag: str = "--out") -> None:
         raise UsageError(f"{flag} {path} exists and is not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: the folder is not writable")
+    check_path_room(path, flag)
+
+
+# the longest name a run writes below its folder: a staging folder with a pid, then a temporary file of the
+# longest artifact name (harness/files.py atomic_output: .NAME.xxxxxxxx.tmp)
+LONGEST_ARTIFACT_SUFFIX = len("/.staging-4194304-xxxxxxxx/.native_1rank_forced.safetensors.xxxxxxxx.tmp")
+
+
+def check_path_room(path: Path, flag: str = "--out") -> None:
+    """Refuse a folder whose path leaves no room for the files a run writes below it (PATH_MAX, usually 4096
+    bytes): a 4,000-character `--out` is accepted by mkdir and would fail only when the report is written."""
+    try:
+        limit = os.pathconf(path, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        limit = 4096
+    length = len(os.fsencode(os.path.abspath(path))) + LONGEST_ARTIFACT_SUFFIX
+    if length >= limit:
+        raise UsageError(f"{flag} {str(path)[:60]}... is {length - LONGEST_ARTIFACT_SUFFIX} bytes long: the files "
+                         f"written below it would pass the system's path limit of {limit} bytes")

@@ -87,7 +87,10 @@ def promote_golden(case: str, dtype: str, device_cls: str, root: Path | None = N
     if not draft_path.exists():
         raise GoldenMissing(f"no draft to promote at {draft_path}: record one first (diffparity golden record "
                             f"{case} --dtype {dtype})")
-    draft = read_golden(draft_path)
+    try:
+        draft = read_golden(draft_path)
+    except FileNotFoundError:
+        raise GoldenMissing(f"the draft {draft_path} was promoted by another process meanwhile") from None
     draft.check_for(case, dtype, device_cls)
     worst = None
     replaced = target.exists()
@@ -98,7 +101,11 @@ def promote_golden(case: str, dtype: str, device_cls: str, root: Path | None = N
             worst = largest_change(read_golden(target), draft)
         except GoldenError:
             worst = None  # replacing a corrupt or outdated golden: nothing to compare with
-    os.replace(draft_path, target)
+    try:
+        os.replace(draft_path, target)
+    except FileNotFoundError:  # another `golden promote` moved the draft between our reading it and now
+        raise GoldenMissing(f"the draft {draft_path} was promoted by another process meanwhile; {target} holds "
+                            "that promotion") from None
     return Promotion(target, replaced, worst)
 
 

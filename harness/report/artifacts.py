@@ -7,9 +7,8 @@ has them): the report layer does not know how a run was made.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +17,8 @@ import torch
 from PIL import Image
 
 from harness.files import write_json_atomic, write_text_atomic
+from harness.lifetime import sweep_stale_folders, temporary_folder
+from harness.outcome import RUN_ARTIFACTS, TEMPORARY_KINDS
 from harness.report.html import render_html
 from harness.report.image_metrics import ImageMetricsError, image_metrics, json_safe
 from harness.report.images import side_by_side
@@ -63,7 +64,10 @@ def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [0, 1] -> (B, H, W, C) uint8; a video batch (B, C, F, H, W) -> (B * F, H, W, C)."""
     if frames.ndim == 5:
         frames = frames.transpose(1, 2).flatten(0, 1)  # (B, F, C, H, W) -> (B * F, C, H, W), frames in order
-    array = frames.detach().to(torch.float32).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    # NaN drawn black and infinities clamped here, where they are pixels: numpy's cast of a NaN to uint8 is
+    # undefined and prints a RuntimeWarning in the middle of the run's output (the report names non-finite values)
+    frames = torch.nan_to_num(frames.detach().to(torch.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    array = frames.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return (array * 255).round().astype(np.uint8)
 
 
@@ -92,21 +96,24 @@ def write_run_artifacts(result: RunOutputs, out_dir: Path) -> None:
     while writing (a full disk, a rendering error) leaves the previous run's files whole and no new file
     beside them; while files are moved, the old report.json is already gone and the new one comes last.
     """
+    publish_artifacts(out_dir, lambda staging: _write_artifacts(result, staging))
+
+
+def publish_artifacts(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """`write(staging)` into a hidden staging folder in `out_dir`, then publish: the one way a run's (or a
+    compare's) files reach their folder. Hidden folders of killed runs are swept on the way."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
-    try:
-        _write_artifacts(result, staging)
+    sweep_stale_folders(out_dir, TEMPORARY_KINDS)
+    with temporary_folder("staging", out_dir) as staging:
+        write(staging)
         _publish(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
-    """Move every staged file into `out_dir`, report.json last (the old one removed first)."""
+    """Move every staged file into `out_dir`, report.json last (the old one removed first, with every artifact
+    name of an earlier run that this one does not write)."""
     (out_dir / "report.json").unlink(missing_ok=True)
-    (out_dir / "error.json").unlink(missing_ok=True)
-    # a run without forcing (or on one rank): no stale forced (or single-rank) trace from an earlier run
-    for name in ("native_forced.safetensors", "native_1rank.safetensors", "native_1rank_forced.safetensors"):
+    for name in RUN_ARTIFACTS:
         if not (staging / name).exists():
             (out_dir / name).unlink(missing_ok=True)
     for path in sorted(staging.iterdir()):

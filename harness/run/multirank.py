@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
+import signal
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch
 
 from harness.compare.records import Comparison, compare_traces
 from harness.compare.tolerances import ToleranceSpec
+from harness.lifetime import temporary_folder
 from harness.report.build import describe_first_divergence, stage_summary
 from harness.run.forcing import FORCED_STAGES
 from harness.run.native_runner import NativePlan, plan_native_run, run_native
@@ -146,6 +146,9 @@ def _rank_main(rank: int, job: _RankJob) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job.port), RANK=str(rank),
                       WORLD_SIZE=str(job.topology.world), LOCAL_RANK=str(rank))
     torch.set_num_threads(job.threads)
+    # Ctrl-C reaches the whole process group: the harness process owns the stop (harness/lifetime.py stops the
+    # ranks), a rank does not die on its own with a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     mesh = init_parallel(tp=job.topology.tp, sp=job.topology.sp, device=job.request.device)
     try:
         plan = plan_native_run(job.checkpoint, job.request, model_name=job.model)
@@ -273,10 +276,8 @@ def run_native_ranks(
     `spool_dir` when given) that is deleted before returning.
     """
     threads = max(1, torch.get_num_threads() // topology.world)
-    if spool_dir is not None:
-        Path(spool_dir).mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=".ranks-", dir=spool_dir))
-    try:
+    # removed on every way out; a stop signal stops the ranks first (harness/lifetime.py), so none writes into it
+    with temporary_folder("ranks", spool_dir) as work_dir:
         if reference is not None:
             reference.save(work_dir / "reference.safetensors")
         job = _RankJob(Path(checkpoint), request, topology, work_dir, _free_port(), threads, model, dict(meta),
@@ -290,8 +291,6 @@ def run_native_ranks(
         skipped_file = work_dir / "forcing_skipped.txt"
         skipped = skipped_file.read_text() if skipped_file.is_file() else None
         frames = [torch.load(work_dir / f"frames{rank}.pt", weights_only=True) for rank in range(topology.world)]
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
     identical = all(torch.equal(f, frames[0]) for f in frames[1:])
     return RankRun(topology, request.device, trace, forced, frames[0], identical, forcing_skipped=skipped,
                    timings={"ranks": elapsed})

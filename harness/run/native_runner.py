@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,26 +19,29 @@ import torch
 from harness.run.forcing import run_forced, unsupported_reason
 from harness.run.request import GenerationRequest
 from harness.trace.memory import Trace
-from native_models.attention import get_attention_backend
+from native_models.attention import check_attention_selection, get_attention_backend
 from native_models.components import (
     MODEL_CLASSES,
     PROCESSOR_CLASSES,
     SCHEDULER_CLASSES,
+    TOKENIZER_CLASSES,
     is_known_class,
     load_processor,
     load_scheduler,
+    load_tokenizer,
     model_class,
 )
 from native_models.configs import PipelineConfig
 from native_models.errors import CheckpointError, RequestError
-from native_models.loader import check_component, read_model_index
+from native_models.loader import check_component, checkpoint_tensors, read_json, read_model_index
 from native_models.parallel.mesh import SINGLE, ParallelMesh
 from native_models.pipeline import ComposedPipeline, pipeline_class_for
 from native_models.registry import get_configs
 from native_models.req import Req
-from native_models.safetensors_header import read_safetensors_header
+from native_models.safetensors_header import FLOAT_WEIGHT_DTYPES, read_safetensors_header
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LIBRARIES = ("diffusers", "transformers")  # where a checkpoint's components may come from (model_index.json)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class NativePlan:
     pipeline_cls: type[ComposedPipeline]
     config: PipelineConfig
     batch: Req
+    stored_dtypes: dict[str, list[str]] = field(default_factory=dict)  # component -> float dtypes of its weights
 
 
 def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: str | None = None) -> NativePlan:
@@ -55,8 +59,9 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
 
     Raises CheckpointError / RequestError with one-line messages; reads only JSON and safetensors headers.
     """
+    check_attention_selection()  # DIFFPARITY_ATTENTION names a backend that can run here, or exit 2
     pipeline_cls = pipeline_class_for(checkpoint)
-    check_components(checkpoint, pipeline_cls)
+    stored_dtypes = check_components(checkpoint, pipeline_cls)
     entry = get_configs(model_name or str(checkpoint), pipeline_cls.pipeline_name)
     config = entry.pipeline_config_cls()
     pipeline_cls.configure(config, checkpoint)
@@ -102,30 +107,58 @@ def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: st
         device=torch.device(request.device),
     )
     config.check_request(batch)
-    return NativePlan(pipeline_cls, config, batch)
+    return NativePlan(pipeline_cls, config, batch, stored_dtypes)
 
 
-def check_components(checkpoint: Path, pipeline_cls: type[ComposedPipeline]) -> None:
-    """Every component class in model_index.json is known, the required ones are present, each model
-    component's config builds its native class within the size of its weights (on the meta device) and its
-    safetensors headers are sound, the scheduler config parses and an image processor's config reads (no tensor
-    data read). Optional components the checkpoint names (a second expert, an image encoder) are checked alike."""
+def check_components(checkpoint: Path, pipeline_cls: type[ComposedPipeline]) -> dict[str, list[str]]:
+    """Every component class in model_index.json is known and comes from diffusers or transformers, the required
+    ones are present, each model component's config builds its native class within the size of its weights (on
+    the meta device), its safetensors headers are sound and its tensors have the shapes that config needs, the
+    scheduler config parses, an image processor's config reads and each tokenizer's files parse and load (no
+    tensor data read). Optional components the checkpoint names (a second expert, an image encoder) are checked
+    alike. Returns the float dtypes each model component's weights are stored in."""
     components = read_model_index(checkpoint)
-    for name, (_, class_name) in components.items():
+    for name, (library, class_name) in components.items():
         if not is_known_class(class_name):
             raise CheckpointError(f"model_index.json names unknown class '{class_name}' for component '{name}'")
+        if library not in LIBRARIES:  # Diffusers imports this name: never a path, never another package
+            raise CheckpointError(f"{checkpoint / 'model_index.json'}: component '{name}' names library "
+                                  f"{library[:80]!r}; a component comes from {' or '.join(LIBRARIES)}")
     missing = [name for name in pipeline_cls._required_config_modules if name not in components]
     if missing:
         raise CheckpointError(f"{checkpoint / 'model_index.json'} lacks required component(s) {', '.join(missing)}")
+    stored: dict[str, list[str]] = {}
     optional = [name for name in pipeline_cls._optional_config_modules if name in components]
     for name in (*pipeline_cls._required_config_modules, *optional):
         class_name = components[name][1]
         if class_name in MODEL_CLASSES:
             check_component(model_class(class_name), checkpoint / name)
+            stored[name] = sorted({info.dtype for info in checkpoint_tensors(checkpoint / name).values()
+                                   if info.dtype in FLOAT_WEIGHT_DTYPES})
         elif class_name in SCHEDULER_CLASSES:
             load_scheduler(class_name, checkpoint / name)
         elif class_name in PROCESSOR_CLASSES:
             load_processor(class_name, checkpoint / name)
+        elif class_name in TOKENIZER_CLASSES:
+            check_tokenizer(checkpoint / name)
+    return stored
+
+
+def check_tokenizer(folder: Path) -> None:
+    """A tokenizer folder's JSON files each hold an object (the file named when not), and the tokenizer loads
+    (cached after the first load, native_models/tokenizer_cache.py): a corrupt tokenizer.json is refused here,
+    not met as a TypeError inside the reference's tokenizer."""
+    if not folder.is_dir():
+        raise CheckpointError(f"missing tokenizer folder: {folder}")
+    for file in sorted(folder.glob("*.json")):
+        read_json(file)
+    try:
+        load_tokenizer(folder)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the tokenizer libraries raise many types for a bad file
+        raise CheckpointError(f"cannot load tokenizer from {folder} ({type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0][:200]})") from None
 
 
 def check_safetensors_header(file: Path) -> None:

@@ -25,6 +25,7 @@ from harness.report.build import build_report
 from harness.run.cases import Case
 from harness.run.expectation import Expectation, resolve_expectation
 from harness.run.forcing import FORCED_STAGES
+from harness.run.memory_budget import check_memory
 from harness.run.multirank import RankRun, Topology, check_topology
 from harness.run.native_runner import plan_native_run
 from harness.run.request import GenerationRequest
@@ -84,6 +85,9 @@ def run_parity(
     checkpoint = resolve_checkpoint(model) if model else case.build_checkpoint()
     timings = {"checkpoint": time.perf_counter() - start}
     plan = plan_native_run(checkpoint, request, model_name=model)
+    memory_warning = check_memory(checkpoint, request)  # a request that cannot fit is refused here, not mid-run
+    if memory_warning:
+        phase(memory_warning)
     parallel = topology is not None and topology.is_parallel
     if parallel:
         check_topology(topology, checkpoint, plan, request.device)
@@ -110,6 +114,7 @@ def run_parity(
     comparison = compare_sides(reference, native, request.dtype, spec)
     report = parity_report(case, request, model, str(model or checkpoint), comparison, spec,
                            {**timings, **reference.timings, **native.timings}, reference, native, expect)
+    report["weights"] = weights_section(plan.stored_dtypes, request.dtype)
     result = ParityResult(comparison, report, native.frames, reference.frames, native.trace, reference.trace,
                           native.forced_trace, noise_fails=report["noise"]["fails_run"], ranks=native.ranks)
     if out_dir is not None:
@@ -125,6 +130,22 @@ def compare_sides(reference: SideRun, native: SideRun, dtype: str, spec: Toleran
                                 stages=FORCED_STAGES)
         comparison.forced_records = forced.records
     return comparison
+
+
+NARROWER = {"fp32": ("F16", "BF16"), "bf16": ()}  # stored dtypes that carry less precision than the run's
+
+
+def weights_section(stored: dict[str, list[str]], run_dtype: str) -> dict[str, Any]:
+    """report["weights"]: the dtypes each component's weights are stored in, and which were stored with less
+    precision than the run computes in (an fp32 comparison of bf16 weights compares upcast bf16 values)."""
+    narrower = {name: dtypes for name, dtypes in stored.items() if set(dtypes) & set(NARROWER.get(run_dtype, ()))}
+    section: dict[str, Any] = {"stored_dtypes": stored, "run_dtype": run_dtype,
+                               "stored_narrower_than_run": sorted(narrower)}
+    if narrower:
+        section["note"] = (f"weights of {', '.join(sorted(narrower))} are stored in "
+                           f"{'/'.join(sorted({d for v in narrower.values() for d in v}))} and run upcast to "
+                           f"{run_dtype}: the comparison is of {run_dtype} arithmetic on lower-precision weights")
+    return section
 
 
 def parity_report(case: Case, request: GenerationRequest, model: str | None, checkpoint: str, comparison: Comparison,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from harness.lifetime import sweep_stale_folders, tracked
 from native_models.tokenizer_cache import cache_root
 
 BUILD_INFO_FILE = "diffparity_build.json"
@@ -107,8 +107,10 @@ def build_once(final: Path, build: Callable[[Path], Any]) -> Path:
     if (final / "model_index.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    sweep_stale_folders(final.parent, (final.name,), sep=".")  # a build killed outright (SIGKILL) left its folder
+    # .NAME.PID.xxxx: a stop signal removes it on the way out (harness/lifetime.py), a later build sweeps it
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent))
+    with tracked(tmp):  # removed on every way out, a stop signal included (harness/lifetime.py)
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         build(tmp)
         try:
@@ -116,6 +118,4 @@ def build_once(final: Path, build: Callable[[Path], Any]) -> Path:
         except OSError:
             if not (final / "model_index.json").is_file():
                 raise RuntimeError(f"cannot create {final}: it exists but is not a checkpoint; delete it") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final

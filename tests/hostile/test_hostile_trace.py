@@ -363,7 +363,8 @@ def test_compare_out_below_a_file(pair: tuple[Path, Path], tmp_path: Path, cli) 
 
 
 def test_compare_failure_keeps_the_previous_report(pair: tuple[Path, Path], tmp_path: Path, cli) -> None:
-    """A compare that cannot start leaves the earlier report.json byte for byte, beside its error.json."""
+    """A compare that cannot start moves the earlier report.json, byte for byte, to previous/ beside its
+    error.json: nothing stale reads as this compare's result (issue 19 #6)."""
     out = tmp_path / "out"
     code, _, _ = cli(["compare", str(pair[0]), str(pair[1]), "--out", str(out)])
     assert code == 0
@@ -371,8 +372,8 @@ def test_compare_failure_keeps_the_previous_report(pair: tuple[Path, Path], tmp_
     pair[1].write_bytes(pair[1].read_bytes()[:-1])
     code, _, err = cli(["compare", str(pair[0]), str(pair[1]), "--out", str(out)])
     assert_one_line_error(code, err, "is truncated")
-    assert (out / "report.json").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["error.json", "report.json"]
+    assert (out / "previous" / "report.json").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["error.json", "previous"]
 
 
 def test_crc32_in_metadata_matches_the_sound_file(sound_bytes: bytes) -> None:

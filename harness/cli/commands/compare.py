@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.cli.common import EXIT_FAIL, EXIT_PASS, UsageError, check_out_dir
+from harness.cli.common import EXIT_FAIL, EXIT_PASS, UsageError, check_out_dir, one_line
 
 if TYPE_CHECKING:  # keep `diffparity --help` free of torch imports
     from harness.compare.tolerances import ToleranceSpec
@@ -109,9 +109,24 @@ def check_comparable(reference: Trace, candidate: Trace, names: tuple[str, str])
                              f"{list(cand_shape)} in B (another size, step count or model; not comparable)")
 
 
+def publish_compare_report(out: Path, report: dict) -> None:
+    """report.json into `out` as the folder's only current file: a run's files already there move to
+    out/previous/ (the compared traces among them: the report then names them there), never a mixed folder."""
+    from harness.files import write_json_atomic
+    from harness.outcome import PREVIOUS, retire_previous_run
+    from harness.report.artifacts import publish_artifacts
+
+    folder = out.resolve()
+    moved = set(retire_previous_run(out))
+    for trace in report["compared_traces"].values():
+        path = Path(trace["path"])
+        if path.parent == folder and path.name in moved:
+            trace["path"] = str(folder / PREVIOUS / path.name)
+    publish_artifacts(out, lambda staging: write_json_atomic(staging / "report.json", report))
+
+
 def command_compare(args: argparse.Namespace) -> int:
     from harness.compare.records import compare_traces
-    from harness.files import write_json_atomic
     from harness.report.build import build_report, format_stage_table
     from harness.trace.streaming import TraceReader
 
@@ -145,9 +160,7 @@ def command_compare(args: argparse.Namespace) -> int:
                    "request": trace.meta.get("request"), "environment": trace.environment}
             for role, path, trace in (("reference", args.trace_a, reference), ("candidate", args.trace_b, candidate))
         }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "error.json").unlink(missing_ok=True)
-    write_json_atomic(args.out / "report.json", report)
+    publish_compare_report(args.out, report)
     print(format_stage_table(comparison, tolerances=report["tolerances"]))
-    print(f"report: {args.out / 'report.json'}")
+    print(f"report: {one_line(str(args.out / 'report.json'))}")
     return EXIT_PASS if comparison.passed else EXIT_FAIL

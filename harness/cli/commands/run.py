@@ -13,6 +13,7 @@ from harness.cli.common import (
     UsageError,
     check_out_dir,
     finite_float,
+    one_line,
     positive_int,
     seed_int,
 )
@@ -166,7 +167,7 @@ def command_run(args: argparse.Namespace) -> int:
         from harness.run.run_folders import point_latest
 
         point_latest(out_dir)
-    print(f"report: {out_dir / 'report.json'}")
+    print(f"report: {one_line(str(out_dir / 'report.json'))}")  # a newline in the path stays on this line
     return EXIT_PASS if result.passed else EXIT_FAIL
 
 
