@@ -87,6 +87,40 @@ def add_case_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("case", metavar="CASE", help="case name, e.g. flux-tiny (see `diffparity list`)")
 
 
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """The request options of `run` (and `drill`): model, seed, size, steps, prompts, guidance, dtype, device."""
+    parser.add_argument("--model", metavar="PATH_OR_HF_ID",
+                        help="run the case on this checkpoint instead of its tiny one: a local Diffusers folder or "
+                             "a Hugging Face id already in the offline cache")
+    parser.add_argument("--seed", type=seed_int, help="random seed of the initial noise (default: case's)")
+    parser.add_argument("--steps", type=positive_int, help="denoising steps")
+    parser.add_argument("--height", type=positive_int, help="image height in pixels")
+    parser.add_argument("--width", type=positive_int, help="image width in pixels")
+    parser.add_argument("--frames", type=positive_int, help="frame count (video cases only; Wan: 4k + 1)")
+    parser.add_argument("--guidance", type=finite_float, help="guidance-embedding scale (FLUX-dev style)")
+    parser.add_argument("--prompt", help="prompt (default: the case's)")
+    parser.add_argument("--negative-prompt", help="negative prompt; with --true-cfg > 1 enables true CFG")
+    parser.add_argument("--true-cfg", type=finite_float, help="true classifier-free guidance scale (default 1: off)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), help="precision of both sides (default fp32)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="device of both sides (default cpu)")
+
+
+def request_from_arguments(case, args: argparse.Namespace):  # (Case, Namespace) -> GenerationRequest
+    """The case's default request with the options of `add_request_arguments` applied (checked first)."""
+    if args.frames not in (None, 1) and not case.video:
+        raise UsageError(f"case {case.name} makes images; --frames applies to video cases only")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda requested but no CUDA device is available to torch")
+    return case.request(
+        prompt=args.prompt, seed=args.seed, steps=args.steps, height=args.height, width=args.width,
+        frames=args.frames, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+        true_cfg_scale=args.true_cfg, dtype=args.dtype, device=args.device,
+    )
+
+
 def check_out_dir(path: Path, flag: str = "--out") -> None:
     """Create the output folder now and make sure it can be written, so an unusable `--out` (an existing file,
     a file among its parents, a read-only folder) fails in the first second with one line, not after the run."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from harness.cli.common import EXIT_USAGE, OneLineParser, UsageError, one_line
 
-COMMANDS = ("run", "compare", "calibrate", "faults", "noise", "list_cases", "golden", "gate")
+COMMANDS = ("run", "drill", "compare", "calibrate", "faults", "noise", "list_cases", "golden", "gate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,12 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 def known_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, reported as one line with exit 2."""
     from harness.compare.tolerances import ToleranceError
+    from harness.drill.target import DrillError
     from harness.golden.errors import GoldenError
     from harness.run.cases import CaseError
     from harness.trace.keys import TraceError
     from native_models.errors import NativeError
 
-    return (UsageError, CaseError, NativeError, TraceError, ToleranceError, GoldenError)
+    return (UsageError, CaseError, NativeError, TraceError, ToleranceError, GoldenError, DrillError)
 
 
 def write_error_report(out_dir: Path | None, case: str | None, message: str) -> None:

@@ -2,8 +2,9 @@
 
 No external resource of any kind: images are embedded as base64 PNG, the drift plot is inline SVG drawn by
 `harness.svg_plot`, styles are inline, and there is no script. Sections, top to bottom: request and first
-divergence, per-stage table coloured by verdict, native / reference / |difference| heat-map per frame, the drift
-plot, image metrics, environment, and every record (collapsed).
+divergence, per-stage table coloured by verdict, the drill-down to a module (harness/report/drill_view.py),
+native / reference / |difference| heat-map per frame, the drift plot, image metrics, environment, and every
+record (collapsed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from harness.report import view
+from harness.report.drill_view import drill_html
 from harness.report.images import frame_images, heat_gradient_css
 from harness.report.plots import PlotSeries, log_line_plot
 
@@ -205,7 +207,8 @@ def render_html(
     """The page for `report` (a report.json document); frames (B, C, H, W) in [0, 1] add the image section."""
     title = f"diffparity {report.get('case', '')}: {report.get('verdict', '')}"
     sections = [
-        _header(report), _stage_section(report), _images_section(native, reference), _drift_section(report),
+        _header(report), _stage_section(report), drill_html(report), _images_section(native, reference),
+        _drift_section(report),
         _image_metrics_section(report), _environment_section(report), _records_section(report),
     ]
     body = "\n".join(s for s in sections if s)

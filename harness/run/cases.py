@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from harness.families import FamilyRegistry
 from harness.run.request import GenerationRequest
@@ -43,6 +44,10 @@ class Case:
     # (steps, height, width): per seed, one more true-CFG request at a corner the sizes miss (harness/golden/
     # calibrate.py), measured only when the caller names no sizes
     calibration_corners: tuple[tuple[int, int, int], ...] = ()
+    # (checkpoint, request, trace, probe): the reference run with `probe.install(pipe)` called on the loaded
+    # Diffusers pipeline before it runs (and `probe.remove()` after), so a drill (harness/drill/) can capture a
+    # component call's inputs; it may stop the run early by raising. None: the case cannot be drilled
+    run_reference_probe: Callable[[Path, GenerationRequest, Trace, Any], None] | None = None
 
     def request(self, **overrides: object) -> GenerationRequest:
         """The default request with the given non-None fields replaced."""

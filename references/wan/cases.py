@@ -6,6 +6,7 @@ Reference code (Diffusers) and the builder are imported when the case runs, not 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from harness.run.cases import Case, ProgressCallback, register_case
 from harness.run.request import GenerationRequest
@@ -27,6 +28,12 @@ def _run_wan_reference(
     run_wan_reference(checkpoint, request, trace, progress)
 
 
+def _run_wan_reference_probe(checkpoint: Path, request: GenerationRequest, trace: Trace, probe: Any) -> None:
+    from references.wan.runner import run_wan_reference
+
+    run_wan_reference(checkpoint, request, trace, probe=probe)
+
+
 def _run_wan_reference_forced(checkpoint: Path, request: GenerationRequest, trace: Trace, baseline: Trace) -> None:
     from references.wan.runner import run_wan_reference
 
@@ -41,6 +48,7 @@ register_case(Case(
     build_checkpoint=_tiny_wan_checkpoint,
     run_reference=_run_wan_reference,
     run_reference_forced=_run_wan_reference_forced,
+    run_reference_probe=_run_wan_reference_probe,
     video=True,
     # 5 frames -> 2 latent frames of 6x10 (30 DiT tokens); true CFG as WanPipeline samples by default
     default_request=GenerationRequest(

@@ -9,13 +9,12 @@ from pathlib import Path
 from harness.cli.common import (
     EXIT_FAIL,
     EXIT_PASS,
-    UsageError,
     add_case_argument,
+    add_request_arguments,
     check_out_dir,
-    finite_float,
     make_progress,
     positive_int,
-    seed_int,
+    request_from_arguments,
 )
 
 
@@ -31,20 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 parity holds, 1 parity fails (first divergence printed), 2 bad input or usage.",
     )
     add_case_argument(run)
-    run.add_argument("--model", metavar="PATH_OR_HF_ID",
-                     help="run the case on this checkpoint instead of its tiny one: a local Diffusers folder or a "
-                          "Hugging Face id already in the offline cache")
-    run.add_argument("--seed", type=seed_int, help="random seed of the initial noise (default: case's)")
-    run.add_argument("--steps", type=positive_int, help="denoising steps")
-    run.add_argument("--height", type=positive_int, help="image height in pixels")
-    run.add_argument("--width", type=positive_int, help="image width in pixels")
-    run.add_argument("--frames", type=positive_int, help="frame count (video cases only; Wan: 4k + 1)")
-    run.add_argument("--guidance", type=finite_float, help="guidance-embedding scale (FLUX-dev style)")
-    run.add_argument("--prompt", help="prompt (default: the case's)")
-    run.add_argument("--negative-prompt", help="negative prompt; with --true-cfg > 1 enables true CFG")
-    run.add_argument("--true-cfg", type=finite_float, help="true classifier-free guidance scale (default 1: off)")
-    run.add_argument("--dtype", choices=("fp32", "bf16"), help="precision of both sides (default fp32)")
-    run.add_argument("--device", choices=("cpu", "cuda"), help="device of both sides (default cpu)")
+    add_request_arguments(run)
     run.add_argument("--tp", type=positive_int, default=1, metavar="N",
                      help="tensor-parallel ranks of the native side (default 1); tp x sp processes are launched")
     run.add_argument("--sp", type=positive_int, default=1, metavar="N",
@@ -55,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-forcing", action="store_true",
                      help="skip the teacher-forced native run: first divergence then comes from the free run")
+    run.add_argument("--no-drill", action="store_true",
+                     help="do not drill a failing run down to the module of its first divergence (harness/drill/: "
+                          "the divergent component re-run on both sides, every module compared)")
     run.set_defaults(handler=command_run)
 
 
@@ -69,18 +58,7 @@ def command_run(args: argparse.Namespace) -> int:
         args.out, args.point_latest = new_run_folder(Path("out") / case.name), True
     out_dir: Path = args.out
     check_out_dir(out_dir)
-    if args.frames not in (None, 1) and not case.video:
-        raise UsageError(f"case {case.name} makes images; --frames applies to video cases only")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda requested but no CUDA device is available to torch")
-    request = case.request(
-        prompt=args.prompt, seed=args.seed, steps=args.steps, height=args.height, width=args.width,
-        frames=args.frames, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
-        true_cfg_scale=args.true_cfg, dtype=args.dtype, device=args.device,
-    )
+    request = request_from_arguments(case, args)
     from harness.report.build import format_stage_table
     from harness.run.multirank import Topology
     from harness.run.parity import run_parity
@@ -90,10 +68,19 @@ def command_run(args: argparse.Namespace) -> int:
     ranks = f", native on {topology.world} ranks ({topology.name})" if topology.is_parallel else ""
     print(f"{case.name}: {request.height}x{request.width}{frames}, {request.steps} steps, seed {request.seed}, "
           f"{request.dtype} on {request.device}{ranks}", file=sys.stderr)
+    extensions = []
+    if not args.no_drill:
+        from harness.drill.parity_hook import drill_on_failure
+
+        extensions.append(drill_on_failure)
     result = run_parity(case, request, model=args.model, out_dir=out_dir,
                         progress=make_progress(not args.no_progress), forcing=not args.no_forcing,
-                        topology=topology)
+                        topology=topology, extensions=extensions)
     print(format_stage_table(result.comparison, result.report.get("noise")))
+    if result.report.get("drill") is not None:
+        from harness.report.drill_view import summary_sentence
+
+        print(f"module: {summary_sentence(result.report['drill'])}")
     if result.report.get("forcing_skipped"):
         print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
     if result.ranks is not None and result.ranks.vs_single is not None:
