@@ -124,7 +124,9 @@ class FreeRun:
     outputs: dict[str, list[str]] = field(default_factory=dict)  # first call's output shapes, for the report
     order: list[str] = field(default_factory=list)  # modules in completion order of their first call
     signatures: dict[tuple[str, int], tuple[tuple[str, ...], bool]] = field(default_factory=dict)
+    shapes: dict[tuple[str, int, str], tuple[int, ...]] = field(default_factory=dict)  # (module, call, label)
     inherited: dict[tuple[str, str, int], CallResult] = field(default_factory=dict)  # (baseline, module, call)
+    problems: dict[tuple[str, int], str] = field(default_factory=dict)  # outputs that could not be canonical
 
 
 @dataclass
@@ -132,7 +134,7 @@ class DrillPasses:
     """Both passes over one component call, and everything they recorded (plain data once they ran)."""
 
     component: str
-    reference_root: nn.Module
+    reference_root: nn.Module | None  # None on a rank of a multi-rank drill, which runs the free pass only
     method: str  # the component method the pipeline called: "forward" or e.g. "decode"
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -153,6 +155,8 @@ class DrillPasses:
     def forced_pass(self, variants: list[Variant]) -> Any:
         """Run the reference component once; force every variant's aligned modules at module level. Returns
         the reference component's output."""
+        if self.reference_root is None:
+            raise ValueError("a forced pass needs the reference component")
         reference_modules = dict(self.reference_root.named_modules())
         mapping: dict[str, dict[str, tuple[str, nn.Module]]] = {}
         for variant in variants:
@@ -247,6 +251,8 @@ class DrillPasses:
     # ---- the free pass ------------------------------------------------------------------------------------
     def baseline(self) -> Baseline:
         """The reference outputs of the forced pass, as a baseline for `free_pass`."""
+        if self.reference_root is None:
+            raise ValueError("no reference component: no reference baseline")
         modules = dict(self.reference_root.named_modules())
         return Baseline("reference", self.store, self.signatures,
                         lambda name: self.alignment.reference_name(name, modules))
@@ -272,15 +278,17 @@ class DrillPasses:
                 tensors = tuple(gather(name, call, label, t) for label, t in zip(flat.labels, flat.tensors,
                                                                                  strict=True))
                 if any(t is None for t in tensors):
+                    run.problems[(name, call)] = "a rank's shard could not be turned into the canonical tensor"
                     for baseline in baselines:
-                        run.inherited[(baseline.label, name, call)] = CallResult(
-                            problem="a rank's shard could not be turned into the canonical tensor")
+                        run.inherited[(baseline.label, name, call)] = CallResult(problem=run.problems[(name, call)])
                     return
                 flat = Flat(flat.labels, tensors, flat.named)  # type: ignore[arg-type]
             if call == 0:
                 run.outputs[name] = [f"{label or 'out'} {tuple(t.shape)}" for label, t in
                                      zip(flat.labels, flat.tensors, strict=True)]
             run.signatures[(name, call)] = (flat.labels, flat.named)
+            for label, tensor in zip(flat.labels, flat.tensors, strict=True):
+                run.shapes[(name, call, label)] = tuple(tensor.shape)
             if record_into is not None:
                 for label, tensor in zip(flat.labels, flat.tensors, strict=True):
                     record_into.put((name, call, label), tensor)
@@ -306,7 +314,9 @@ class DrillPasses:
         handles = [module.register_forward_hook(hook(name)) for name, module in native_root.named_modules()]
         try:
             method = getattr(native_root, "forward" if self.method == "forward" else self.method)
-            call_args, call_kwargs = cast_inputs(self.args, self.kwargs, native_root, self.reference_root)
+            call_args, call_kwargs = self.args, self.kwargs
+            if self.reference_root is not None:
+                call_args, call_kwargs = cast_inputs(call_args, call_kwargs, native_root, self.reference_root)
             call_args, call_kwargs = map_call(call_args, call_kwargs, method)
             with torch.no_grad(), context():
                 output = self._invoke(native_root, self.method, call_args, call_kwargs)

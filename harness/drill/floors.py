@@ -26,14 +26,15 @@ from harness.compare.tolerances import GOLDEN_DIR, ToleranceError, checkpoint_la
 MODULE_FLOORS_SCHEMA_VERSION = 1
 KINDS = ("local", "inherited")
 
-# Uncalibrated thresholds (rel_l2). fp32: two correct modules differ by summation order only (measured on the
-# tiny checkpoints: worst local 4e-7 at an attention module, worst inherited 1.3e-6 at a DiT output), and every
-# catalog fault moves its module by >= 3e-5. bf16: a module that rounds differently from the reference differs
-# by about one bf16 rounding of its output per op (2e-3 to 1e-2 measured locally, up to 3e-2 inherited through
-# a DiT); a real bug moves its module's output by >= 0.1.
+# Uncalibrated thresholds (rel_l2), measured on the tiny checkpoints (CPU). fp32: two correct modules differ by
+# summation order only (worst local 1.3e-6, a T5 attention; worst inherited 2.3e-6, a T5 feed-forward), so 1e-5,
+# the stage default, still sees a GroupNorm eps change (1.5e-6 to 3e-5 at module level only with a calibrated
+# floor). bf16: a module that rounds differently from the reference differs by a few bf16 roundings of its output
+# (worst local 1.6e-2, the Wan VAE decode as a whole; worst inherited 1.7e-2), so 5e-2 locally and 1e-1 inherited
+# (errors grow through a deep stack); a catalog fault moves its module by >= 0.1 in bf16.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"local": 1e-5, "inherited": 1e-5},
-    "bf16": {"local": 3e-2, "inherited": 6e-2},
+    "bf16": {"local": 5e-2, "inherited": 1e-1},
 }
 
 

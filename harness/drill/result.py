@@ -93,6 +93,7 @@ class ModuleEntry:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     note: str = ""
+    ranks: Side | None = None  # a multi-rank drill: the ranks' gathered output against the single-rank run's
 
     @property
     def basis(self) -> str | None:
@@ -135,6 +136,12 @@ class ModuleEntry:
                 data[f"{side_name}_output"] = result.output
         if self.note:
             data["note"] = self.note
+        if self.ranks is not None:
+            data["vs_single_rank"] = metric_dict(self.ranks.result.metrics if self.ranks.result else None)
+            data["vs_single_rank_threshold"] = self.ranks.judgement.threshold
+            data["vs_single_rank_passed"] = self.ranks.passed
+            if self.ranks.result is not None and self.ranks.result.problem:
+                data["vs_single_rank_problem"] = self.ranks.result.problem
         return data
 
 
@@ -153,7 +160,11 @@ class DrillResult:
 
     @property
     def named(self) -> ModuleEntry | None:
-        """The verdict: first module failing locally, else first failing inherited (see module docstring)."""
+        """The verdict: first module failing locally, else first failing inherited (see module docstring); in a
+        multi-rank drill, first the first module whose gathered output differs from the single-rank run's."""
+        for entry in self.entries:
+            if entry.ranks is not None and entry.ranks.passed is False:
+                return entry
         for entry in self.entries:
             if entry.local.passed is False:
                 return entry
@@ -170,7 +181,14 @@ class DrillResult:
         named = self.named
         if named is None:
             return None
+        if named.ranks is not None and named.ranks.passed is False:
+            return "ranks"
         return "local" if named.local.passed is False else "inherited"
+
+    def side(self, entry: ModuleEntry, basis: str | None) -> Side:
+        if basis == "ranks" and entry.ranks is not None:
+            return entry.ranks
+        return entry.local if basis == "local" else entry.inherited
 
     def failing(self) -> list[ModuleEntry]:
         return [e for e in self.entries if e.local.passed is False or e.inherited.passed is False]
@@ -191,13 +209,15 @@ class DrillResult:
         named = self.named
         if named is None:
             return None
-        side = named.local if self.basis == "local" else named.inherited
+        side = self.side(named, self.basis)
         return {
             "module": named.module,
             "kind": named.kind,
             "basis": self.basis,
             "local": metric_dict(named.local.result.metrics if named.local.result else None),
             "inherited": metric_dict(named.inherited.result.metrics if named.inherited.result else None),
+            **({"vs_single_rank": metric_dict(named.ranks.result.metrics if named.ranks.result else None)}
+               if named.ranks is not None else {}),
             "threshold": side.judgement.threshold,
             "floor": side.judgement.floor,
             "multiple": None if side.multiple is None else _finite(side.multiple),
@@ -221,6 +241,8 @@ class DrillResult:
                 "forced": sum(e.local.passed is not None for e in self.entries),
                 "failed_local": sum(e.local.passed is False for e in self.entries),
                 "failed_inherited": sum(e.inherited.passed is False for e in self.entries),
+                **({"failed_vs_single_rank": sum(e.ranks.passed is False for e in self.entries if e.ranks)}
+                   if any(e.ranks is not None for e in self.entries) else {}),
                 "reference_only": len(self.reference_only),
             },
             "worst": [{"module": e.module, "kind": e.kind, "basis": e.basis,

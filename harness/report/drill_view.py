@@ -50,11 +50,12 @@ def summary_sentence(drill: dict[str, Any]) -> str:
                 f"{summary.get('modules', '?')} modules compared): the divergence lies in what reaches the "
                 f"component or in how its output is used")
     basis = verdict.get("basis")
-    errors = verdict.get("local") if basis == "local" else verdict.get("inherited")
+    errors = verdict.get({"local": "local", "ranks": "vs_single_rank"}.get(str(basis), "inherited"))
     value = (errors or {}).get("rel_l2")
     problem = verdict.get("problem")
+    label = "gathered output against the single-rank run's" if basis == "ranks" else basis
     size = problem if problem and value is None else (
-        f"{basis} rel_l2 {fmt(value, 'e')} > threshold {fmt(verdict.get('threshold'), 'e')}"
+        f"{label}: rel_l2 {fmt(value, 'e')} > threshold {fmt(verdict.get('threshold'), 'e')}"
         + (f" ({fmt(verdict.get('multiple'), 'x')})" if verdict.get("multiple") is not None else ""))
     return f"{module_label(verdict.get('module'), component)} [{verdict.get('kind')}] in {component}: {size}"
 
