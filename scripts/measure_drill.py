@@ -194,7 +194,8 @@ def _activation_memory(args: argparse.Namespace) -> None:
                       "forced_pass_peak_above_loaded_mib": round(forced, 1),
                       "free_pass_peak_above_loaded_mib": round(free, 1),
                       "largest_module_output_mib": round(largest, 2),
-                      "spooled_mib": round(getattr(passes.store.trace, "_end", 0) / 2**20, 1)}))
+                      "spooled_mib": round(passes.store.whole_bytes / 2**20, 1),
+                      "sampled_outputs": passes.store.sampled_count}))
 
 
 def cost(args: argparse.Namespace) -> list[dict[str, Any]]:

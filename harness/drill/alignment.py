@@ -141,6 +141,7 @@ class ComponentAlignment:
         return rule.native_outputs(output, ctx) if rule and rule.native_outputs else flatten(output)
 
     def reference_flat(self, name: str, output: Any, ctx: DrillContext) -> Flat:
+        """The reference module's result, read by the rule of `name`, the *native* module it aligns with."""
         rule = self.rule_for(name)
         return rule.reference_outputs(output, ctx) if rule and rule.reference_outputs else flatten(output)
 

@@ -167,6 +167,9 @@ class DrillPasses:
                     found[ref_name] = (native_name, module)
             mapping[variant.label] = found
             self.native_of[variant.label] = {r: n for r, (n, _) in found.items()}
+        # the alignment's rules are written for native names: a reference module's result is read by the rule of
+        # the native module it aligns with (the first variant's), itself when none does
+        rule_name = {r: n for r, (n, _) in mapping[variants[0].label].items()} if variants else {}
         pending: dict[str, list[tuple[tuple[Any, ...], dict[str, Any], list]]] = {}
         guard = [False]
 
@@ -186,7 +189,8 @@ class DrillPasses:
                 call = self.reference_calls.get(name, 0)
                 self.reference_calls[name] = call + 1
                 self.reference_kinds.setdefault(name, type(module).__name__)
-                ref_flat = self.alignment.reference_flat(name, output, self.context(self.reference_root))
+                ref_flat = self.alignment.reference_flat(rule_name.get(name, name), output,
+                                                         self.context(self.reference_root))
                 self._store(name, call, ref_flat)
                 if name == "":
                     return  # the component itself: compared by the free pass, on the same inputs

@@ -16,16 +16,19 @@ def _e(value: Any) -> str:
     return f"{value:.2e}" if math.isfinite(value) else str(value)
 
 
-def _row(entry: dict[str, Any], component: str) -> str:
+def _row(entry: dict[str, Any], component: str, ranks: bool) -> str:
     local, inherited = entry.get("local") or {}, entry.get("inherited") or {}
     verdict = {True: "pass", False: "FAIL", None: "-"}[entry.get("passed")]
     if entry.get("passed") is None and entry.get("inherited_passed") is False:
         verdict = "FAIL (inherited)"
+    if entry.get("vs_single_rank_passed") is False:
+        verdict = "FAIL (ranks)"
+    single = f" {_e((entry.get('vs_single_rank') or {}).get('rel_l2')):>9}" if ranks else ""
     note = entry.get("local_problem") or entry.get("note") or ""
     if entry.get("threshold_source") == "default":
         note = ("default threshold; " + note) if note else "default threshold"
     return (f"{module_label(entry.get('module'), component)[:58]:<58} {str(entry.get('kind'))[:22]:<22} "
-            f"{_e(local.get('rel_l2')):>9} {_e(inherited.get('rel_l2')):>9} {_e(entry.get('threshold')):>9} "
+            f"{_e(local.get('rel_l2')):>9} {_e(inherited.get('rel_l2')):>9}{single} {_e(entry.get('threshold')):>9} "
             f"{verdict:<6} {note[:70]}")
 
 
@@ -41,8 +44,10 @@ def format_drill(data: dict[str, Any], every: bool = False, top: int = 10) -> st
     lines.append(f"{summary.get('modules')} modules, {summary.get('compared')} compared, {summary.get('forced')} "
                  f"forced at module level; {summary.get('failed_local')} fail locally, "
                  f"{summary.get('failed_inherited')} inherited; floors {(data.get('floors') or {}).get('source')}; "
-                 f"{sum((data.get('timings_s') or {}).get(k, 0.0) for k in ('forced_pass', 'free_pass')):.1f} s")
-    header = (f"{'module':<58} {'kind':<22} {'local':>9} {'inherited':>9} {'threshold':>9} {'verdict':<6} note")
+                 f"{sum((data.get('timings_s') or {}).values()):.1f} s")
+    ranks = any("vs_single_rank" in entry for entry in data.get("modules") or [])
+    header = (f"{'module':<58} {'kind':<22} {'local':>9} {'inherited':>9}" + (f" {'vs 1 rank':>9}" if ranks else "")
+              + f" {'threshold':>9} {'verdict':<6} note")
     by_name = {entry.get("module"): entry for entry in data.get("modules") or []}
     if every:
         rows = list(data.get("modules") or [])
@@ -50,5 +55,5 @@ def format_drill(data: dict[str, Any], every: bool = False, top: int = 10) -> st
     else:
         rows = [by_name[w["module"]] for w in data.get("worst") or [] if w.get("module") in by_name][:top]
         lines += [f"worst {len(rows)} (error / threshold):", header]
-    lines += [_row(entry, component) for entry in rows]
+    lines += [_row(entry, component, ranks) for entry in rows]
     return "\n".join(lines)

@@ -49,5 +49,6 @@ def drill_on_failure(result: ParityResult, run: ParityRun) -> None:
             section = {"status": "error", "reason": f"{type(exc).__name__}: {line}", "module": None}
         first["module"] = section.get("module")
         first["component"] = section.get("component")
+    section["trigger"] = "first_divergence"
     report["drill"] = section
     report.setdefault("timings_s", {})["drill"] = round(time.perf_counter() - start, 3)

@@ -92,7 +92,7 @@ def drill_call(captured: Captured, native: torch.nn.Module, floors: ModuleFloors
     timings["free_pass"] = time.perf_counter() - start
     result = build_result(passes, run, floors, target.to_dict())
     result.timings.update(timings)
-    result.memory = {"spooled_mib": round(getattr(store.trace, "_end", 0) / 2**20, 3),
+    result.memory = {"spooled_mib": round(store.whole_bytes / 2**20, 3), "sampled_outputs": store.sampled_count,
                      "full_bytes_limit": full_bytes, "peak_rss_mib": round(peak_rss_mib(), 1)}
     store.close()
     return result

@@ -74,6 +74,8 @@ class OutputStore:
         self.trace = trace if trace is not None else TraceWriter({"kind": "drill-outputs"}, spool_dir)
         self.trace.meta.setdefault("sampled", {})
         self.trace.meta.update(stage=stage, sample_size=sample_size)
+        self.whole_bytes = 0  # bytes of the outputs kept whole (in the spool, for a streaming trace)
+        self.sampled_count = 0  # outputs reduced to their sample
 
     @classmethod
     def open(cls, path: Path) -> OutputStore:
@@ -90,8 +92,10 @@ class OutputStore:
             indices = sample_indices(tensor.numel(), self.sample_size)
             self.trace.meta["sampled"][field] = list(tensor.shape)
             self.trace.record(self.stage, field + SAMPLED, take_sample(tensor, indices))
+            self.sampled_count += 1
         else:
             self.trace.record(self.stage, field, tensor)
+            self.whole_bytes += tensor.numel() * tensor.element_size()
 
     def get(self, key: Key) -> Stored | None:
         from harness.trace.keys import RecordKey

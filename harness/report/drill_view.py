@@ -46,9 +46,14 @@ def summary_sentence(drill: dict[str, Any]) -> str:
     verdict = drill.get("verdict")
     if not verdict:
         summary = drill.get("summary") or {}
-        return (f"no module of {component} diverges on the reference's inputs ({summary.get('compared', '?')} of "
-                f"{summary.get('modules', '?')} modules compared): the divergence lies in what reaches the "
-                f"component or in how its output is used")
+        ranks = drill.get("topology")
+        agree = (f"; on {ranks.get('name')} every module's gathered output matches the single-rank run's"
+                 if isinstance(ranks, dict) else "")
+        text = (f"no module of {component} diverges on the reference's inputs ({summary.get('compared', '?')} of "
+                f"{summary.get('modules', '?')} modules compared{agree})")
+        if drill.get("trigger") == "first_divergence":
+            text += ": the divergence lies in what reaches the component or in how its output is used"
+        return text
     basis = verdict.get("basis")
     errors = verdict.get({"local": "local", "ranks": "vs_single_rank"}.get(str(basis), "inherited"))
     value = (errors or {}).get("rel_l2")

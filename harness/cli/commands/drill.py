@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "negative_prompt_embeds (default: the stage's first)")
     parser.add_argument("--step", type=non_negative_int, help="denoising step of the DiT call (default 0)")
     add_request_arguments(parser)
+    parser.add_argument("--tp", type=positive_int, default=1, metavar="N",
+                        help="run the native component on tp x sp ranks too: every module's gathered output against "
+                             "the single-rank run's and the reference's (needs --stage)")
+    parser.add_argument("--sp", type=positive_int, default=1, metavar="N", help="sequence-parallel ranks (with --tp)")
     parser.add_argument("--fault", metavar="NAME", help="break the native pipeline with this catalog fault first "
                                                         "(`diffparity faults CASE --list`)")
     parser.add_argument("--all", action="store_true", help="print every module, not only the worst")
@@ -59,6 +63,11 @@ def command_drill(args: argparse.Namespace) -> int:
         check_out_dir(args.out)
     if args.stage is None and (args.field or args.step is not None):
         raise UsageError("--field and --step need --stage")
+    from harness.run.multirank import Topology
+
+    topology = Topology(tp=args.tp, sp=args.sp)
+    if topology.is_parallel and args.stage is None:
+        raise UsageError("--tp/--sp need --stage (one component call is drilled on the ranks)")
     request = request_from_arguments(case, args)
     mutate = None
     if args.fault:
@@ -68,8 +77,8 @@ def command_drill(args: argparse.Namespace) -> int:
             known = ", ".join(f.name for f in faults_for(case.family))
             raise UsageError(f"no fault '{args.fault}' for a {case.family} pipeline; known: {known}")
         fault = FAULTS[args.fault]
-        if fault.topology != (1, 1):
-            raise UsageError(f"fault {fault.name} needs {fault.topology} ranks: run it through `diffparity faults`")
+        if fault.topology != (1, 1) and (topology.tp, topology.sp) != fault.topology:
+            raise UsageError(f"fault {fault.name} breaks a run on --tp {fault.topology[0]} --sp {fault.topology[1]}")
         request, mutate = fault.request_for(request), fault.apply
     from harness.drill.format import format_drill
     from harness.drill.session import run_drill
@@ -94,10 +103,22 @@ def command_drill(args: argparse.Namespace) -> int:
     print(f"{case.name}: drilling {len(targets)} component call(s), {request.height}x{request.width}, "
           f"{request.steps} steps, seed {request.seed}, {request.dtype} on {request.device}"
           + (f", fault {args.fault}" if args.fault else ""), file=sys.stderr)
-    results = run_drill(case, request, checkpoint, targets, model=args.model, mutate=mutate, spool_dir=args.out,
-                        progress=progress)
-    sections = [result.to_dict() for result in results]
+    if topology.is_parallel:
+        from harness.drill.multirank import drill_ranks
+        from harness.run.multirank import check_topology
+
+        check_topology(topology, checkpoint, plan, request.device)
+        target = targets[0]
+        progress(f"drilling {target.describe()} on {topology.name} ({topology.world} ranks) and on one rank")
+        sections = [drill_ranks(case, request, checkpoint, {"stage": target.stage, "field": target.field,
+                                                            "step": target.step}, topology, model=args.model,
+                                mutate=mutate, spool_dir=args.out)]
+    else:
+        results = run_drill(case, request, checkpoint, targets, model=args.model, mutate=mutate,
+                            spool_dir=args.out, progress=progress)
+        sections = [result.to_dict() for result in results]
     for data in sections:
+        data["trigger"] = "on_demand"
         print(format_drill(data, every=args.all, top=args.top))
         print()
     named = [d for d in sections if d.get("module") is not None]
