@@ -31,3 +31,20 @@ def test_a_catalog_fault_is_drilled_to_its_expected_module(case_name: str, fault
     assert outcome.detected and outcome.localized, outcome.to_dict()
     assert outcome.drill == "ran", outcome.drill_note
     assert outcome.found_module == fault.expected_module and outcome.module_ok, outcome.to_dict()
+
+
+def test_a_correct_tp2_sp2_run_flags_no_module() -> None:
+    """Every module of the DiT on 4 ranks (45 tokens padded to 46 for Ulysses), gathered, matches the single-rank
+    run's and the reference's: no false alarm from the gathering itself."""
+    from harness.drill.multirank import drill_ranks
+    from harness.run.multirank import Topology
+
+    case = get_case("wan-tiny")
+    request = case.request(steps=1, frames=9)
+    data = drill_ranks(case, request, case.build_checkpoint(), {"stage": "denoise", "field": "transformer_output",
+                                                               "step": 0}, Topology(tp=2, sp=2))
+    assert data["status"] == "ran" and data["module"] is None, data["verdict"]
+    judged = [m for m in data["modules"] if m.get("vs_single_rank_passed") is not None]
+    assert len(judged) >= 60 and all(m["vs_single_rank_passed"] for m in judged)
+    cores = [m for m in data["modules"] if m["module"].endswith("attn1.core")]
+    assert cores and all(m["kind"] == "UlyssesAttention" and m["vs_single_rank"]["rel_l2"] < 1e-6 for m in cores)

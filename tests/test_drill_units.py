@@ -163,3 +163,15 @@ def test_the_verdict_is_the_first_local_failure_in_execution_order() -> None:
     fallback = DrillResult("vae", {}, [_entry("c", 0.0), _entry("d", None, 1e-2)], {})
     assert fallback.named.module == "d" and fallback.basis == "inherited"
     assert DrillResult("vae", {}, [_entry("c", 0.0)], {}).named is None
+
+
+def test_a_non_finite_module_output_fails_and_serialises() -> None:
+    import json
+
+    nan = ModuleEntry("m", "Linear", "m", "Linear", 1,
+                      Side(CallResult({"rel_l2": math.nan, "max_abs": math.nan, "cos": math.nan}),
+                           Judgement(None, 1e-5, "default")),
+                      Side(None, Judgement(None, 1e-5, "default")))
+    data = DrillResult("transformer", {}, [nan], {}).to_dict()
+    assert data["module"] == "m" and data["modules"][0]["local"]["rel_l2"] == "nan"
+    json.dumps(data, allow_nan=False)  # report.json is written without NaN

@@ -7,5 +7,9 @@
 - engine.py: `DrillPasses` (the module-level forced pass and the free pass);
 - floors.py: `ModuleFloors`, `load_module_floors` (per-module thresholds);
 - result.py: `DrillResult` (entries in execution order, the verdict, the ranking; plain data);
-- session.py: `run_drill`, `drill_first_divergence`.
+- session.py: `run_drill`, `drill_first_divergence`; multirank.py: `drill_ranks` (a run on tp x sp ranks);
+- parity_hook.py: `drill_on_failure`, the `run_parity` extension that drills a failing run;
+- format.py: `format_drill` (terminal); artifacts.py: `write_drill_artifacts` (drill.json, .md, .html).
+
+docs/drill.md explains the method, the alignment maps, the floors and report.json's `drill` section.
 """

@@ -226,6 +226,14 @@ class DrillResult:
             "outputs": named.outputs,
         }
 
+    def _worst_row(self, entry: ModuleEntry) -> dict[str, Any]:
+        side = entry.local if entry.basis == "local" else entry.inherited
+        value, multiple = side.value, side.multiple
+        return {"module": entry.module, "kind": entry.kind, "basis": entry.basis,
+                "rel_l2": None if value is None else _finite(value), "threshold": side.judgement.threshold,
+                "multiple": None if multiple is None else _finite(multiple), "passed": entry.passed,
+                **({"problem": side.result.problem} if side.result is not None and side.result.problem else {})}
+
     def to_dict(self) -> dict[str, Any]:
         compared = [e for e in self.entries if e.passed is not None]
         return {
@@ -245,11 +253,7 @@ class DrillResult:
                    if any(e.ranks is not None for e in self.entries) else {}),
                 "reference_only": len(self.reference_only),
             },
-            "worst": [{"module": e.module, "kind": e.kind, "basis": e.basis,
-                       "rel_l2": (e.local if e.basis == "local" else e.inherited).value,
-                       "threshold": (e.local if e.basis == "local" else e.inherited).judgement.threshold,
-                       "multiple": (e.local if e.basis == "local" else e.inherited).multiple,
-                       "passed": e.passed} for e in self.ranked()],
+            "worst": [self._worst_row(e) for e in self.ranked()],
             "modules": [e.to_dict() for e in self.entries],
             "reference_only": self.reference_only,
             "floors": self.floors,

@@ -8,5 +8,7 @@
 - verify.py: `verify_golden`, `compare_with_golden`, `check_checkpoint`;
 - checkpoint_identity.py: `checkpoint_identity`, what makes two checkpoints the same;
 - calibrate.py: `calibrate`, the floor of every record measured by the reference against itself, written under
-  golden/tolerances/ (harness/compare/tolerances.py reads it).
+  golden/tolerances/ (harness/compare/tolerances.py reads it);
+- module_floors.py: `calibrate_modules`, every module's floor for the drill (harness/drill/), measured by drilling
+  the reference against itself, written beside the stage floors (harness/drill/floors.py reads it).
 """
