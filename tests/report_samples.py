@@ -43,8 +43,38 @@ def _record(stage: str, field: str, step: int | None, rel_l2: float, cos: float,
     return record
 
 
-def sample_report(steps: int = 6, with_drift: bool = True, failing: bool = True) -> dict[str, Any]:
-    """A report with free and forced records, a drift section as part A designs it, and a failing decode."""
+NOISE_REASON = "pixel_noise 0.91 >= 0.35"  # the native reason of a flagged sample (noise_flagged=True)
+
+
+def _noise_side(flagged: bool) -> dict[str, Any]:
+    value = 0.91 if flagged else 0.02
+    return {
+        "verdict": "flagged" if flagged else "ok",
+        "flagged": flagged,
+        "reason": NOISE_REASON if flagged else "no check fired; closest: pixel_noise 0.02 vs 0.35",
+        "checks": [{"name": "near_constant", "fired": False, "value": 0.3, "threshold": 0.01, "margin": -29.0},
+                   {"name": "pixel_noise", "fired": flagged, "value": value, "threshold": 0.35,
+                    "margin": value / 0.35 - 1},
+                   {"name": "smooth_noise", "fired": False, "value": [3.9, -8.4], "threshold": [2.6, 3.5, -3.5, -1.25],
+                    "margin": -1.4}],
+    }
+
+
+def sample_noise(flagged: bool = False, expects_picture: bool = True) -> dict[str, Any]:
+    """report["noise"] as harness/noise/detector.py `noise_section` writes it; a flagged native output fails a run
+    that expects a picture."""
+    fails = flagged and expects_picture
+    note = ("the native output is flagged as noise while the reference is a picture" if flagged
+            else "both outputs look like pictures")
+    return {"native": _noise_side(flagged), "reference": _noise_side(False), "fails_run": fails, "note": note}
+
+
+def sample_report(steps: int = 6, with_drift: bool = True, failing: bool = True, noise_flagged: bool = False,
+                  ) -> dict[str, Any]:
+    """A report with free and forced records, a drift section as part A designs it, and a failing decode.
+
+    Every record's threshold is rel_l2 1e-5: the transformer output runs at 0.03x-0.18x of it, the latents at
+    0.01x-0.06x, and a failing decode/latents at 3e4x. The noise section passes unless `noise_flagged`."""
     records = []
     for mode in ("free", "forced"):
         records.append(_record("encode", "prompt_embeds", None, 2e-7, 1 - 1e-12, mode=mode, floor_multiple=1.5))
@@ -61,7 +91,7 @@ def sample_report(steps: int = 6, with_drift: bool = True, failing: bool = True)
         "schema_version": 1,
         "case": "flux-tiny",
         "seed": 7,
-        "verdict": "fail" if failing else "pass",
+        "verdict": "fail" if failing or noise_flagged else "pass",
         "first_divergence": {"stage": "decode", "field": "latents", "step": None} if failing else None,
         "first_divergence_detail": ("decode/latents: rel_l2 0.3 > tolerance 1e-05 (max_abs 0.9, cos 0.950000)"
                                     if failing else None),
@@ -73,6 +103,10 @@ def sample_report(steps: int = 6, with_drift: bool = True, failing: bool = True)
                         "attention_backend": "math", "tf32_matmul": False, "torch_threads": 1,
                         "platform": "Linux", "diffusers": "0.42.1"},
         "timings_s": {"native": 0.3},
+        "tolerances": {"source": "golden/tolerances/flux-tiny.fp32.cpu.json", "calibrated_records": 19,
+                       "rule": "threshold = 3 x the calibrated floor (golden/tolerances/flux-tiny.fp32.cpu.json)"},
+        "noise": sample_noise(noise_flagged),
+        "difference_max_255": 51.0,
         "image_metrics": {"frames": [{"frame": 0, "psnr": 29.1, "ssim": 0.98, "mad_255": 0.8}]},
     }
     if with_drift:

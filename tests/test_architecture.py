@@ -180,8 +180,9 @@ def harness_package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 #   extension hook) and compares modules with trace storage and compare's tolerances; below golden and verdicts,
 #   which use it (module floors are calibrated in golden, the fault matrix checks each fault's expected module),
 #   and cli, which offers it. run reaches it only through `run_parity(extensions=...)`, never by import.
+# - progress and scaffold at the bottom: they import nothing from the harness (scaffold's templates are text).
 HARNESS_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("harness.files", "harness.environment", "harness.families"),
+    ("harness.files", "harness.environment", "harness.families", "harness.progress", "harness.scaffold"),
     ("harness.trace",),
     ("harness.compare",),
     ("harness.report", "harness.noise"),

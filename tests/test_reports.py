@@ -1,4 +1,5 @@
-"""Image metrics, the |difference| heat-map, the SVG drift plot, report.html and report.md, and their wiring."""
+"""Image metrics, the |difference| heat-map, the SVG drift plot, report.html and report.md, the terminal stage table,
+and their wiring."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from report_samples import HOT, sample_frames, sample_report
+from report_samples import HOT, NOISE_REASON, sample_frames, sample_report
 
 from harness.report import artifacts
 from harness.report.html import render_html
 from harness.report.image_metrics import ImageMetricsError, image_metrics, json_safe
-from harness.report.images import HEAT_STOPS, frame_images
+from harness.report.images import HEAT_STOPS, frame_images, side_by_side
 from harness.report.markdown import render_markdown
 from harness.report.plots import PlotBox, PlotSeries, log_line_plot
 
@@ -173,7 +174,7 @@ def test_html_is_self_contained() -> None:
 
 def test_html_stage_table_is_coloured_by_verdict_and_marks_the_first_divergence() -> None:
     page = _parse(render_html(sample_report()))
-    stage_rows = {(cells[0], cells[1]): css for css, cells in page.rows if len(cells) == 8}
+    stage_rows = {(cells[0], cells[1]): css for css, cells in page.rows if len(cells) == 9}
     assert stage_rows[("decode", "forced")] == "fail"
     assert stage_rows[("decode", "free")] == "pass" and stage_rows[("denoise", "forced")] == "pass"
     assert list(stage_rows)[1:] == [("encode", "free"), ("encode", "forced"), ("timesteps", "free"),
@@ -184,15 +185,111 @@ def test_html_stage_table_is_coloured_by_verdict_and_marks_the_first_divergence(
     assert "decode/latents: rel_l2 0.3 &gt; tolerance 1e-05" in render_html(sample_report())
 
 
-def test_html_drift_plot_shows_free_solid_and_forced_dashed_with_growth() -> None:
+def test_every_row_shows_its_multiple_of_threshold_beside_its_floor_and_the_rule_once() -> None:
+    report = sample_report()
+    page = _parse(render_html(report))
+    header = next(cells for _, cells in page.rows if cells[:2] == ["stage", "mode"])
+    assert header[6:8] == ["worst x threshold", "worst x floor"]
+    stages = {(cells[0], cells[1]): cells for _, cells in page.rows if len(cells) == 9}
+    # transformer output 3e-7 * 6 at step 5 against rel_l2 1e-5; the failing decode 0.3 against 1e-5
+    assert stages[("denoise", "free")][6:8] == ["0.18x", "2x"]
+    assert stages[("decode", "forced")][6:8] == ["3e+04x", "3e+04x"]
+    records = next(cells for _, cells in page.rows if cells[:2] == ["record", "mode"])
+    assert records[7:9] == ["x threshold", "x floor"]
+    step2 = next(cells for _, cells in page.rows if cells[:2] == ["denoise/transformer_output step 2", "free"])
+    assert step2[7:9] == ["0.09x", "2x"]
+    html = render_html(report)
+    assert html.count("1.0 is the gate") == 1 and "3 x the calibrated floor" in html
+    text = render_markdown(report)
+    assert "| denoise | free | 12 | 0 | 1.800e-06 | 1.00000000 | 0.18x | 2x | ✅ pass |" in text
+    assert text.count("1.0 is the gate") == 1
+
+
+def test_a_report_predating_threshold_multiples_derives_them_and_reads_a_newer_one() -> None:
+    from harness.report import view
+
+    record = {"metrics": {"cos": 0.998}, "tolerance": {"metric": "cos", "threshold": 0.999}}
+    assert view.threshold_multiple(record) == pytest.approx(2.0)  # 1 - cos over 1 - threshold
+    assert view.threshold_multiple({**record, "threshold_multiple": "inf"}) == math.inf
+    assert view.threshold_multiple({"metrics": {}, "tolerance": {"metric": "rel_l2", "threshold": 1e-5}}) is None
+
+
+def test_record_results_serialise_their_threshold_multiple() -> None:
+    from harness.compare.records import compare_record
+    from harness.compare.tolerances import Tolerance
+    from harness.trace.keys import RecordKey
+
+    reference = torch.ones(4, 4)
+    result = compare_record(RecordKey("decode", "image", None), reference * 1.001, reference,
+                            Tolerance("rel_l2", 1e-3), floor=5e-4)
+    data = result.to_dict()
+    assert data["threshold_multiple"] == pytest.approx(1.0, rel=1e-3) and data["floor_multiple"] == pytest.approx(2.0,
+                                                                                                            rel=1e-3)
+    missing = compare_record(RecordKey("decode", "image", None), None, reference, Tolerance("rel_l2", 1e-3))
+    assert missing.to_dict()["threshold_multiple"] is None
+
+
+def test_terminal_stage_table_shows_both_multiples_and_wraps_the_rule() -> None:
+    from harness.compare.records import Comparison, compare_record
+    from harness.compare.tolerances import Tolerance
+    from harness.report.build import format_stage_table
+    from harness.trace.keys import RecordKey
+
+    reference = torch.ones(8)
+    comparison = Comparison([compare_record(RecordKey("denoise", "latents", 0), reference * 1.0005, reference,
+                                            Tolerance("rel_l2", 1e-3), floor=2.5e-4)])
+    rule = "threshold = 3 x the calibrated floor (golden/tolerances/" + "x" * 90 + ".json), at least 2 roundings"
+    text = format_stage_table(comparison, tolerances={"rule": rule})
+    lines = text.splitlines()
+    assert lines[0].split()[5:7] == ["x", "thresh"] and "x floor" in lines[0]
+    assert lines[1].split()[:6] == ["denoise", "1", "0", "5.000e-04", "0.5x", "2x"]
+    assert all(len(line) <= 118 for line in lines if not line.startswith("first divergence"))
+    assert "1.0 is the gate" in text and "x" * 90 in text
+
+
+def test_html_and_markdown_show_the_noise_verdict_and_its_reasons() -> None:
+    passing = sample_report(failing=False)
+    page = _parse(render_html(passing))
+    html = render_html(passing)
+    assert "<h2>Noise detector</h2>" in html and "both outputs look like pictures (does not fail the run)" in html
+    assert "no check fired; closest: pixel_noise 0.02 vs 0.35" in html
+    checks = {cells[0]: cells for _, cells in page.rows if len(cells) == 5 and cells[0] != "check"}
+    assert checks["pixel_noise"][1:] == ["0.02", "0.02", "0.35", "—"]
+    assert checks["smooth_noise"][3] == "2.6, 3.5, -3.5, -1.25"
+
+    flagged = sample_report(failing=False, noise_flagged=True)
+    html = render_html(flagged)
+    assert "FAIL</span> the native output is flagged as noise" in html and "(fails the run)" in html
+    assert f"flagged: {NOISE_REASON}".replace(">", "&gt;") in html
+    page = _parse(html)
+    assert next(css for css, cells in page.rows if cells[:1] == ["pixel_noise"]) == "fail"
+    text = render_markdown(flagged)
+    assert f"**Noise detector:** the native output is flagged as noise while the reference is a picture (**fails the " \
+           f"run**); native flagged: {NOISE_REASON}; reference ok" in text
+    assert text.startswith("### ❌")
+    assert "Noise detector" not in render_html({}) and "Noise detector" not in render_markdown({})
+
+
+def test_html_drift_plot_draws_each_record_against_its_own_threshold() -> None:
     html = render_html(sample_report(steps=6))
     lines = re.findall(r"<polyline [^>]*>", html)
     assert len(lines) == 4
     assert sum("stroke-dasharray" in line for line in lines) == 2
     assert {re.search(r'stroke="(#\w+)"', line)[1] for line in lines} == {"#1f77b4", "#2ca02c"}
+    assert "1.0: the gate" in html and 'aria-label="error / threshold per denoising step"' in html
+    grid = {m[2]: float(m[1]) for m in re.finditer(r'y="([\d.]+)"[^>]*>1e(-?\d+)<', html)}
+    gate = re.search(r'<line [^>]*y1="([\d.]+)"[^>]*stroke="#d9480f"', html)
+    assert float(gate[1]) == pytest.approx(grid["0"] - 4, abs=0.11)  # the line at 1.0 sits on the 1e0 grid line
+    # transformer output step 5: 1.8e-6 / 1e-5 = 0.18x, drawn between the 1e-1 and 1e0 grid lines
+    free_tf = next(line for line in lines if "#2ca02c" in line and "dasharray" not in line)
+    last_y = float(free_tf.split('points="')[1].split('"')[0].split()[-1].split(",")[1])
+    expected = grid["-1"] - 4 + (grid["0"] - grid["-1"]) * math.log10(1.8)
+    assert last_y == pytest.approx(expected, abs=0.2)
     page = _parse(html)
     growth = next(cells for _, cells in page.rows if cells[0] == "growth latents")
     assert growth[1:3] == ["—", "2"]
+    multiples = next(cells for _, cells in page.rows if cells[0] == "transformer_output (free) x threshold")
+    assert multiples[-1] == "0.18x"
 
 
 def test_html_drift_comes_from_the_records_when_the_report_has_no_drift_section() -> None:
@@ -239,10 +336,28 @@ def test_markdown_fits_a_pull_request_comment() -> None:
     assert len(lines) <= 40
     assert lines[0] == "### ❌ diffparity `flux-tiny`: **FAIL**"
     assert "**First divergence:** decode/latents: rel_l2 0.3 > tolerance 1e-05" in text
-    assert "| decode | forced | 1 | 1 | 3.000e-01 | 0.95000000 | 3e+04x | ❌ **fail** |" in lines
+    assert "| decode | forced | 1 | 1 | 3.000e-01 | 0.95000000 | 3e+04x | 3e+04x | ❌ **fail** |" in lines
     assert "| 0 (lowest SSIM of 8) | 30.00 | 0.900000 | 1 |" in lines
     assert "torch 2.13.0+cpu · CUDA none · GPU none · diffusers 0.42.1 · fp32 · attention math · TF32 off · seed 7" \
         in text
+
+
+def test_side_by_side_scales_the_difference_to_the_run_and_prints_the_scale() -> None:
+    """A passing run's tiny difference still lights the top of the ramp (not black), and the scale is printed."""
+    native, _ = sample_frames()
+    reference = native.clone()
+    reference[0, 1, 3, 3] += 1e-4  # far below one grey level
+    image, vmax = side_by_side(native, reference)
+    array = np.asarray(image.convert("RGB"))
+    scale = 6  # 32 px frames shown at 192 px, as in report.html
+    assert vmax == pytest.approx(1e-4 * 255, rel=1e-3)
+    heat = array[: 32 * scale, 64 * scale:]
+    assert (heat[3 * scale, 3 * scale] == HEAT_STOPS[-1]).all() and (heat[0, 0] == HEAT_STOPS[0]).all()
+    assert array.shape == (32 * scale + 30, 96 * scale, 3)
+    footer = array[32 * scale:]
+    assert (footer < 128).any(axis=-1).sum() > 100  # the printed labels (dark text on white)
+    with pytest.raises(ValueError, match="differ"):
+        side_by_side(native, native[..., :16])
 
 
 # ---- wiring: what a run leaves on disk ----------------------------------------------------------------------------
@@ -270,6 +385,8 @@ def test_run_artifacts_write_reports_before_report_json(tmp_path: Path, monkeypa
     (row,) = report["image_metrics"]["frames"]
     assert row["frame"] == 0 and row["psnr"] < 40 and row["mad_255"] == pytest.approx(0.2 * 255 * 64 / 1024 / 3)
     assert report["reports"] == ["report.html", "report.md"] and "reports" in report["timings_s"]
+    assert report["difference_max_255"] == pytest.approx(0.2 * 255, rel=1e-5)
+    assert "0 to 51 / 255" in (tmp_path / "report.md").read_text()
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -135,27 +134,3 @@ def check_out_dir(path: Path, flag: str = "--out") -> None:
         raise UsageError(f"{flag} {path} exists and is not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: the folder is not writable")
-
-
-def make_progress(enabled: bool):
-    """A factory of per-side tqdm step bars on stderr (shown only on a terminal), or None."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def factory(side: str):
-        def update(done: int, total: int) -> None:
-            bar = bars.get(side)
-            if bar is None:
-                bar = bars[side] = tqdm(total=total, desc=f"{side} denoise", unit="step", file=sys.stderr,
-                                        leave=False)
-            bar.n = done
-            bar.refresh()
-            if done >= total:
-                bar.close()
-
-        return update
-
-    return factory

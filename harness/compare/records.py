@@ -31,6 +31,7 @@ class RecordResult:
 
     `floor` is the calibrated floor of the tolerance's metric (None without calibration); `floor_multiple`
     is the record's error in that metric divided by its floor (inf when the floor is 0 and the error is not).
+    `threshold_multiple` is the error divided by the threshold: 1.0 is the gate, above it the record fails.
     """
 
     stage: str
@@ -49,6 +50,10 @@ class RecordResult:
     def key(self) -> RecordKey:
         return RecordKey(self.stage, self.field, self.step)
 
+    @property
+    def threshold_multiple(self) -> float | None:
+        return threshold_multiple(self)
+
     def to_dict(self) -> dict:
         data = {
             "stage": self.stage,
@@ -60,6 +65,7 @@ class RecordResult:
             "tolerance": self.tolerance,
             "floor": self.floor,
             "floor_multiple": None if self.floor_multiple is None else _json_number(self.floor_multiple),
+            "threshold_multiple": _json_or_none(self.threshold_multiple),
             "passed": self.passed,
         }
         if self.problem is not None:
@@ -123,6 +129,10 @@ def _json_number(value: float) -> float | str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def _json_or_none(value: float | None) -> float | str | None:
+    return None if value is None else _json_number(value)
 
 
 def floor_multiple(metrics: dict[str, float], tolerance: Tolerance, floor: float | None) -> float | None:
@@ -194,6 +204,8 @@ def threshold_multiple(record: RecordResult, bound: float | None = None) -> floa
     bound = record.tolerance["threshold"] if bound is None else bound
     if value is None:
         return None
+    if math.isnan(value):
+        return math.nan
     error = 1.0 - value if metric in HIGHER_IS_BETTER else value
     limit = 1.0 - bound if metric in HIGHER_IS_BETTER else bound
     if limit == 0:

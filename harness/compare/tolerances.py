@@ -13,7 +13,7 @@ Why FLOOR_MULTIPLE = 3: PyTorch's compile accuracy check passes a new run whose 
 3x (low precision) of the reference's own error (field notes section 6). Our floor already is the worst over
 every perturbation, seed and size calibrated, and the native side's own difference from the reference is a
 perturbation of the same kind (on the CPU: the math attention kernel instead of Diffusers' default one), so a
-correct port sits near 1x; 3x leaves room for seeds and prompts not calibrated. README "Tolerances" lists
+correct port sits near 1x; 3x leaves room for seeds and prompts not calibrated. docs/tolerances-and-calibration.md lists
 the floor multiples measured over the 3 seeds x 2 sizes x fp32/bf16 grid, and the fault matrix how far the
 broken variants of harness/verdicts/faults.py land above their thresholds.
 
@@ -97,6 +97,30 @@ def tolerance_for(
     raise KeyError(f"no tolerance defined for dtype '{dtype}'")
 
 
+def default_rule(dtype: str) -> str:
+    """The default thresholds of `dtype` in words: 'rel_l2 <= 1e-05' or 'cos >= 0.999 (timesteps rel_l2 <= ...)'."""
+    def words(tolerance: Tolerance) -> str:
+        relation = ">=" if tolerance.metric in HIGHER_IS_BETTER else "<="
+        return f"{tolerance.metric} {relation} {tolerance.threshold:g}"
+
+    general = DEFAULT_TOLERANCES.get((dtype, "*", "*"))
+    if general is None:
+        return "no default"
+    special = [f"{stage} {words(tol)}" for (d, stage, name), tol in DEFAULT_TOLERANCES.items()
+               if d == dtype and name == "*" and stage != "*" and tol != general]
+    return words(general) + (f" ({', '.join(special)})" if special else "")
+
+
+def threshold_rule(calibration: str | None, dtype: str) -> str:
+    """How a report's thresholds were set, in one sentence (the reports print it once, under their tables)."""
+    if calibration is None:
+        return (f"threshold = the {dtype} default, {default_rule(dtype)} (no calibration for this case, dtype and "
+                "device: `diffparity calibrate` measures one)")
+    return (f"threshold = {FLOOR_MULTIPLE:g} x the calibrated floor ({calibration}), at least "
+            f"{MINIMUM_ROUNDINGS:g} roundings of the record's dtype; a record the calibration lacks: the {dtype} "
+            f"default, {default_rule(dtype)}")
+
+
 def minimum_threshold(record_dtype: torch.dtype) -> float:
     """The absolute minimum rel_l2 threshold of a record produced in `record_dtype` (see module docstring)."""
     if not record_dtype.is_floating_point:
@@ -161,13 +185,15 @@ class ToleranceSpec:
         return self.floors.get(self._key(stage, field_name, mode))
 
     def describe(self) -> dict[str, Any]:
-        """report["tolerances"]: where thresholds came from and how calibrated ones are derived."""
+        """report["tolerances"]: where thresholds came from, how calibrated ones are derived, and that rule
+        as the one sentence every report prints under its tables (`rule`)."""
         return {
             "source": self.source,
             "calibrated_records": len(self.calibrated),
             "floor_metric": FLOOR_METRIC,
             "floor_multiple": FLOOR_MULTIPLE,
             "minimum_roundings": MINIMUM_ROUNDINGS,
+            "rule": threshold_rule(self.source if self.calibrated else None, self.dtype),
         }
 
     @classmethod

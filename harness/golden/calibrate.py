@@ -231,11 +231,14 @@ def calibrate(
     free: dict[tuple[str, str], FloorEntry] = {}
     forced: dict[tuple[str, str], FloorEntry] = {}
     for index, request in enumerate(requests):
+        label = (f"request {index + 1}/{len(requests)} (seed {request.seed}, {request.height}x{request.width}, "
+                 f"{request.steps} steps{', cfg' if request.do_true_cfg else ''})")
+        if progress is not None:
+            progress(f"{label}: baseline")
         baseline = _run_reference(case, checkpoint, request)
         for perturbation in perturbations:
             if progress is not None:
-                progress(f"request {index + 1}/{len(requests)} (seed {request.seed}, {request.height}x"
-                         f"{request.width}{', cfg' if request.do_true_cfg else ''}): {perturbation.name}")
+                progress(f"{label}: {perturbation.name}")
             perturbed_request = replace(request, dtype=perturbation.reference_dtype or request.dtype)
             where = {"perturbation": perturbation.name, "seed": request.seed,
                      "size": [request.height, request.width], "true_cfg": request.do_true_cfg}

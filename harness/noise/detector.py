@@ -3,7 +3,7 @@
 `detect_noise(frames)` judges decoded frames (one image, a batch of images, or a video) and returns a
 `NoiseVerdict`, plain data that is truthy when the output is flagged. A frame is flagged when any of these
 checks fires, the first one giving the reason (the statistics are in `harness/noise/image_stats.py`, the thresholds'
-measured margins in `Thresholds`, `scripts/calibrate_noise_detector.py` and the README):
+measured margins in `Thresholds`, `scripts/calibrate_noise_detector.py` and docs/noise-detector.md):
 
 - non_finite: any NaN or infinity;
 - near_constant: every channel's standard deviation below 0.01 (2.5 grey levels of 255);

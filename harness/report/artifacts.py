@@ -20,6 +20,7 @@ from PIL import Image
 from harness.files import write_json_atomic, write_text_atomic
 from harness.report.html import render_html
 from harness.report.image_metrics import ImageMetricsError, image_metrics, json_safe
+from harness.report.images import side_by_side
 from harness.report.markdown import render_markdown
 from harness.trace.memory import Trace
 
@@ -66,20 +67,21 @@ def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (array * 255).round().astype(np.uint8)
 
 
-def save_side_by_side(native: torch.Tensor, reference: torch.Tensor, out_dir: Path) -> list[str]:
-    """native.png, reference.png and side_by_side.png (native | reference | 4x amplified |difference|)."""
-    nat = frames_to_uint8(native)
-    ref = frames_to_uint8(reference)
+def save_side_by_side(native: torch.Tensor, reference: torch.Tensor, out_dir: Path
+                      ) -> tuple[list[str], float | None]:
+    """native.png, reference.png (the decoded frames, one per row) and side_by_side.png (native | reference |
+    |difference| heat-map on the run's scale, harness/report/images.py `side_by_side`): the names written and
+    the top of the heat scale (the run's largest channel difference, 0-255 units; None without a side-by-side)."""
     written = []
-    for name, array in (("native.png", nat), ("reference.png", ref)):
-        Image.fromarray(np.concatenate(list(array), axis=0)).save(out_dir / name)
+    for name, frames in (("native.png", native), ("reference.png", reference)):
+        Image.fromarray(np.concatenate(list(frames_to_uint8(frames)), axis=0)).save(out_dir / name)
         written.append(name)
-    if nat.shape == ref.shape:
-        diff = np.clip(np.abs(nat.astype(np.int16) - ref.astype(np.int16)) * 4, 0, 255).astype(np.uint8)
-        rows = [np.concatenate([n, r, d], axis=1) for n, r, d in zip(nat, ref, diff, strict=True)]
-        Image.fromarray(np.concatenate(rows, axis=0)).save(out_dir / "side_by_side.png")
+    vmax = None
+    if tuple(native.shape) == tuple(reference.shape):
+        image, vmax = side_by_side(native, reference)
+        image.save(out_dir / "side_by_side.png")
         written.append("side_by_side.png")
-    return written
+    return written, vmax
 
 
 def write_run_artifacts(result: RunOutputs, out_dir: Path) -> None:
@@ -125,7 +127,9 @@ def _write_artifacts(result: RunOutputs, out_dir: Path) -> None:
     if ranks is not None:  # a multi-rank run: the single-rank native run it was compared with
         traces += ranks.save_traces(out_dir)
     report = result.report
-    report["images"] = save_side_by_side(result.native_frames, result.reference_frames, out_dir)
+    report["images"], largest = save_side_by_side(result.native_frames, result.reference_frames, out_dir)
+    if largest is not None:  # the top of the difference panels' heat scale (side_by_side.png, report.html)
+        report["difference_max_255"] = float(largest)
     report["traces"] = traces
     report["image_metrics"] = image_metrics_section(result.native_frames, result.reference_frames)
     report["reports"] = ["report.html", "report.md"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 from harness.compare.drift import drift
@@ -26,7 +27,9 @@ def describe_failure(record: RecordResult) -> str:
     tol = record.tolerance
     value = record.metrics.get(tol["metric"], math.nan)
     relation = "<" if tol["metric"] == "cos" else ">"
-    multiple = "" if record.floor_multiple is None else f", {_multiple_text(record.floor_multiple)} its floor"
+    of_threshold = record.threshold_multiple
+    multiple = "" if of_threshold is None else f", {_multiple_text(of_threshold)} its threshold"
+    multiple += "" if record.floor_multiple is None else f", {_multiple_text(record.floor_multiple)} its floor"
     return (
         f"{where}: {tol['metric']} {value:.3g} {relation} tolerance {tol['threshold']:.3g}{multiple} "
         f"(max_abs {record.metrics.get('max_abs', math.nan):.3g}, cos {record.metrics.get('cos', math.nan):.6f})"
@@ -86,12 +89,14 @@ def _summarise(records: list[RecordResult]) -> dict[str, Any]:
     rels = [r.metrics["rel_l2"] for r in records if "rel_l2" in r.metrics]
     coss = [r.metrics["cos"] for r in records if "cos" in r.metrics]
     multiples = [r.floor_multiple for r in records if r.floor_multiple is not None]
+    of_threshold = [m for m in (r.threshold_multiple for r in records) if m is not None]
     return {
         "records": len(records),
         "failed": sum(not r.passed for r in records),
         "worst_rel_l2": _finite_or_str(max(rels, key=_nan_high)) if rels else None,
         "min_cos": _finite_or_str(min(coss, key=_nan_low)) if coss else None,
         "worst_floor_multiple": _finite_or_str(max(multiples, key=_nan_high)) if multiples else None,
+        "worst_threshold_multiple": _finite_or_str(max(of_threshold, key=_nan_high)) if of_threshold else None,
     }
 
 
@@ -136,14 +141,20 @@ def _sci(value: Any) -> str:
     return f"{value:.3e}" if isinstance(value, float) else str(value)
 
 
-def format_stage_table(comparison: Comparison, noise: dict[str, Any] | None = None) -> str:
-    """A small fixed-width table for the terminal, one line per stage in pipeline order: the free run's
-    worst rel_l2 and floor multiple, and the forced (local) run's where the stage was forced; then the
-    noise detector's note (`noise`: report["noise"]) and the verdict, which a noise failure also decides."""
+MULTIPLES_NOTE = "x thresh = error / threshold (1.0 is the gate: above it a record fails); x floor = error / floor"
+TERMINAL_WIDTH = 118
+
+
+def format_stage_table(comparison: Comparison, noise: dict[str, Any] | None = None,
+                       tolerances: dict[str, Any] | None = None) -> str:
+    """A small fixed-width table for the terminal, one line per stage in pipeline order: the free run's worst
+    rel_l2 and its worst multiples of threshold and floor, and the forced (local) run's where the stage was
+    forced; then how to read the multiples and where thresholds came from (`tolerances`: report["tolerances"]),
+    the noise detector's note (`noise`: report["noise"]) and the verdict, which a noise failure also decides."""
     summary = stage_summary(comparison)
     lines = [
-        f"{'stage':<10} {'records':>7} {'failed':>6} {'worst rel_l2':>13} {'x floor':>8} "
-        f"{'forced rel_l2':>13} {'x floor':>8}  verdict"
+        f"{'stage':<10} {'records':>7} {'failed':>6} {'worst rel_l2':>13} {'x thresh':>8} {'x floor':>8} "
+        f"{'forced rel_l2':>13} {'x thresh':>8} {'x floor':>8}  verdict"
     ]
     for stage in STAGES:
         if stage not in summary:
@@ -153,9 +164,12 @@ def format_stage_table(comparison: Comparison, noise: dict[str, Any] | None = No
         failed = row["failed"] + forced.get("failed", 0)
         lines.append(
             f"{stage:<10} {row['records']:>7} {failed:>6} {_sci(row['worst_rel_l2']):>13} "
-            f"{_multiple_text(row['worst_floor_multiple']):>8} {_sci(forced.get('worst_rel_l2')):>13} "
+            f"{_multiple_text(row['worst_threshold_multiple']):>8} {_multiple_text(row['worst_floor_multiple']):>8} "
+            f"{_sci(forced.get('worst_rel_l2')):>13} {_multiple_text(forced.get('worst_threshold_multiple')):>8} "
             f"{_multiple_text(forced.get('worst_floor_multiple')):>8}  {row['verdict']}"
         )
+    rule = MULTIPLES_NOTE + (f"; {tolerances['rule']}" if tolerances and tolerances.get("rule") else "")
+    lines += textwrap.wrap(rule, width=TERMINAL_WIDTH, break_long_words=False, break_on_hyphens=False)
     noise_fails = bool(noise and noise.get("fails_run"))
     if noise:
         lines.append(f"noise: {noise['note']}")

@@ -1,8 +1,10 @@
-"""Images for the HTML report: frames and a |difference| heat-map as base64 PNG, and the heat-map's colour scale.
+"""Images of a run: frames and a |difference| heat-map as base64 PNG for report.html, the side_by_side.png grid,
+and the heat-map's colour scale.
 
 The heat-map is computed from the float frames, not from 8-bit PNGs, so a difference below one grey level
 still has a shape; its scale runs from 0 to the largest difference of the run (one scale for every frame),
-and the report prints that maximum next to the colour bar so a bright map is never mistaken for a large error.
+and every picture of it prints that maximum beside its colour bar, so a passing run shows where its tiny
+differences are and a bright map is never mistaken for a large error.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # An inferno-like ramp, dark (no difference) to pale yellow (the run's largest difference).
 HEAT_STOPS: tuple[tuple[int, int, int], ...] = (
     (0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164),
 )
 MAX_EMBED_SIDE = 512  # larger frames are reduced before embedding, so a 1024x1024 run stays a small page
+MIN_DISPLAY_SIDE = 192  # small frames are shown scaled up by a whole factor (pixelated) to at least this many pixels
+MAX_DISPLAY_SCALE = 8
 
 
 @dataclass
@@ -78,12 +82,19 @@ def difference_255(native: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(diff), diff, np.inf)
 
 
-def frame_images(native: torch.Tensor, reference: torch.Tensor) -> tuple[list[FrameImages], float]:
-    """Per frame the native, reference and heat-map PNGs, and the heat-map's scale maximum (0-255 units).
+def display_scale(height: int, width: int) -> int:
+    """The whole factor a frame is shown enlarged by: at least MIN_DISPLAY_SIDE pixels, at most 8x."""
+    return max(1, min(MAX_DISPLAY_SCALE, math.ceil(MIN_DISPLAY_SIDE / max(height, width, 1))))
 
-    `native` and `reference` are (B, C, H, W) or (B, C, F, H, W) in [0, 1] with equal shapes. A non-finite
-    difference is drawn at the top of the scale; the maximum reported is over finite differences.
-    """
+
+def scale_text(vmax: float) -> str:
+    """The top of the heat scale in words: '0.000198 / 255', or 'identical frames'."""
+    return "identical frames" if vmax == 0.0 else f"{vmax:.3g} / 255"
+
+
+def _differences(native: torch.Tensor, reference: torch.Tensor
+                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], float]:
+    """(N, H, W, C) frame stacks, per frame the |difference| in 0-255 units, and its largest finite value."""
     from harness.report.image_metrics import as_frame_stack
 
     if tuple(native.shape) != tuple(reference.shape):
@@ -93,11 +104,27 @@ def frame_images(native: torch.Tensor, reference: torch.Tensor) -> tuple[list[Fr
     diffs = [difference_255(n, r) for n, r in zip(nat, ref, strict=True)]
     finite = [d[np.isfinite(d)] for d in diffs]
     vmax = max((float(f.max()) for f in finite if f.size), default=0.0)
+    return nat, ref, diffs, vmax
+
+
+def heat_map(diff: np.ndarray, vmax: float) -> np.ndarray:
+    """(H, W) |difference| -> (H, W, 3) uint8 on the run's scale (0 dark, `vmax` and non-finite pale yellow)."""
+    scaled = diff / vmax if vmax > 0.0 else np.where(np.isinf(diff), 1.0, 0.0)  # identical frames: all dark
+    return heat_colours(np.minimum(scaled, 1.0))
+
+
+def frame_images(native: torch.Tensor, reference: torch.Tensor) -> tuple[list[FrameImages], float]:
+    """Per frame the native, reference and heat-map PNGs, and the heat-map's scale maximum (0-255 units).
+
+    `native` and `reference` are (B, C, H, W) or (B, C, F, H, W) in [0, 1] with equal shapes. A non-finite
+    difference is drawn at the top of the scale; the maximum reported is over finite differences.
+    """
+    nat, ref, diffs, vmax = _differences(native, reference)
     height, width = nat.shape[1], nat.shape[2]
     factor = max(1, math.ceil(max(height, width) / MAX_EMBED_SIDE))
     images = []
     for n, r, d in zip(nat, ref, diffs, strict=True):
-        scaled = d / vmax if vmax > 0.0 else np.where(np.isinf(d), 1.0, 0.0)  # identical frames: all dark
+        scaled = d / vmax if vmax > 0.0 else np.where(np.isinf(d), 1.0, 0.0)
         heat = heat_colours(_block_reduce(np.minimum(scaled, 1.0), factor, "max"))
         images.append(FrameImages(
             native=png_base64(_to_uint8(_block_reduce(n, factor, "mean"))),
@@ -108,3 +135,29 @@ def frame_images(native: torch.Tensor, reference: torch.Tensor) -> tuple[list[Fr
             reduced_by=factor,
         ))
     return images, vmax
+
+
+FOOTER_HEIGHT = 30
+
+
+def side_by_side(native: torch.Tensor, reference: torch.Tensor) -> tuple[Image.Image, float]:
+    """side_by_side.png: per frame a row native | reference | |difference| heat-map, enlarged as the HTML report
+    shows them, and a footer with the heat scale (0 to the run's largest difference, printed); and that maximum.
+
+    Raises ValueError when the frames differ in shape (no difference to draw)."""
+    nat, ref, diffs, vmax = _differences(native, reference)
+    height, width = nat.shape[1], nat.shape[2]
+    scale = display_scale(height, width)
+    rows = [np.concatenate([_to_uint8(n), _to_uint8(r), heat_map(d, vmax)], axis=1)
+            for n, r, d in zip(nat, ref, diffs, strict=True)]
+    grid = np.concatenate(rows, axis=0).repeat(scale, axis=0).repeat(scale, axis=1)
+    panel = width * scale
+    footer = np.full((FOOTER_HEIGHT, grid.shape[1], 3), 255, dtype=np.uint8)
+    footer[4:12, 2 * panel:3 * panel] = heat_colours(np.linspace(0.0, 1.0, panel))[None, :, :]
+    image = Image.fromarray(np.concatenate([grid, footer], axis=0))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    text_y = grid.shape[0] + 14
+    draw.text((2, text_y), "native | reference | |difference|", fill=(60, 60, 60), font=font)
+    draw.text((2 * panel, text_y), f"0 .. {scale_text(vmax)}", fill=(60, 60, 60), font=font)
+    return image, vmax

@@ -1,5 +1,9 @@
 """A log-scale line plot as inline SVG, drawn here so the HTML report needs no plotting library and no script.
 
+Why not matplotlib's SVG backend (measured on this 2-core machine, load average 5-6): importing matplotlib takes
+0.7-1.1 s and drawing this plot 0.4-0.55 s, against 0.5 ms here, on a flux-tiny run of about 4 s; its SVG is
+42 KB for four series of 20 steps against 12 KB here for six; and it would add seven packages to requirements.lock.
+
 Values that a log axis cannot show (0, negative) are drawn as hollow markers on the bottom edge and said so in
 the caption; NaN or missing values break the line.
 """
@@ -10,6 +14,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
+
+THRESHOLD_COLOUR = "#d9480f"  # the threshold line and its label; no series or heat-ramp colour comes near it
 
 
 @dataclass
@@ -52,8 +58,10 @@ def log_line_plot(
     x_label: str = "denoising step",
     threshold: float | None = None,
     box: PlotBox | None = None,
+    threshold_label: str | None = None,
 ) -> str:
-    """An <svg> element: one polyline per series over x, y on a log10 axis, optional dashed threshold line."""
+    """An <svg> element: one polyline per series over x, y on a log10 axis, optional dashed threshold line
+    (labelled `threshold_label`, default 'tolerance <value>')."""
     box = box or PlotBox()
     for s in series:
         if len(s.values) != len(x):
@@ -62,6 +70,9 @@ def log_line_plot(
     if threshold is not None and threshold > 0:
         positive.append(threshold)
     lo, hi = _decades(positive) if positive else (-8, 0)
+    if threshold is not None and threshold > 0:  # room on both sides of the threshold line
+        hi = max(hi, math.ceil(math.log10(threshold) + 0.5))
+        lo = min(lo, math.floor(math.log10(threshold) - 0.5))
     x_lo, x_hi = (min(x), max(x)) if x else (0, 1)
     x_span = (x_hi - x_lo) or 1
 
@@ -94,9 +105,11 @@ def log_line_plot(
     if threshold is not None and threshold > 0:
         yt = py(threshold)
         out.append(f'<line x1="{box.left}" y1="{yt:.1f}" x2="{box.left + box.inner_width}" y2="{yt:.1f}" '
-                   'stroke="#888888" stroke-dasharray="2 3"/>')
+                   f'stroke="{THRESHOLD_COLOUR}" stroke-width="2" stroke-dasharray="5 3" '
+                   'shape-rendering="crispEdges"/>')
+        label = threshold_label or f"tolerance {threshold:.3g}"
         out.append(f'<text x="{box.left + box.inner_width - 4}" y="{yt - 4:.1f}" text-anchor="end" '
-                   f'font-size="11" fill="#666666">tolerance {threshold:.3g}</text>')
+                   f'font-size="11" fill="{THRESHOLD_COLOUR}">{escape(label)}</text>')
     for s in series:
         out.extend(_series_marks(s, x, px, py, top=box.top, bottom=bottom))
     out.extend(_legend(series, box))

@@ -2,17 +2,22 @@
 
 Both renderers read only this module's output, so they agree on every number. Everything is defensive: a
 key the report lacks (an older schema, a run that stopped early) drops its section instead of raising, and
-newer keys (per-record `mode` and `floor_multiple`, `report["drift"]`) are shown when present.
+newer keys (per-record `mode`, `floor_multiple` and `threshold_multiple`, `report["drift"]`, `report["noise"]`)
+are shown when present. A record's multiple of its threshold is derived from its metrics and tolerance when
+the report predates the field.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 STAGE_ORDER = ("encode", "timesteps", "latents", "denoise", "decode")
-DRIFT_FIELDS = ("latents", "transformer_output")
+DRIFT_FIELDS = ("latents", "transformer_output", "noise_pred")  # per-step records drawn in the drift plot
+HIGHER_IS_BETTER = ("cos",)  # tolerance metrics where the error is 1 - value (harness/compare/tolerances.py)
+MULTIPLES_NOTE = "x threshold = error / threshold (1.0 is the gate: above it a record fails)"
+FLOOR_NOTE = "x floor = error / calibrated floor"
 MODES = ("free", "forced")
 # Environment rows in the order a reader looks for them; any other key follows.
 ENVIRONMENT_KEYS = (
@@ -68,6 +73,7 @@ class StageRow:
     worst_rel_l2: float | None = None
     min_cos: float | None = None
     worst_floor_multiple: float | None = None
+    worst_threshold_multiple: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -100,6 +106,9 @@ def stage_rows(report: dict[str, Any]) -> list[StageRow]:
         row.worst_floor_multiple = _worse(
             row.worst_floor_multiple, number(record.get("floor_multiple")), higher_is_worse=True
         )
+        row.worst_threshold_multiple = _worse(
+            row.worst_threshold_multiple, threshold_multiple(record), higher_is_worse=True
+        )
 
     def order(key: tuple[str | None, str]) -> tuple[int, int]:  # (stage rank, mode rank)
         mode, stage = key
@@ -108,6 +117,38 @@ def stage_rows(report: dict[str, Any]) -> list[StageRow]:
         return stage_rank, mode_rank
 
     return [rows[key] for key in sorted(rows, key=order)]
+
+
+def threshold_multiple(record: dict[str, Any]) -> float | None:
+    """The record's error over its threshold (1.0 = the gate), both as errors (1 - cos for cosine): the report's
+    `threshold_multiple` when it has one, else derived from its metrics and tolerance; None without a value."""
+    if "threshold_multiple" in record:
+        return number(record["threshold_multiple"])
+    tolerance = record.get("tolerance") or {}
+    value = number((record.get("metrics") or {}).get(tolerance.get("metric")))
+    bound = number(tolerance.get("threshold"))
+    if value is None or bound is None:
+        return None
+    if math.isnan(value):
+        return math.nan
+    higher_is_better = tolerance.get("metric") in HIGHER_IS_BETTER
+    error, limit = (1.0 - value, 1.0 - bound) if higher_is_better else (value, bound)
+    if limit == 0:
+        return 0.0 if error == 0 else math.inf
+    return error / limit
+
+
+def threshold_rule(report: dict[str, Any]) -> str:
+    """How to read the multiples and where the thresholds came from: stated once under each report's table."""
+    section = report.get("tolerances")
+    rule = section.get("rule") if isinstance(section, dict) else None
+    if not rule:  # a report older than the rule: say what the source implies
+        source = tolerance_source(report)
+        rule = ("threshold = the defaults (fp32 rel_l2 <= 1e-5, bf16 cos >= 0.999)" if source in (None, "default")
+                else f"threshold = 3 x the calibrated floor ({source})")
+    has_floor = any(record.get("floor_multiple") is not None for record in report.get("records") or [])
+    note = f"{MULTIPLES_NOTE}; {FLOOR_NOTE}" if has_floor else MULTIPLES_NOTE
+    return f"{note}. {rule[0].upper()}{rule[1:]}."
 
 
 def record_name(record: dict[str, Any]) -> str:
@@ -194,12 +235,11 @@ def environment_line(report: dict[str, Any]) -> str:
 
 @dataclass
 class DriftSeries:
-    """One line of the drift plot: a field's rel_l2 (and cos) per step in one mode."""
+    """One line of the drift plot: a field's values per step in one mode (None: no record at that step)."""
 
     mode: str
     field: str
-    rel_l2: list[float | None]
-    cos: list[float | None] = field(default_factory=list)
+    values: list[float | None]
 
     @property
     def label(self) -> str:
@@ -208,48 +248,60 @@ class DriftSeries:
 
 @dataclass
 class Drift:
+    """`normalised`: each per-step record's error / its own threshold (what the plot draws: 1.0 is the gate for
+    every line); `rel_l2` and `cos`: the raw values (report["drift"] when present, else the records)."""
+
     steps: list[int]
-    series: list[DriftSeries]
+    normalised: list[DriftSeries]
+    rel_l2: list[DriftSeries]
+    cos: list[DriftSeries]
     growth: dict[str, list[float | None]]
-    threshold: float | None  # the rel_l2 tolerance of denoise/latents, when rel_l2 is its metric
     source: str  # "drift" (report["drift"]) or "records" (derived from the per-step records)
 
 
+def _per_step_records(report: dict[str, Any]) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """(mode, field) -> step -> record, for the denoise records of the drift fields."""
+    found: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for record in report.get("records") or []:
+        if record.get("stage") != "denoise" or record.get("field") not in DRIFT_FIELDS or record.get("step") is None:
+            continue
+        found.setdefault((record.get("mode") or "free", record["field"]), {})[int(record["step"])] = record
+    return found
+
+
 def drift(report: dict[str, Any]) -> Drift | None:
-    """The per-step drift: `report["drift"]` when present, else the free run's denoise records per step."""
-    threshold = _latents_threshold(report)
+    """The per-step drift: error / threshold per record, and rel_l2 / cos from `report["drift"]` when present,
+    else from the free and forced denoise records per step."""
+    records = _per_step_records(report)
     section = report.get("drift")
-    if isinstance(section, dict) and section.get("steps"):
-        steps = [int(s) for s in section["steps"]]
-        series = []
+    has_section = isinstance(section, dict) and bool(section.get("steps"))
+    if not records and not has_section:
+        return None
+    steps = ([int(s) for s in section["steps"]] if has_section
+             else sorted({step for values in records.values() for step in values}))
+    keys = [(mode, name) for mode in MODES for name in DRIFT_FIELDS if (mode, name) in records]
+    normalised = [DriftSeries(mode, name, [threshold_multiple(records[(mode, name)][s])
+                                           if s in records[(mode, name)] else None for s in steps])
+                  for mode, name in keys]
+    if has_section:
+        rel_l2, cos = [], []
         for mode in MODES:
             by_field = section.get(mode) or {}
             for name in (*DRIFT_FIELDS, *sorted(set(by_field) - set(DRIFT_FIELDS))):
                 values = by_field.get(name)
                 if isinstance(values, dict) and isinstance(values.get("rel_l2"), list):
-                    series.append(DriftSeries(mode, name, _fit(values["rel_l2"], len(steps)),
-                                              _fit(values.get("cos") or [], len(steps)) if values.get("cos") else []))
-        return Drift(steps, series, _growth(section.get("growth")), threshold, "drift")
-    per_series: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    for record in report.get("records") or []:
-        if record.get("stage") != "denoise" or record.get("field") not in DRIFT_FIELDS or record.get("step") is None:
-            continue
-        key = (record.get("mode") or "free", record["field"])
-        per_series.setdefault(key, {})[int(record["step"])] = record.get("metrics") or {}
-    if not per_series:
-        return None
-    steps = sorted({step for values in per_series.values() for step in values})
-    series = []
-    for mode in MODES:
-        for name in DRIFT_FIELDS:
-            values = per_series.get((mode, name))
-            if values:
-                series.append(DriftSeries(
-                    mode, name,
-                    [number(values.get(s, {}).get("rel_l2")) for s in steps],
-                    [number(values.get(s, {}).get("cos")) for s in steps],
-                ))
-    return Drift(steps, series, {}, threshold, "records")
+                    rel_l2.append(DriftSeries(mode, name, _fit(values["rel_l2"], len(steps))))
+                    if values.get("cos"):
+                        cos.append(DriftSeries(mode, name, _fit(values["cos"], len(steps))))
+        return Drift(steps, normalised, rel_l2, cos, _growth(section.get("growth")), "drift")
+
+    def metric(mode: str, name: str, key: str) -> DriftSeries:
+        by_step = records[(mode, name)]
+        return DriftSeries(mode, name, [number((by_step[s].get("metrics") or {}).get(key)) if s in by_step else None
+                                        for s in steps])
+
+    return Drift(steps, normalised, [metric(m, n, "rel_l2") for m, n in keys], [metric(m, n, "cos") for m, n in keys],
+                 {}, "records")
 
 
 def _fit(values: list[Any], length: int) -> list[float | None]:
@@ -273,16 +325,6 @@ def _growth(value: Any) -> dict[str, list[float | None]]:
     return out
 
 
-def _latents_threshold(report: dict[str, Any]) -> float | None:
-    for record in report.get("records") or []:
-        if record.get("stage") == "denoise" and record.get("field") == "latents":
-            tol = record.get("tolerance") or {}
-            if tol.get("metric") == "rel_l2":
-                return number(tol.get("threshold"))
-            return None
-    return None
-
-
 def image_metric_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """report["image_metrics"]["frames"], or [] when the run has none."""
     section = report.get("image_metrics")
@@ -294,3 +336,67 @@ def image_metric_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 def image_metrics_problem(report: dict[str, Any]) -> str | None:
     section = report.get("image_metrics")
     return section.get("problem") if isinstance(section, dict) else None
+
+
+@dataclass
+class NoiseCheck:
+    """One check of the noise detector, on both sides: its value, the threshold it fires at, whether it fired."""
+
+    name: str
+    native: str
+    reference: str
+    threshold: str
+    fired: str  # "native", "reference", "both" or ""
+
+
+@dataclass
+class NoiseView:
+    """report["noise"] as the reports show it: the two verdicts with their reasons, whether it fails the run."""
+
+    native: str  # "ok: no check fired; closest: ..." / "flagged: pixel_noise 0.91 >= 0.35"
+    reference: str
+    fails_run: bool
+    note: str
+    checks: list[NoiseCheck]
+
+    @property
+    def verdict(self) -> str:
+        return "fail" if self.fails_run else "pass"
+
+
+def _noise_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(fmt(v) for v in value)
+    return "—" if value is None else fmt(value)
+
+
+def _side_verdict(side: Any) -> str:
+    if not isinstance(side, dict):
+        return "not judged"
+    verdict = str(side.get("verdict", "?"))
+    reason = side.get("reason")
+    return f"{verdict}: {reason}" if reason else verdict
+
+
+def noise(report: dict[str, Any]) -> NoiseView | None:
+    """The noise detector's section (harness/noise/detector.py `noise_section`), or None when the report has none."""
+    section = report.get("noise")
+    if not isinstance(section, dict):
+        return None
+    native, reference = section.get("native"), section.get("reference")
+    by_name: dict[str, dict[str, dict[str, Any]]] = {}
+    for side_name, side in (("native", native), ("reference", reference)):
+        side_checks = side.get("checks") if isinstance(side, dict) else None
+        for check in side_checks if isinstance(side_checks, list) else []:
+            if isinstance(check, dict) and check.get("name"):
+                by_name.setdefault(str(check["name"]), {})[side_name] = check
+    checks = []
+    for name, sides in by_name.items():
+        fired = [s for s in ("native", "reference") if (sides.get(s) or {}).get("fired")]
+        any_side = sides.get("native") or sides.get("reference") or {}
+        checks.append(NoiseCheck(name, _noise_value((sides.get("native") or {}).get("value")),
+                                 _noise_value((sides.get("reference") or {}).get("value")),
+                                 _noise_value(any_side.get("threshold")),
+                                 "both" if len(fired) == 2 else (fired[0] if fired else "")))
+    return NoiseView(_side_verdict(native), _side_verdict(reference), bool(section.get("fails_run")),
+                     str(section.get("note") or ""), checks)

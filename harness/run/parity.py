@@ -19,6 +19,7 @@ from harness.compare.records import Comparison, compare_traces
 from harness.compare.tolerances import ToleranceSpec, load_tolerance_spec
 from harness.environment import environment
 from harness.noise.detector import noise_section
+from harness.progress import phase_of
 from harness.report.artifacts import write_run_artifacts
 from harness.report.build import build_report
 from harness.run.cases import Case
@@ -91,11 +92,13 @@ def run_parity(
     the stored calibration for the case, dtype and device class (harness/compare/tolerances.py), else the
     defaults. A parallel `topology` runs the native side on tp x sp ranks (harness/run/multirank.py;
     `mutate_native` then must be picklable), compared with the reference as usual and with a single-rank native
-    run (`ranks`). Each of `extensions` then runs on the result before the artifacts are written (the
-    drill-down of a failing run, harness/drill/parity_hook.py, adds report["drill"]); the harness's lower layers
-    never import them.
+    run (`ranks`). `progress` (a step-callback factory; a harness.progress.Progress also hears each phase).
+    Each of `extensions` then runs on the result before the artifacts are written (the drill-down of a failing
+    run, harness/drill/parity_hook.py, adds report["drill"]); the harness's lower layers never import them.
     """
+    phase = phase_of(progress)
     start = time.perf_counter()
+    phase(f"checkpoint {model}" if model else "checkpoint (the case's tiny builder: built once, then cached)")
     checkpoint = resolve_checkpoint(model) if model else case.build_checkpoint()
     timings = {"checkpoint": time.perf_counter() - start}
     plan = plan_native_run(checkpoint, request, model_name=model)
@@ -106,6 +109,7 @@ def run_parity(
 
     # traces stream to an unnamed spool in out_dir (bounded memory); Trace.save writes them (report/artifacts.py)
     meta = {"case": case.name, "request": request.to_dict(), "model": model, "checkpoint": str(model or checkpoint)}
+    phase(f"reference (Diffusers), {request.steps} steps")
     reference = ReferenceRunner(case, checkpoint, request, meta, out_dir,
                                 progress("reference") if progress else None).run()
     native_runner: Runner
@@ -115,8 +119,11 @@ def run_parity(
     else:
         native_runner = NativeRunner(checkpoint, request, plan, meta, out_dir,
                                      progress("native") if progress else None, mutate_native)
+    where = f"on {topology.world} ranks ({topology.name})" if parallel and topology else "on one rank"
+    phase(f"native, {request.steps} steps {where}" + (", then teacher-forced from the reference" if forcing else ""))
     native = native_runner.run(reference.trace if forcing else None)
 
+    phase("comparing and writing the report" if out_dir is not None else "comparing")
     comparison = compare_sides(reference, native, request.dtype, spec)
     report = parity_report(case, request, model, str(model or checkpoint), comparison, spec,
                            {**timings, **reference.timings, **native.timings}, reference, native)

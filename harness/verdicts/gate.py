@@ -1,6 +1,8 @@
 """The model-addition gate: what every model in the native registry must have before it counts as supported.
 
 Per registry entry (its `family`, native_models/registry.py) the gate checks, and prints as a checklist:
+0. todo blocks   no `TODO(scaffold:ID)` block of `diffparity scaffold` is left in the family's files (its pipeline
+                 module, references/<family>/, its case file): each one left is named with file:line;
 1. case file     `cases/test_<family>.py` exists;
 2. cases         at least one `Case` declares the family (references/<family>/cases.py, `register_case`);
 3. tiny builder  every case's `build_checkpoint` builds (or finds) its checkpoint offline, and the native
@@ -18,12 +20,14 @@ Goldens of cases that no longer exist, and stray files under golden/, are report
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,9 +132,11 @@ def is_multi_rank(topology: str) -> bool:
 
 
 def check_models(models: list[str] | None = None, cases_dir: Path = CASES_DIR, golden_root: Path | None = None,
-                 test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True) -> GateReport:
+                 test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True,
+                 progress: Callable[[str], None] | None = None) -> GateReport:
     """The checklist of every registered model (or of `models`). `run=False` checks files only (no builds,
-    no parity, no multi-rank run): those checks then read 'not run'. The gate works offline."""
+    no parity, no multi-rank run): those checks then read 'not run'. The gate works offline. `progress` hears
+    each model and check as it starts."""
     from harness.golden.store import scan_goldens
     from harness.run.cases import CASES
 
@@ -142,7 +148,7 @@ def check_models(models: list[str] | None = None, cases_dir: Path = CASES_DIR, g
         if unknown:
             raise GateError(f"no registered model named {', '.join(unknown)}; registered: {', '.join(families)}")
         entries = [entry for entry in entries if entry.family in models]
-    report = GateReport([check_model(entry, cases_dir, golden_root, test_dirs, run) for entry in entries])
+    report = GateReport([check_model(entry, cases_dir, golden_root, test_dirs, run, progress) for entry in entries])
     found, strays = scan_goldens(golden_root)
     report.unused = [str(f.path) for f in found if f.case not in CASES] + [str(p) for p in strays]
     report.orphan_cases = sorted(name for name, case in CASES.items() if case.family not in families)
@@ -150,14 +156,17 @@ def check_models(models: list[str] | None = None, cases_dir: Path = CASES_DIR, g
 
 
 def check_model(entry: ConfigEntry, cases_dir: Path = CASES_DIR, golden_root: Path | None = None,
-                test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True) -> ModelChecklist:
+                test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True,
+                progress: Callable[[str], None] | None = None) -> ModelChecklist:
     from harness.run.cases import cases_for_family
 
     family = entry.family
+    say = progress or (lambda text: None)
     config = f"{entry.pipeline_config_cls.__module__}.{entry.pipeline_config_cls.__qualname__}"
     checklist = ModelChecklist(family, config)
     checks = checklist.checks
     path = case_file(family, cases_dir)
+    checks.append(_check_todo_blocks(entry, path))
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     checks.append(Check("case file", OK, str(shown)) if path.is_file()
                   else Check("case file", MISSING, f"no {shown}: add the family's parity tests there"))
@@ -169,12 +178,39 @@ def check_model(entry: ConfigEntry, cases_dir: Path = CASES_DIR, golden_root: Pa
             checks.append(Check(name, MISSING, "no case"))
         return checklist
     checks.append(Check("cases", OK, ", ".join(case.name for case in cases)))
+    say(f"{family}: tiny builder (each case's checkpoint, built once then cached)")
     checkpoints = _check_builders(entry, cases, checks, run)
     goldens = _check_goldens(cases, checks, golden_root)
+    say(f"{family}: parity (every CPU golden verified by the native side)")
     results = _check_parity(cases, goldens, checkpoints, checks, golden_root, run)
     _check_noise(cases, results, checks)
+    say(f"{family}: multi-rank (tests marked covers('{family}', ...) in a pytest subprocess, when plans exist)")
     _check_multi_rank(family, cases, checkpoints, checks, test_dirs, run)
     return checklist
+
+
+def family_files(entry: ConfigEntry, case_path: Path) -> list[Path]:
+    """The files a family's TODO blocks can be in: its pipeline module, references/<family>/*.py, its case file."""
+    import inspect
+
+    files = []
+    with contextlib.suppress(TypeError, OSError):
+        files.append(Path(inspect.getsourcefile(entry.pipeline_config_cls) or ""))
+    files += sorted((ROOT / "references" / entry.family).glob("*.py"))
+    return [*files, case_path]
+
+
+def _check_todo_blocks(entry: ConfigEntry, case_path: Path) -> Check:
+    from harness.scaffold.markers import todo_blocks
+    from harness.scaffold.templates import BLOCKS
+
+    order = list(BLOCKS)  # the order of docs/adding-a-model.md
+    left = sorted(todo_blocks(family_files(entry, case_path)),
+                  key=lambda block: order.index(block.id) if block.id in order else len(order))
+    if not left:
+        return Check("todo blocks", OK, "no TODO(scaffold:...) block left")
+    named = ", ".join(f"{block.id} ({block.where(ROOT)})" for block in left)
+    return Check("todo blocks", MISSING, f"{len(left)} left, see docs/adding-a-model.md: {named}")
 
 
 def _one_line(exc: BaseException) -> str:

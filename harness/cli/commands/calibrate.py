@@ -69,13 +69,12 @@ def command_calibrate(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {path} is a folder; calibrate writes one file")
     check_out_dir(path.parent)
     from harness.golden.calibrate import calibrate, format_floors, write_calibration
-
-    def progress(message: str) -> None:
-        print(f"  {message}", file=sys.stderr)
+    from harness.progress import Progress
 
     print(f"{case.name}: calibrating {args.dtype} on {args.device}, {args.seeds} seed(s)", file=sys.stderr)
-    document = calibrate(case, dtype=args.dtype, device=args.device, seeds=args.seeds, sizes=args.size,
-                         model=args.model, cfg=not args.no_cfg, progress=progress)
+    with Progress(case.name) as progress:
+        document = calibrate(case, dtype=args.dtype, device=args.device, seeds=args.seeds, sizes=args.size,
+                             model=args.model, cfg=not args.no_cfg, progress=progress.phase)
     write_calibration(document, path)
     print(format_floors(document))
     perturbations = ", ".join(p["name"] for p in document["perturbations"])

@@ -148,6 +148,6 @@ def command_compare(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "error.json").unlink(missing_ok=True)
     write_json_atomic(args.out / "report.json", report)
-    print(format_stage_table(comparison))
+    print(format_stage_table(comparison, tolerances=report["tolerances"]))
     print(f"report: {args.out / 'report.json'}")
     return EXIT_PASS if comparison.passed else EXIT_FAIL

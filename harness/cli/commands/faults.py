@@ -64,13 +64,16 @@ def command_faults(args: argparse.Namespace) -> int:
     dtypes = list(dict.fromkeys(args.dtype or ["fp32", "bf16"]))
 
     from harness.files import write_json_atomic
+    from harness.progress import Progress
     from harness.verdicts.fault_matrix import describe, format_fault_matrix, run_fault_matrix
 
-    def progress(done: int, total: int, outcome) -> None:
-        print(f"[{done}/{total}] {describe(outcome)}", file=sys.stderr, flush=True)
-
     print(f"{case.name}: {len(selected)} fault(s) x {', '.join(dtypes)}, teacher forcing on", file=sys.stderr)
-    outcomes = run_fault_matrix(case, selected, dtypes, progress, drill=not args.no_drill)
+    with Progress(case.name) as progress:
+        def after_each(done: int, total: int, outcome) -> None:
+            progress.phase(f"[{done}/{total}] {describe(outcome)}")
+
+        progress.phase(f"fault 1 of {len(selected) * len(dtypes)} (the first run imports Diffusers)")
+        outcomes = run_fault_matrix(case, selected, dtypes, after_each, drill=not args.no_drill)
     print(format_fault_matrix(outcomes))
     if args.json is not None:
         write_json_atomic(args.json, [outcome.to_dict() for outcome in outcomes])

@@ -29,10 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def command_gate(args: argparse.Namespace) -> int:
     from harness.files import write_json_atomic
+    from harness.progress import Progress
     from harness.verdicts.gate import GateError, check_models
 
     try:
-        report = check_models(args.models or None, golden_root=args.golden_dir, run=not args.no_run)
+        with Progress("gate") as progress:
+            report = check_models(args.models or None, golden_root=args.golden_dir, run=not args.no_run,
+                                  progress=progress.phase)
     except GateError as exc:
         raise UsageError(str(exc)) from None
     print(report.format())

@@ -88,8 +88,12 @@ def command_record(args: argparse.Namespace) -> int:
     case = get_case(args.case)
     device_cls = _device_class(args.device)
     command = "diffparity " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["golden"] else None
+    from harness.progress import Progress
+
     print(f"{case.name}: recording the reference, {args.dtype} on {args.device} ({device_cls})", file=sys.stderr)
-    golden = record_golden(case, args.dtype, args.device, args.golden_dir, command=command)
+    with Progress(case.name) as progress:
+        progress.phase("reference: Diffusers pipeline at the case's default request")
+        golden = record_golden(case, args.dtype, args.device, args.golden_dir, command=command)
     assert golden.path is not None
     full = sum(r.full for r in golden.records.values())
     print(f"draft: {golden.path} ({golden.path.stat().st_size} bytes, {len(golden.records)} records, {full} whole"
@@ -123,17 +127,20 @@ def command_verify(args: argparse.Namespace) -> int:
     from harness.environment import format_environment_changes
     from harness.files import write_json_atomic
     from harness.golden.verify import verify_golden
+    from harness.progress import Progress
     from harness.report.build import format_stage_table
     from harness.run.cases import get_case
 
     case = get_case(args.case)
     _device_class(args.device)
-    result = verify_golden(case, args.dtype, args.device, args.golden_dir, forcing=not args.no_forcing,
-                           draft=args.draft)
+    with Progress(case.name) as progress:
+        progress.phase("native run against the golden" + ("" if args.no_forcing else ", free and teacher-forced"))
+        result = verify_golden(case, args.dtype, args.device, args.golden_dir, forcing=not args.no_forcing,
+                               draft=args.draft)
     request = result.golden.info["request"]
     print(f"{case.name}: native against golden {result.golden.path} ({request['height']}x{request['width']}, "
           f"{request['steps']} steps, seed {request['seed']}, {args.dtype} on {args.device})", file=sys.stderr)
-    print(format_stage_table(result.comparison, result.report.get("noise")))
+    print(format_stage_table(result.comparison, result.report.get("noise"), result.report.get("tolerances")))
     print(format_environment_changes(result.report["golden"]["environment_changes"]))
     for warning in result.report.get("warnings", []):
         print(f"warning: {warning}")

@@ -12,7 +12,6 @@ from harness.cli.common import (
     add_case_argument,
     add_request_arguments,
     check_out_dir,
-    make_progress,
     positive_int,
     request_from_arguments,
 )
@@ -38,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, metavar="DIR",
                      help="output folder, replaced by this run (default: a new out/CASE/run-DATE-TIME per run, "
                           "out/CASE/latest pointing at the newest)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress on stderr (default: a line per phase, step bars on a terminal, and a "
+                          "'still ...' line after 10 s of silence)")
     run.add_argument("--no-forcing", action="store_true",
                      help="skip the teacher-forced native run: first divergence then comes from the free run")
     run.add_argument("--no-drill", action="store_true",
@@ -73,10 +74,12 @@ def command_run(args: argparse.Namespace) -> int:
         from harness.drill.parity_hook import drill_on_failure
 
         extensions.append(drill_on_failure)
-    result = run_parity(case, request, model=args.model, out_dir=out_dir,
-                        progress=make_progress(not args.no_progress), forcing=not args.no_forcing,
-                        topology=topology, extensions=extensions)
-    print(format_stage_table(result.comparison, result.report.get("noise")))
+    from harness.progress import Progress
+
+    with Progress(case.name, enabled=not args.no_progress) as progress:
+        result = run_parity(case, request, model=args.model, out_dir=out_dir, progress=progress,
+                            forcing=not args.no_forcing, topology=topology, extensions=extensions)
+    print(format_stage_table(result.comparison, result.report.get("noise"), result.report.get("tolerances")))
     if result.report.get("drill") is not None:
         from harness.report.drill_view import summary_sentence
 
