@@ -84,3 +84,29 @@ def test_drill_usage_errors_are_one_line(argv: list[str], message: str, capsys: 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize("no_drill", [False, True], ids=["drilled", "no-drill"])
+def test_diffparity_run_drills_a_failing_run_unless_told_not_to(no_drill: bool, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """Through the command line: the drill is on by default for a failing run; `--no-drill` leaves the module null
+    and says the drill was switched off. The run is broken by a catalog fault passed to the real `run_parity`."""
+    import functools
+
+    import harness.run.parity as parity
+
+    fault = FAULTS["norm_bias_dropped"]
+    monkeypatch.setattr(parity, "run_parity", functools.partial(parity.run_parity, mutate_native=fault.apply))
+    argv = ["run", "flux-tiny", "--steps", "1", "--height", "32", "--width", "32", "--no-progress",
+            "--out", str(tmp_path)]
+    assert main(argv + (["--no-drill"] if no_drill else [])) == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["first_divergence"]["stage"] == "decode"
+    if no_drill:
+        assert report["first_divergence"]["module"] is None and report["drill"]["status"] == "off"
+        assert "drill off: switched off (--no-drill)" in capsys.readouterr().out
+    else:
+        assert report["first_divergence"]["module"] == "decoder.mid_block.resnets.0.norm1"
+        assert report["drill"]["status"] == "ran" and report["drill"]["trigger"] == "first_divergence"
+        assert "decoder.mid_block.resnets.0.norm1" in capsys.readouterr().out

@@ -4,8 +4,8 @@ When a run fails at a record of `encode`, `denoise` or `decode`, the drill re-ru
 both sides from the reference's inputs (harness/drill/session.py) and adds report["drill"] and
 `first_divergence.module` (the dotted name of the first module that diverges locally; null when the drill did
 not run or found no module: then the component is right on the reference's inputs, and the divergence lies in
-what reaches it or how its output is used). `diffparity run` installs it unless `--no-drill`; the fault matrix
-installs it too.
+what reaches it or how its output is used). `diffparity run` installs it unless `--no-drill`, which installs
+`drill_off` instead (the report then says the drill was switched off); the fault matrix installs it too.
 """
 
 from __future__ import annotations
@@ -52,3 +52,15 @@ def drill_on_failure(result: ParityResult, run: ParityRun) -> None:
     section["trigger"] = "first_divergence"
     report["drill"] = section
     report.setdefault("timings_s", {})["drill"] = round(time.perf_counter() - start, 3)
+
+
+def drill_off(result: ParityResult, run: ParityRun) -> None:
+    """`--no-drill`: a failing run's report says the drill was switched off (`first_divergence.module` null), so
+    a reader never mistakes a missing drill for one that found nothing."""
+    if result.passed:
+        return
+    first = result.report.get("first_divergence")
+    if first is not None:
+        first["module"] = None
+    result.report["drill"] = {"status": "off", "reason": "switched off (--no-drill)", "module": None,
+                              "trigger": "first_divergence"}

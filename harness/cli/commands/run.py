@@ -69,11 +69,9 @@ def command_run(args: argparse.Namespace) -> int:
     ranks = f", native on {topology.world} ranks ({topology.name})" if topology.is_parallel else ""
     print(f"{case.name}: {request.height}x{request.width}{frames}, {request.steps} steps, seed {request.seed}, "
           f"{request.dtype} on {request.device}{ranks}", file=sys.stderr)
-    extensions = []
-    if not args.no_drill:
-        from harness.drill.parity_hook import drill_on_failure
+    from harness.drill.parity_hook import drill_off, drill_on_failure
 
-        extensions.append(drill_on_failure)
+    extensions = [drill_off if args.no_drill else drill_on_failure]
     from harness.progress import Progress
 
     with Progress(case.name, enabled=not args.no_progress) as progress:
