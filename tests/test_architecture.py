@@ -174,11 +174,50 @@ def harness_package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     return edges
 
 
+# The harness's layers, lowest first; a subpackage imports only from layers below its own (one list entry may hold
+# peers that never import each other). Why each sits where it does:
+# - drill (harness/drill/) above run: it re-runs a component of a run (run's cases, native plan and parity
+#   extension hook) and compares modules with trace storage and compare's tolerances; below golden and verdicts,
+#   which use it (module floors are calibrated in golden, the fault matrix checks each fault's expected module),
+#   and cli, which offers it. run reaches it only through `run_parity(extensions=...)`, never by import.
+# - progress and scaffold at the bottom: they import nothing from the harness (scaffold's templates are text).
+HARNESS_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("harness.files", "harness.environment", "harness.families", "harness.progress", "harness.scaffold"),
+    ("harness.trace",),
+    ("harness.compare",),
+    ("harness.report", "harness.noise"),
+    ("harness.run",),
+    ("harness.drill",),
+    ("harness.golden",),
+    ("harness.verdicts",),
+    ("harness.cli",),
+)
+
+
+def layer_violations(edges: dict[str, set[str]], layers: tuple[tuple[str, ...], ...] = HARNESS_LAYERS
+                     ) -> list[tuple[str, str]]:
+    """(importer, imported) harness subpackage pairs where the importer is not above the imported."""
+    rank = {name: index for index, members in enumerate(layers) for name in members}
+    return sorted((a, b) for a, targets in edges.items() for b in targets
+                  if a in rank and b in rank and rank[b] >= rank[a] and a != b)
+
+
 def test_harness_subpackages_form_layers(graph: dict[str, set[str]]) -> None:
-    """Data flows one way: trace -> compare -> report/noise -> run -> golden -> verdicts -> cli, so each
+    """Data flows one way: trace -> compare -> report/noise -> run -> drill -> golden -> verdicts -> cli, so each
     subpackage can be read without the ones above it (no cycle between subpackages either)."""
-    cycles = find_cycles(harness_package_graph(graph))
+    edges = harness_package_graph(graph)
+    cycles = find_cycles(edges)
     assert not cycles, "harness subpackages import each other: " + "; ".join(" <-> ".join(c) for c in cycles)
+    unknown = sorted(set(edges) - {name for members in HARNESS_LAYERS for name in members})
+    assert not unknown, f"harness subpackages without a layer in HARNESS_LAYERS: {unknown}"
+    violations = layer_violations(edges)
+    assert not violations, "harness imports against the layer order: " + ", ".join(f"{a} -> {b}" for a, b in
+                                                                                   violations)
+
+
+def test_a_layer_violation_is_found() -> None:
+    assert layer_violations({"harness.run": {"harness.drill"}, "harness.drill": {"harness.run"}}) == [
+        ("harness.run", "harness.drill")]
 
 
 def test_harness_imports_no_family_code(graph: dict[str, set[str]]) -> None:

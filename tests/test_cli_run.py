@@ -47,5 +47,9 @@ def test_parity_failure_exits_1(tmp_path: Path, monkeypatch, capsys) -> None:
     assert code == 1
     report = json.loads((out / "report.json").read_text())
     assert report["verdict"] == "fail"
-    assert report["first_divergence"] == {"stage": "decode", "field": "latents", "step": None}
+    first = report["first_divergence"]
+    assert {key: first[key] for key in ("stage", "field", "step")} == {"stage": "decode", "field": "latents",
+                                                                      "step": None}
+    # drilled (on by default): the VAE is right on the reference's latents, so no module is named
+    assert first["module"] is None and report["drill"]["status"] == "ran"
     assert "first divergence: decode/latents" in capsys.readouterr().out

@@ -81,9 +81,65 @@ def finite_float(text: str) -> float:
     return value
 
 
-def add_case_argument(parser: argparse.ArgumentParser) -> None:
-    """The CASE positional of every subcommand that runs a parity case: one name and help text for all."""
-    parser.add_argument("case", metavar="CASE", help="case name, e.g. flux-tiny (see `diffparity list`)")
+def add_case_argument(parser: argparse.ArgumentParser, optional: bool = False,
+                      help: str = "case name, e.g. flux-tiny (see `diffparity list`)") -> None:
+    """The CASE positional of every subcommand that runs a parity case: one name and help text for all
+    (`optional`: `run --model M` may leave it out)."""
+    parser.add_argument("case", metavar="CASE", nargs="?" if optional else None, help=help)
+
+
+MODEL_HELP = ("run the case on this checkpoint instead of its tiny one: a local Diffusers folder or a Hugging Face "
+              "id already in the offline cache")
+
+
+def add_request_arguments(parser: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
+    """The request options of `run` and `drill`: model, seed, size, steps, prompts, guidance, image, token
+    length, dtype, device."""
+    parser.add_argument("--model", metavar="PATH_OR_HF_ID", help=model_help)
+    parser.add_argument("--seed", type=seed_int, help="random seed of the initial noise (default: case's)")
+    parser.add_argument("--steps", type=positive_int, help="denoising steps")
+    parser.add_argument("--height", type=positive_int, help="image height in pixels")
+    parser.add_argument("--width", type=positive_int, help="image width in pixels")
+    parser.add_argument("--frames", type=positive_int, help="frame count (video cases only; Wan: 4k + 1)")
+    parser.add_argument("--guidance", type=finite_float, help="guidance-embedding scale (FLUX-dev style)")
+    parser.add_argument("--prompt", help="prompt (default: the case's)")
+    parser.add_argument("--negative-prompt", help="negative prompt; with --true-cfg > 1 enables true CFG")
+    parser.add_argument("--true-cfg", type=finite_float, help="true classifier-free guidance scale (default 1: off)")
+    parser.add_argument("--true-cfg-2", type=finite_float, metavar="SCALE",
+                        help="two-expert models (Wan 2.2 A14B): the low-noise expert's CFG scale (default: --true-cfg)")
+    parser.add_argument("--image", type=Path, metavar="PATH",
+                        help="image-to-video cases: the conditioning picture (8-bit RGB, gray or palette; no alpha, "
+                             "not 16-bit; at least 8x8; its aspect within 1.25x of the request's), given to both "
+                             "sides as the same RGB pixels (default: the case's own picture)")
+    parser.add_argument("--max-sequence-length", type=positive_int, metavar="N",
+                        help="text-encoder token length of both sides (default: the case's, or the model family's)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), help="precision of both sides (default fp32)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="device of both sides (default cpu)")
+
+
+def request_from_arguments(case, args: argparse.Namespace):  # (Case, Namespace) -> GenerationRequest
+    """The case's default request with the options of `add_request_arguments` applied (checked first: a bad
+    image file is one line before anything runs)."""
+    if args.frames not in (None, 1) and not case.video:
+        raise UsageError(f"case {case.name} makes images; --frames applies to video cases only")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda requested but no CUDA device is available to torch")
+    image = None
+    if args.image is not None:
+        if case.default_request.image is None:
+            raise UsageError(f"case {case.name} takes no conditioning image; --image is for image-to-video cases")
+        from harness.run.request_image import load_image
+
+        image = load_image(args.image)
+    return case.request(
+        prompt=args.prompt, seed=args.seed, steps=args.steps, height=args.height, width=args.width,
+        frames=args.frames, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
+        true_cfg_scale=args.true_cfg, true_cfg_scale_2=args.true_cfg_2, image=image, dtype=args.dtype,
+        device=args.device, max_sequence_length=args.max_sequence_length,
+    )
 
 
 def check_out_dir(path: Path, flag: str = "--out") -> None:

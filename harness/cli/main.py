@@ -25,7 +25,7 @@ OS_REFUSALS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk 
                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                errno.EPERM: "operation not permitted", errno.ENAMETOOLONG: "file name too long",
                errno.EFBIG: "file too large"}
-COMMANDS = ("run", "compare", "calibrate", "faults", "noise", "list_cases", "golden", "gate", "scaffold")
+COMMANDS = ("run", "drill", "compare", "calibrate", "faults", "noise", "list_cases", "golden", "gate", "scaffold")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,12 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def known_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, reported as one line with exit 2."""
     from harness.compare.tolerances import ToleranceError
+    from harness.drill.target import DrillError
     from harness.golden.errors import GoldenError
     from harness.run.cases import CaseError
     from harness.trace.keys import TraceError
     from native_models.errors import NativeError
 
-    return (UsageError, CaseError, NativeError, TraceError, ToleranceError, GoldenError)
+    return (UsageError, CaseError, NativeError, TraceError, ToleranceError, GoldenError, DrillError)
 
 
 def write_error_report(out_dir: Path | None, case: str | None, message: str, interrupted: str | None = None) -> None:

@@ -10,4 +10,6 @@
 - calibrate.py: `calibrate`, the floor of every record measured by the reference against itself, written under
   golden/tolerances/ (harness/compare/tolerances.py reads it);
 - model_calibration.py: a user's checkpoint calibrated and found again by its identity (`model_tolerance_spec`).
+- module_floors.py: `calibrate_modules`, every module's floor for the drill (harness/drill/), measured by drilling
+  the reference against itself, written beside the stage floors (harness/drill/floors.py reads it).
 """

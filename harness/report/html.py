@@ -4,9 +4,9 @@ No external resource of any kind: images are embedded as base64 PNG, the drift p
 harness/report/plots.py, styles are inline, and there is no script. Sections, top to bottom (`SECTIONS`: a new
 section is one function of the `Page` and one entry there): request and first divergence, per-stage table
 coloured by verdict with each stage's worst multiple of its threshold and of its floor (the rule stated under
-it), the noise detector's verdicts and reasons, native / reference / |difference| heat-map per frame on the run's
-scale, the drift plot (error / threshold per record and step: 1.0 is the gate), image metrics, environment, and
-every record (collapsed).
+it), the noise detector's verdicts and reasons, the drill-down to a module (harness/report/drill_view.py),
+native / reference / |difference| heat-map per frame on the run's scale, the drift plot (error / threshold per
+record and step: 1.0 is the gate), image metrics, environment, and every record (collapsed).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from harness.report import view
+from harness.report.drill_view import drill_html
 from harness.report.images import display_scale, frame_images, heat_gradient_css, scale_text
 from harness.report.plots import PlotSeries, log_line_plot
 
@@ -245,8 +246,12 @@ def _records_section(page: Page) -> str:
 
 
 # Top to bottom. A new section (say, per-module rows of a drill-down) is a function of the Page and a line here.
+def _drill_section(page: Page) -> str:
+    return drill_html(page.report)
+
+
 SECTIONS: list[Callable[[Page], str]] = [
-    _header, _stage_section, _noise_section, _images_section, _drift_section, _image_metrics_section,
+    _header, _stage_section, _noise_section, _drill_section, _images_section, _drift_section, _image_metrics_section,
     _environment_section, _records_section,
 ]
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harness.report import view
+from harness.report.drill_view import drill_markdown
 
 MAX_FRAME_ROWS = 4  # a clip's frames beyond these are summarised by the worst one
 
@@ -102,6 +103,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{_cell(view.request_line(report))}",
         "",
         f"**First divergence:** {_cell(view.first_divergence_text(report))}",
+        *[line for line in drill_markdown(report) for line in ("", line)],
         "",
         *_stage_table(report),
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from harness.families import FamilyRegistry
 from harness.run.request import GenerationRequest
@@ -51,6 +52,10 @@ class Case:
     # the fewest denoising steps the case's reference can run (Qwen-Image's terminal sigma shift needs 2); the
     # false-alarm campaign draws its step counts from here
     min_steps: int = 1
+    # (checkpoint, request, trace, probe): the reference run with `probe.install(pipe)` called on the loaded
+    # Diffusers pipeline before it runs (and `probe.remove()` after), so a drill (harness/drill/) can capture a
+    # component call's inputs; it may stop the run early by raising. None: the case cannot be drilled
+    run_reference_probe: Callable[[Path, GenerationRequest, Trace, Any], None] | None = None
 
     def request(self, **overrides: object) -> GenerationRequest:
         """The default request with the given non-None fields replaced. A case's own synthetic conditioning

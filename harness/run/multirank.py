@@ -119,7 +119,7 @@ class _Discard(Trace):
         return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -241,8 +241,9 @@ class RankRun:
         return written
 
 
-def launch_ranks(job: _RankJob) -> None:
-    """Run `_rank_main` on every rank and wait; a failing rank stops the others (MultiRankError, one line)."""
+def launch_ranks(job: Any, main: Callable[[int, Any], None] = _rank_main) -> None:
+    """Run `main(rank, job)` (default `_rank_main`) on every rank of `job.topology` and wait; a failing rank stops
+    the others (MultiRankError, one line). `main` must be a module-level function (forkserver imports it)."""
     import multiprocessing
 
     import torch.multiprocessing as mp
@@ -250,7 +251,7 @@ def launch_ranks(job: _RankJob) -> None:
     if START_METHOD == "forkserver":
         multiprocessing.set_forkserver_preload(PRELOAD)  # a no-op once the server runs
     try:
-        mp.start_processes(_rank_main, args=(job,), nprocs=job.topology.world, join=True, start_method=START_METHOD)
+        mp.start_processes(main, args=(job,), nprocs=job.topology.world, join=True, start_method=START_METHOD)
     except mp.ProcessRaisedException as exc:
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise MultiRankError(f"rank {exc.error_index} of {job.topology.name} failed: {lines[-1].strip()}") from None
@@ -280,7 +281,7 @@ def run_native_ranks(
     with temporary_folder("ranks", spool_dir) as work_dir:
         if reference is not None:
             reference.save(work_dir / "reference.safetensors")
-        job = _RankJob(Path(checkpoint), request, topology, work_dir, _free_port(), threads, model, dict(meta),
+        job = _RankJob(Path(checkpoint), request, topology, work_dir, free_port(), threads, model, dict(meta),
                        reference is not None, mutate)
         start = time.perf_counter()
         launch_ranks(job)

@@ -8,7 +8,7 @@ the checkpoint; the runners (harness/run/runners.py) produce the two sides' trac
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,24 @@ class ParityResult:
         return self.comparison.passed and not self.noise_fails and (self.ranks is None or self.ranks.passed)
 
 
+@dataclass(frozen=True)
+class ParityRun:
+    """How a parity run was made: what a step after the comparison needs to re-run part of it (the drill,
+    harness/drill/, re-runs the divergent component on both sides)."""
+
+    case: Case
+    request: GenerationRequest
+    checkpoint: Path
+    model: str | None
+    mutate: Callable[[ComposedPipeline], None] | None
+    topology: Topology | None
+    out_dir: Path | None
+
+
+# called with the result (report built, artifacts not yet written) and how the run was made; may add to the report
+Extension = Callable[[ParityResult, ParityRun], None]
+
+
 def run_parity(
     case: Case,
     request: GenerationRequest,
@@ -66,6 +84,7 @@ def run_parity(
     tolerances: ToleranceSpec | None = None,
     topology: Topology | None = None,
     expect: Expectation | None = None,
+    extensions: Sequence[Extension] = (),
 ) -> ParityResult:
     """Run both sides of `case` for `request` and compare them; writes the report when `out_dir` is given.
 
@@ -78,6 +97,8 @@ def run_parity(
     `mutate_native` then must be picklable), compared with the reference as usual and with a single-rank native
     run (`ranks`). `progress` (a step-callback factory; a harness.progress.Progress also hears each phase).
     `expect`: whether the native output must look like a picture (harness/run/expectation.py); default: auto.
+    Each of `extensions` then runs on the result before the artifacts are written (the drill-down of a failing
+    run, harness/drill/parity_hook.py, adds report["drill"]); the harness's lower layers never import them.
     """
     phase = phase_of(progress)
     start = time.perf_counter()
@@ -117,6 +138,9 @@ def run_parity(
     report["weights"] = weights_section(plan.stored_dtypes, request.dtype)
     result = ParityResult(comparison, report, native.frames, reference.frames, native.trace, reference.trace,
                           native.forced_trace, noise_fails=report["noise"]["fails_run"], ranks=native.ranks)
+    made = ParityRun(case, request, checkpoint, model, mutate_native, topology if parallel else None, out_dir)
+    for extension in extensions:
+        extension(result, made)
     if out_dir is not None:
         write_run_artifacts(result, out_dir)
     return result

@@ -5,7 +5,8 @@ print it.
 A row is *detected* when the parity run fails (or the native pipeline refuses the run with a `StageFieldError`,
 for `raises` faults), and *localized* when the first local divergence is the fault's expected record (stage,
 field where named, step inside the loop) and no other stage's local record fails (save the fault's
-`also_fails`): the error is charged to the stage that makes it and to nothing else.
+`also_fails`): the error is charged to the stage that makes it and to nothing else. With the drill on (the
+default), a row also says which module the drill named (harness/drill/) against the fault's `expected_module`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.compare.records import threshold_multiple
+from harness.drill.parity_hook import drill_on_failure
 from harness.run.cases import Case
 from harness.run.multirank import Topology
 from harness.run.parity import run_parity
 from harness.run.request import GenerationRequest
-from harness.verdicts.faults import Fault
+from harness.verdicts.faults import UNDECLARED, Fault
 from native_models.errors import StageFieldError
 from native_models.stages.base import PipelineStage
 
@@ -47,15 +49,29 @@ class FaultOutcome:
     other_failing_stages: list[str] = field(default_factory=list)
     noise: str = "n/a"  # the noise detector's verdict on the native output
     seconds: float = 0.0
+    expected_module: str | None = UNDECLARED  # the fault's declared module (harness/verdicts/faults.py)
+    found_module: str | None = None  # the module the drill named (None: none, or the drill did not run)
+    drill: str = "off"  # the drill's status: off, ran, skipped, error
+    drill_note: str | None = None  # why the drill named no module (its reason) or its basis
+    drill_seconds: float = 0.0
+
+    @property
+    def module_ok(self) -> bool | None:
+        """The drill named the expected module (None when not checked: drill off or module undeclared)."""
+        if self.drill == "off" or self.expected_module == UNDECLARED:
+            return None
+        return self.found_module == self.expected_module
 
     @property
     def ok(self) -> bool:
-        """Caught where it must be (a fault skipped for this precision counts as nothing to catch)."""
-        return self.skipped is not None or (self.detected and self.localized)
+        """Caught where it must be (a fault skipped for this precision counts as nothing to catch), down to the
+        module when the drill ran and the fault declares one."""
+        return self.skipped is not None or (self.detected and self.localized and self.module_ok is not False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ok"] = self.ok
+        data["module_ok"] = self.module_ok
         for key in ("value", "threshold", "x_threshold", "x_floor"):
             if isinstance(data[key], float) and not math.isfinite(data[key]):
                 data[key] = str(data[key])  # JSON has no inf/nan
@@ -73,12 +89,15 @@ def trace_stage_of(stage_class_name: str) -> str | None:
     return None
 
 
-def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | None = None) -> FaultOutcome:
-    """One teacher-forced parity run of `case` with `fault` applied to the native pipeline, judged."""
+def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | None = None,
+              drill: bool = True) -> FaultOutcome:
+    """One teacher-forced parity run of `case` with `fault` applied to the native pipeline, judged; with `drill`,
+    the failing run is drilled down to a module (harness/drill/parity_hook.py)."""
     request = fault.request_for(base or case.request(dtype=dtype))
     stage, field_name, step = fault.expected_for(request)
     outcome = FaultOutcome(fault.name, dtype, {"stage": stage, "field": field_name, "step": step},
-                           request.to_dict())
+                           request.to_dict(), expected_module=fault.expected_module,
+                           drill="pending" if drill else "off")
     if not fault.applies_to(dtype):
         outcome.skipped = fault.scope_note or f"not defined for {dtype}"
         return outcome
@@ -86,9 +105,12 @@ def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | No
     topology = Topology(*fault.topology)  # a shard fault runs the native side on its ranks (harness/run/multirank.py)
     try:
         result = run_parity(case, request, mutate_native=fault.apply,
-                            topology=topology if topology.is_parallel else None)
+                            topology=topology if topology.is_parallel else None,
+                            extensions=[drill_on_failure] if drill else ())
     except StageFieldError as exc:  # the loud kind: the pipeline refuses, naming stage and field
         outcome.seconds = time.perf_counter() - start
+        if drill:
+            outcome.drill, outcome.drill_note = "skipped", "the native pipeline refused the run"
         outcome.detected = True
         found_stage = trace_stage_of(exc.stage)
         outcome.found = {"stage": found_stage, "field": exc.field, "step": None, "raised": exc.stage}
@@ -96,6 +118,8 @@ def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | No
         outcome.localized = fault.raises and found_stage == stage and field_name in (None, exc.field)
         return outcome
     outcome.seconds = time.perf_counter() - start
+    if drill:
+        _read_drill(outcome, result.report)
     comparison = result.comparison
     noise = result.report.get("noise") or {}
     native = noise.get("native") or {}
@@ -125,13 +149,25 @@ def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | No
     return outcome
 
 
+def _read_drill(outcome: FaultOutcome, report: dict[str, Any]) -> None:
+    section = report.get("drill")
+    if section is None:  # a passing run is not drilled
+        outcome.drill, outcome.drill_note = "skipped", "the run passed"
+        return
+    outcome.drill = str(section.get("status"))
+    outcome.found_module = section.get("module")
+    outcome.drill_note = section.get("reason") or section.get("basis")
+    outcome.drill_seconds = float((report.get("timings_s") or {}).get("drill", 0.0))
+
+
 def run_fault_matrix(case: Case, faults: Iterable[Fault], dtypes: Iterable[str],
-                     progress: Callable[[int, int, FaultOutcome], None] | None = None) -> list[FaultOutcome]:
+                     progress: Callable[[int, int, FaultOutcome], None] | None = None,
+                     drill: bool = True) -> list[FaultOutcome]:
     """Every (dtype, fault) pair in that order; `progress(done, total, outcome)` after each."""
     pairs = [(dtype, fault) for dtype in dtypes for fault in faults]
     outcomes = []
     for index, (dtype, fault) in enumerate(pairs):
-        outcome = run_fault(case, fault, dtype)
+        outcome = run_fault(case, fault, dtype, drill=drill)
         outcomes.append(outcome)
         if progress is not None:
             progress(index + 1, len(pairs), outcome)
@@ -150,6 +186,27 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def module_text(module: str | None) -> str:
+    """A module name as the matrix shows it: '-' for none, '(forward)' for the component's own forward."""
+    if module is None:
+        return "-"
+    return module or "(forward)"
+
+
+def module_cell(outcome: FaultOutcome) -> str:
+    """The drill's module, and the expected one where they differ."""
+    if outcome.drill in ("off", "pending"):
+        return ""
+    text = module_text(outcome.found_module)
+    if outcome.drill == "error":
+        text += f" (drill error: {outcome.drill_note})"
+    if outcome.module_ok is False:
+        text += f" WRONG, expected {module_text(outcome.expected_module)}"
+    elif outcome.module_ok is None and outcome.expected_module == UNDECLARED:
+        text += " (expected module undeclared)"
+    return text
+
+
 def describe(outcome: FaultOutcome) -> str:
     """One line for a progress report."""
     if outcome.skipped is not None:
@@ -161,14 +218,15 @@ def describe(outcome: FaultOutcome) -> str:
         return f"{outcome.fault} ({outcome.dtype}): refused by {outcome.found['raised']}, {verdict}"
     size = (f"{_number(outcome.x_threshold)}x threshold" if outcome.x_threshold is not None
             else outcome.problem or "no error figure")
-    return (f"{outcome.fault} ({outcome.dtype}): {where(outcome.found)} ({outcome.found['mode']}), {size}, "
-            f"{verdict} ({outcome.seconds:.1f} s)")
+    module = f", module {module_cell(outcome)}" if outcome.drill not in ("off", "pending") else ""
+    return (f"{outcome.fault} ({outcome.dtype}): {where(outcome.found)} ({outcome.found['mode']}), {size}"
+            f"{module}, {verdict} ({outcome.seconds:.1f} s)")
 
 
 def format_fault_matrix(outcomes: list[FaultOutcome]) -> str:
     """The matrix: fault, dtype, expected and found record, detected, localized, error multiples, noise."""
     header = (f"{'fault':<31} {'dtype':<5} {'expected':<31} {'detected':<8} {'localized at':<34} "
-              f"{'x floor':>8} {'x thresh':>8}  noise")
+              f"{'x floor':>8} {'x thresh':>8}  {'noise':<10} module (drill)")
     lines = [header]
     for o in outcomes:
         if o.skipped is not None:
@@ -185,9 +243,13 @@ def format_fault_matrix(outcomes: list[FaultOutcome]) -> str:
         x_floor = "missing" if o.problem and o.value is None and o.found and "raised" not in o.found else (
             _number(o.x_floor))
         lines.append(f"{o.fault:<31} {o.dtype:<5} {where(o.expected):<31} {'yes' if o.detected else 'NO':<8} "
-                     f"{found:<34} {x_floor:>8} {_number(o.x_threshold):>8}  {o.noise}")
+                     f"{found:<34} {x_floor:>8} {_number(o.x_threshold):>8}  {o.noise:<10} {module_cell(o)}")
     run = [o for o in outcomes if o.skipped is None]
     good = sum(o.ok for o in run)
     lines.append(f"{good} of {len(run)} runs caught and localized; {len(outcomes) - len(run)} skipped "
                  f"(precision scope); {sum(o.seconds for o in run):.0f} s")
+    checked = [o for o in run if o.module_ok is not None]
+    if checked:
+        lines.append(f"modules: {sum(bool(o.module_ok) for o in checked)} of {len(checked)} named as expected "
+                     f"(drill {sum(o.drill_seconds for o in run):.0f} s of the total)")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ DTYPES = ("fp32", "bf16")
 CFG_NEGATIVE_PROMPT = "blurry, low quality"
 CFG_SCALE = 2.5
 NONSQUARE_SIZE = (48, 80)
+UNDECLARED = "?"  # a fault whose expected module is not declared: the drill's answer is shown, not checked
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ class Fault:
     `expected_step` is the denoising step of the first divergence (None outside the loop; negative counts from
     the last step); `expected_field` None means any field of the stage. `needs_cfg` / `needs_nonsquare`: the
     fault only shows under true CFG / on a non-square image, so its request must have them.
+
+    `expected_module` is the native module the drill (harness/drill/) must name for the first divergence: a
+    dotted name inside the divergent component ("" for the component's own forward, outside every submodule),
+    None where no module can be named (a stage without a model component, a pipeline that refuses the run, or
+    a component that is right on the reference's inputs because the bug is in what reaches it or how its
+    output is used), `UNDECLARED` where the family has not declared it yet.
     """
 
     name: str
@@ -65,6 +72,7 @@ class Fault:
     also_fails: tuple[str, ...] = ()  # other stages whose local records legitimately fail too (said why above)
     topology: tuple[int, int] = (1, 1)  # (tp, sp) ranks the native side needs: a shard fault breaks a parallel run
     request_overrides: tuple[tuple[str, Any], ...] = ()  # request fields the fault needs to show (e.g. frames)
+    expected_module: str | None = UNDECLARED
 
     def request_for(self, base: GenerationRequest) -> GenerationRequest:
         """`base` with what this fault needs to show: true CFG with a negative prompt, a non-square size."""

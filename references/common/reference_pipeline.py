@@ -103,10 +103,13 @@ def run_reference_pipeline(
     progress: Callable[[int, int], None] | None = None,
     force_from: Trace | None = None,
     meta: dict[str, Any] | None = None,
+    probe: Any = None,
 ) -> None:
     """Run `pipeline_cls` once for `request`, recorded into `trace` by `recorder` (forced by `forcer` when
     `force_from` is given), and stamp the trace's metadata (the common fields, then `meta`).
 
+    `probe` (harness/drill/capture.py: `install(pipe)` / `remove()`) is installed last, so it sees the forced
+    inputs too; it may end the run early by raising (its exception propagates after the clean-up below).
     `call_kwargs(pipe)` gives the pipeline's arguments (output_type and return_dict aside); it runs before any
     hook is installed, so what it draws or prepares is not recorded. After the run the hooks are removed, the
     pipeline is deleted and, on CUDA, the cache is emptied so the native side can load.
@@ -114,7 +117,7 @@ def run_reference_pipeline(
     dtype = torch_dtype(request.dtype)
     device = torch.device(request.device)
     pipe = load_pipeline(pipeline_cls, checkpoint, dtype)
-    hooks: list[PipelineRecorder | PipelineForcer] = []
+    hooks: list[Any] = []  # recorder, forcer, probe: each with install() / remove()
     try:
         pipe.to(device)
         kwargs = call_kwargs(pipe)
@@ -123,6 +126,9 @@ def run_reference_pipeline(
         if force_from is not None:
             hooks.append(forcer(pipe, force_from))
             hooks[-1].install()
+        if probe is not None:
+            hooks.append(probe)
+            probe.install(pipe)
         pipe(**kwargs, output_type="pt", return_dict=False)
         trace.meta.update(
             {

@@ -7,6 +7,7 @@ a usage error never pay the ~5 s import, and `golden verify` imports neither dif
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from harness.run.cases import Case, CaseError, ProgressCallback, register_case
 from harness.run.request import GenerationRequest
@@ -36,6 +37,12 @@ def _run_flux_reference(
     run_flux_reference(checkpoint, request, trace, progress)
 
 
+def _run_flux_reference_probe(checkpoint: Path, request: GenerationRequest, trace: Trace, probe: Any) -> None:
+    from references.flux.runner import run_flux_reference
+
+    run_flux_reference(checkpoint, request, trace, probe=probe)
+
+
 def _run_flux_reference_forced(checkpoint: Path, request: GenerationRequest, trace: Trace, baseline: Trace) -> None:
     from references.flux.runner import run_flux_reference
 
@@ -49,6 +56,7 @@ register_case(Case(
     build_checkpoint=_tiny_flux_checkpoint,
     run_reference=_run_flux_reference,
     run_reference_forced=_run_flux_reference_forced,
+    run_reference_probe=_run_flux_reference_probe,
     default_request=GenerationRequest(
         prompt="a photo of a cat", seed=0, steps=4, height=64, width=64, guidance_scale=3.5,
         max_sequence_length=128,
@@ -69,6 +77,7 @@ register_case(Case(
     build_checkpoint=_flux_digits_checkpoint,
     run_reference=_run_flux_reference,
     run_reference_forced=_run_flux_reference_forced,
+    run_reference_probe=_run_flux_reference_probe,
     expects_picture=True,
     # Trained at 32 px with T5 length 16 (FluxPipeline gives T5 no mask: another length changes every
     # token's embedding); no guidance embedding, so guidance_scale is unused; true CFG on the empty prompt.

@@ -55,6 +55,7 @@ register(Fault(
                 "last_hidden_state (section 5: wrong encoder output picked)",
     expected_stage="encode", expected_field="prompt_embeds", expected_step=None,
     families=("flux",), apply=_t5_penultimate_hidden_state,
+    expected_module=None,
 ))
 
 
@@ -75,6 +76,7 @@ register(Fault(
                 "port can drop; a padding-mask fault belongs to a family that passes one (Wan's UMT5)",
     expected_stage="encode", expected_field="pooled_prompt_embeds", expected_step=None,
     families=("flux",), apply=_clip_causal_mask_dropped,
+    expected_module="text_model.encoder.layers.0.self_attn",
 ))
 
 
@@ -95,6 +97,7 @@ register(Fault(
                 "expected (section 5: prompt embeddings in the wrong format)",
     expected_stage="encode", expected_field="prompt_embeds", expected_step=None,
     families=("flux",), apply=_embeds_not_a_list, raises=True,
+    expected_module=None,
 ))
 
 
@@ -109,6 +112,7 @@ register(Fault(
     description="the resolution-dependent sigma shift (mu) is not applied: sigmas stay linspace(1, 1/N, N)",
     expected_stage="timesteps", expected_field="sigmas", expected_step=None,
     families=("flux",), apply=_no_sigma_shift,
+    expected_module=None,
 ))
 
 
@@ -122,6 +126,7 @@ register(Fault(
                 "(section 5: schedule order)",
     expected_stage="timesteps", expected_field="sigmas", expected_step=None,
     families=("flux",), apply=_sigmas_reversed,
+    expected_module=None,
 ))
 
 
@@ -140,6 +145,7 @@ register(Fault(
                 "float32 (section 5: schedule dtype)",
     expected_stage="timesteps", expected_field="timesteps", expected_step=None,
     families=("flux",), apply=_timesteps_truncated,
+    expected_module=None,
 ))
 
 
@@ -156,6 +162,7 @@ register(Fault(
     description="sigmas handed on as a numpy array instead of a list of floats (section 5)",
     expected_stage="timesteps", expected_field="sigmas", expected_step=None,
     families=("flux",), apply=_sigmas_as_numpy, raises=True,
+    expected_module=None,
 ))
 
 
@@ -179,6 +186,7 @@ register(Fault(
                 "spatially (B, C, h, w) and packed: the same random numbers land in other places",
     expected_stage="latents", expected_field="initial", expected_step=None,
     families=("flux",), apply=_noise_in_token_order,
+    expected_module=None,
 ))
 
 
@@ -195,6 +203,7 @@ register(Fault(
                 "(a free record that forcing does not re-run, so latents fails too)",
     expected_stage="timesteps", expected_field="sigmas", expected_step=None,
     families=("flux",), apply=_vae_scale_factor_doubled, also_fails=("latents",),
+    expected_module=None,
 ))
 
 
@@ -212,6 +221,7 @@ register(Fault(
                 "(section 5)",
     expected_stage="latents", expected_field="raw_latent_shape", expected_step=None,
     families=("flux",), apply=_raw_latent_shape_dropped, raises=True,
+    expected_module=None,
 ))
 
 
@@ -225,6 +235,7 @@ register(Fault(
     description="rotary embedding applied split-half (NeoX style) instead of to interleaved pairs",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     families=("flux",), apply=_split_half_rotary,
+    expected_module="",
 ))
 
 
@@ -249,6 +260,7 @@ register(Fault(
                 "token count, every token of a non-square image at another position (a square one is unchanged)",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     families=("flux",), apply=_image_ids_height_width_swapped, needs_nonsquare=True,
+    expected_module=None,
 ))
 
 
@@ -267,6 +279,7 @@ register(Fault(
                 "scaling q by 1/sqrt(D) after its norm, which is the same product (rotary is linear)",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     families=("flux",), apply=_softmax_scale_squared,
+    expected_module="transformer_blocks.0.attn",
 ))
 
 
@@ -280,6 +293,7 @@ register(Fault(
                 "range); the schedule itself is right",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     families=("flux",), apply=_timestep_not_divided,
+    expected_module=None,
 ))
 
 
@@ -293,6 +307,7 @@ register(Fault(
                 "multiplies by 1000 itself: it embeds 3.5 instead of 3500",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     families=("flux",), apply=_guidance_divided,
+    expected_module=None,
 ))
 
 
@@ -309,6 +324,7 @@ register(Fault(
                 "embeddings and the unconditional pass the prompt's (section 5: conditioning kwargs)",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     families=("flux",), apply=_conditioning_swapped, needs_cfg=True,
+    expected_module=None,
 ))
 
 
@@ -323,6 +339,7 @@ register(Fault(
     description="true CFG combined with the wrong sign: uncond - s * (cond - uncond)",
     expected_stage="denoise", expected_field="noise_pred", expected_step=0,
     families=("flux",), apply=_cfg_wrong_sign, needs_cfg=True,
+    expected_module=None,
 ))
 
 
@@ -345,6 +362,7 @@ register(Fault(
                 "and the VAE decodes the latents before it",
     expected_stage="denoise", expected_field="transformer_output", expected_step=-1,
     families=("flux",), apply=_last_step_skipped,
+    expected_module=None,
 ))
 
 
@@ -364,6 +382,7 @@ register(Fault(
     description="latents multiplied by the VAE scaling factor before decoding instead of divided by it",
     expected_stage="decode", expected_field="latents", expected_step=None,
     families=("flux",), apply=_decode_scale_inverted,
+    expected_module=None,
 ))
 
 
@@ -378,6 +397,7 @@ register(Fault(
                 "missing denormalization)",
     expected_stage="decode", expected_field="latents", expected_step=None,
     families=("flux",), apply=_decode_shift_missing,
+    expected_module=None,
 ))
 
 
@@ -399,6 +419,7 @@ register(Fault(
     expected_stage="decode", expected_field="image", expected_step=None,
     families=("flux",), apply=_vae_decode_in_bf16, dtypes=("fp32",),
     scope_note="fp32 only: in a bf16 run the reference itself decodes in bf16, so the mutation changes nothing",
+    expected_module="decoder.conv_in",
 ))
 
 
@@ -418,6 +439,7 @@ register(Fault(
                "the faulty bf16 decoder differs from the correct one by 1.3e-2, no more than two correct bf16 "
                "decoders differ (forced decode/image floor 1.6e-2): no bf16 tolerance can see it without failing "
                "correct runs",
+    expected_module="decoder.mid_block.resnets.0.norm1",
 ))
 
 
@@ -435,6 +457,7 @@ register(Fault(
                 "as when a port's RMSNorm has no affine parameter or the weight is not loaded",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     families=("flux",), apply=_flux_norm_q_weight_dropped,
+    expected_module="transformer_blocks.0.attn.norm_q",
 ))
 
 
@@ -448,6 +471,7 @@ register(Fault(
                 "slip in a weight loader)",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     families=("flux",), apply=_flux_qk_norm_swapped,
+    expected_module="transformer_blocks.0.attn.norm_q",
 ))
 
 
@@ -463,6 +487,7 @@ register(Fault(
     description="the VAE decoder's GroupNorms scale by their weight but drop their bias",
     expected_stage="decode", expected_field="image", expected_step=None,
     families=("flux",), apply=_flux_vae_norm_bias_dropped,
+    expected_module="decoder.mid_block.resnets.0.norm1",
 ))
 
 

@@ -143,6 +143,7 @@ def run_flux_reference(
     trace: Trace,
     progress: Callable[[int, int], None] | None = None,
     force_from: Trace | None = None,
+    probe: Any = None,
 ) -> None:
     """Run Diffusers' FluxPipeline for `request` and record every stage into `trace`.
 
@@ -167,5 +168,5 @@ def run_flux_reference(
     run_reference_pipeline(
         FluxPipeline, checkpoint, request, trace, recorder=_FluxRecorder, forcer=_FluxForcer,
         call_kwargs=lambda pipe: flux_pipeline_kwargs(request) | {"latents": _fp64_start_latents(pipe, request)},
-        progress=progress, force_from=force_from,
+        progress=progress, force_from=force_from, probe=probe,
     )

@@ -59,6 +59,12 @@ def _run_wan_reference(
     run_wan_reference(checkpoint, request, trace, progress)
 
 
+def _run_wan_reference_probe(checkpoint: Path, request: GenerationRequest, trace: Trace, probe: Any) -> None:
+    from references.wan.runner import run_wan_reference
+
+    run_wan_reference(checkpoint, request, trace, probe=probe)
+
+
 def _run_wan_reference_forced(checkpoint: Path, request: GenerationRequest, trace: Trace, baseline: Trace) -> None:
     from references.wan.runner import run_wan_reference
 
@@ -73,6 +79,7 @@ register_case(Case(
     build_checkpoint=_tiny_wan_checkpoint,
     run_reference=_run_wan_reference,
     run_reference_forced=_run_wan_reference_forced,
+    run_reference_probe=_run_wan_reference_probe,
     video=True,
     # 5 frames -> 2 latent frames of 6x10 (30 DiT tokens); true CFG as WanPipeline samples by default
     default_request=GenerationRequest(

@@ -48,6 +48,7 @@ register(Fault(
                 "after it (the embeddings past the prompt are still zeroed)",
     expected_stage="encode", expected_field="prompt_embeds", expected_step=None,
     apply=_umt5_padding_mask_dropped, families=("wan",),
+    expected_module=None,
 ))
 
 
@@ -61,6 +62,7 @@ register(Fault(
                 "prompt's states at its token count and pads with zeros)",
     expected_stage="encode", expected_field="prompt_embeds", expected_step=None,
     apply=_umt5_padding_not_zeroed, families=("wan",),
+    expected_module=None,
 ))
 
 
@@ -73,6 +75,7 @@ register(Fault(
     description="every block's cross-attention LayerNorm (norm2, affine in Wan 2.1) run without its weight",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     apply=_wan_cross_norm_weight_dropped, families=("wan",),
+    expected_module="blocks.0.norm2",
 ))
 
 
@@ -86,6 +89,7 @@ register(Fault(
                 "q/k RMSNorm spans all heads: one weight of dim entries each)",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     apply=_wan_qk_norm_swapped, families=("wan",),
+    expected_module="blocks.0.attn1.norm_q",
 ))
 
 
@@ -101,6 +105,7 @@ register(Fault(
     scope_note="fp32 only: the bias of a norm whose output feeds the tiny DiT's cross-attention moves the forced "
                "step-0 output by rel_l2 7.2e-3 in fp32 and 8.5e-3 in bf16, below the bf16 threshold (9.8e-3, 3x "
                "the floor of two correct bf16 runs): no bf16 tolerance can see it without failing correct runs",
+    expected_module="blocks.0.norm2",
 ))
 
 
@@ -228,6 +233,7 @@ register(Fault(
                 "wrong order, so every token's attention output mixes up heads",
     expected_stage="denoise", expected_field="transformer_output", expected_step=0,
     apply=_sp_heads_wrong_order, families=("wan",), topology=(1, 2),
+    expected_module="blocks.0.attn1.core",
 ))
 
 
@@ -248,6 +254,7 @@ register(Fault(
     scope_note="fp32 only: one unmasked zero key among 46 moves the forced step-0 DiT output by rel_l2 1.4e-3 in "
                "fp32, less than a correct bf16 run differs from Diffusers there (3.2e-3, cosine 0.999995; with "
                "the fault 4.0e-3, cosine 0.999992): no bf16 tolerance can see it without failing correct runs",
+    expected_module="blocks.0.attn1.core",
 ))
 
 
@@ -266,6 +273,7 @@ register(Fault(
                 "noise_pred (cosine 0.9897; the DiT output's 0.99919 still passes 0.999)",
     expected_stage="denoise", expected_field=None, expected_step=0,
     apply=_tp_qk_norm_not_reduced, families=("wan",), topology=(2, 1),
+    expected_module="blocks.0.attn1.norm_q",
 ))
 
 

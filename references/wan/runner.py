@@ -195,6 +195,7 @@ def run_wan_reference(
     trace: Trace,
     progress: Callable[[int, int], None] | None = None,
     force_from: Trace | None = None,
+    probe: Any = None,
 ) -> None:
     """Run Diffusers' WanPipeline for `request` and record every stage into `trace`.
 
@@ -240,7 +241,7 @@ def run_wan_reference(
             "generator": make_generator(request),
             "num_videos_per_prompt": request.batch_size,
         },
-        progress=progress, force_from=force_from,
+        progress=progress, force_from=force_from, probe=probe,
         # WanPipeline's prompt_clean runs ftfy.fix_text only when ftfy is importable: the native side must clean
         # prompts the same way.
         meta={"wan_guidance_scale": guidance_scale, "prompt_clean_ftfy": is_ftfy_available()},

@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-sequence-length", type=positive_int, metavar="N",
                         help="token length (with --model alone; default: the family's, as `run --model` uses)")
     parser.add_argument("--no-cfg", action="store_true", help="no true-CFG request (no floors for negative fields)")
+    parser.add_argument("--modules", action="store_true",
+                        help="measure per-module floors for the drill instead (harness/golden/module_floors.py): "
+                             "golden/tolerances/CASE.DTYPE.DEVICE.modules.json")
     parser.add_argument("--out", type=Path, metavar="FILE", dest="out_file",  # a file: no error.json beside it
                         help="write here instead of golden/tolerances/ (the default, read by `diffparity run`)")
     parser.set_defaults(handler=command_calibrate)
@@ -64,6 +67,8 @@ def command_calibrate(args: argparse.Namespace) -> int:
     from harness.compare.tolerances import calibration_path
     from harness.run.cases import get_case
 
+    if args.modules:
+        return _calibrate_modules(args)
     if args.case is None and args.model is None:
         raise UsageError("name a CASE (see `diffparity list`) or a checkpoint with --model DIR_OR_HF_ID")
     if args.device == "cuda":
@@ -127,4 +132,38 @@ def calibrate_model(args: argparse.Namespace) -> int:
     perturbations = ", ".join(p["name"] for p in document["perturbations"])
     print(f"{len(document['requests'])} requests x perturbations ({perturbations}) in {document['runtime_s']} s")
     print(f"calibration of checkpoint {digest[:16]} ({kind}): {path}")
+
+
+def _calibrate_modules(args: argparse.Namespace) -> int:
+    """`calibrate --modules`: every module's floors (the drill's thresholds), written beside the stage floors."""
+    from harness.drill.floors import module_floors_path
+    from harness.run.cases import get_case
+
+    if args.case is None:
+        raise UsageError("--modules calibrates a CASE's module floors: name the case (see `diffparity list`)")
+    case = get_case(args.case)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda requested but no CUDA device is available to torch")
+    path: Path = args.out_file or module_floors_path(case.name, args.dtype, args.device, args.model)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; calibrate writes one file")
+    check_out_dir(path.parent)
+    from harness.golden.module_floors import calibrate_modules, format_module_floors, write_module_floors
+
+    def progress(message: str) -> None:
+        print(f"  {message}", file=sys.stderr)
+
+    print(f"{case.name}: calibrating module floors, {args.dtype} on {args.device}, {args.seeds} seed(s)",
+          file=sys.stderr)
+    document = calibrate_modules(case, dtype=args.dtype, device=args.device, seeds=args.seeds, sizes=args.size,
+                                 model=args.model, cfg=not args.no_cfg, progress=progress)
+    write_module_floors(document, path)
+    print(format_module_floors(document))
+    count = sum(len(patterns) for patterns in document["components"].values())
+    print(f"{count} module patterns over {len(document['components'])} components, "
+          f"{len(document['requests'])} requests, in {document['runtime_s']} s")
+    print(f"module floors: {path}")
     return EXIT_PASS

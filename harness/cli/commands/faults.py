@@ -18,9 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Break the native pipeline of CASE on purpose, one catalog fault at a time (references/<family>/faults.py: "
             "instance mutations, no source edited), run a teacher-forced parity check for each and print a matrix: "
             "fault, expected stage, detected, localized stage (and step), error as a multiple of the floor and of the "
-            "threshold, the noise detector's verdict on the native output."
+            "threshold, the noise detector's verdict on the native output, and the module the drill-down names "
+            "(harness/drill/) against the module the fault declares."
         ),
-        epilog="Exit codes: 0 every fault detected and localized to its expected stage, 1 any not, 2 bad input.",
+        epilog="Exit codes: 0 every fault detected and localized to its expected stage (and module, with the "
+               "drill), 1 any not, 2 bad input.",
     )
     add_case_argument(parser)
     parser.add_argument("--dtype", action="append", choices=("fp32", "bf16"),
@@ -29,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="run only this fault (repeatable; default every fault of the case's family)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the matrix as a JSON list here")
     parser.add_argument("--list", action="store_true", help="list the case's faults and exit")
+    parser.add_argument("--no-drill", action="store_true",
+                        help="skip the drill-down of each failing run (no module column; faster)")
     parser.set_defaults(handler=command_faults)
 
 
@@ -52,7 +56,8 @@ def command_faults(args: argparse.Namespace) -> int:
         raise UsageError(f"no catalog fault knows how to break a {case.family} pipeline (case {case.name})")
     if args.list:
         for fault in selected:
-            print(f"{fault.name:<32} {fault.expected_stage:<9} {fault.description}")
+            module = "-" if fault.expected_module is None else (fault.expected_module or "(forward)")
+            print(f"{fault.name:<32} {fault.expected_stage:<9} {module:<40} {fault.description}")
         return EXIT_PASS
     if args.json is not None and (args.json.is_dir() or args.json.parent.is_file()):
         raise UsageError(f"--json {args.json}: cannot write a file there (a folder, or under a file)")
@@ -68,7 +73,7 @@ def command_faults(args: argparse.Namespace) -> int:
             progress.phase(f"[{done}/{total}] {describe(outcome)}")
 
         progress.phase(f"fault 1 of {len(selected) * len(dtypes)} (the first run imports Diffusers)")
-        outcomes = run_fault_matrix(case, selected, dtypes, after_each)
+        outcomes = run_fault_matrix(case, selected, dtypes, after_each, drill=not args.no_drill)
     print(format_fault_matrix(outcomes))
     if args.json is not None:
         write_json_atomic(args.json, [outcome.to_dict() for outcome in outcomes])

@@ -11,11 +11,12 @@ from harness.cli.common import (
     EXIT_FAIL,
     EXIT_PASS,
     UsageError,
+    add_case_argument,
+    add_request_arguments,
     check_out_dir,
-    finite_float,
     one_line,
     positive_int,
-    seed_int,
+    request_from_arguments,
 )
 from harness.run.expectation import EXPECT_CHOICES
 
@@ -34,38 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 parity holds, 1 parity fails (first divergence printed), 2 bad input or usage.",
     )
-    run.add_argument("case", metavar="CASE", nargs="?",
-                     help="case name, e.g. flux-tiny (see `diffparity list`); leave out with --model to run that "
-                          "checkpoint with its family's own request defaults")
-    run.add_argument("--model", metavar="PATH_OR_HF_ID",
-                     help="a local Diffusers folder or a Hugging Face id already in the offline cache. Without CASE "
+    add_case_argument(run, optional=True,
+                      help="case name, e.g. flux-tiny (see `diffparity list`); leave out with --model to run that "
+                           "checkpoint with its family's own request defaults")
+    add_request_arguments(run, model_help=(
+                          "a local Diffusers folder or a Hugging Face id already in the offline cache. Without CASE "
                           "the family comes from its model_index.json and the request from the family's sampling "
                           "defaults (FLUX.1-dev: 28 steps, 1024x1024, guidance 3.5, 512 tokens; schnell: 4 steps, "
                           "guidance 0, 256 tokens; Wan 2.1: 50 steps, 81 frames 480x832, CFG 5, 512 tokens); "
-                          "with CASE, the case's request on this checkpoint")
-    run.add_argument("--seed", type=seed_int, help="random seed of the initial noise (default: case's)")
-    run.add_argument("--steps", type=positive_int, help="denoising steps")
-    run.add_argument("--height", type=positive_int, help="image height in pixels")
-    run.add_argument("--width", type=positive_int, help="image width in pixels")
-    run.add_argument("--frames", type=positive_int, help="frame count (video cases only; Wan: 4k + 1)")
-    run.add_argument("--guidance", type=finite_float, help="guidance-embedding scale (FLUX-dev style)")
-    run.add_argument("--prompt", help="prompt (default: the case's)")
-    run.add_argument("--negative-prompt", help="negative prompt; with --true-cfg > 1 enables true CFG")
-    run.add_argument("--true-cfg", type=finite_float, help="true classifier-free guidance scale (default 1: off)")
-    run.add_argument("--true-cfg-2", type=finite_float, metavar="SCALE",
-                     help="two-expert models (Wan 2.2 A14B): the low-noise expert's CFG scale (default: --true-cfg)")
-    run.add_argument("--image", type=Path, metavar="PATH",
-                     help="image-to-video cases: the conditioning picture (8-bit RGB, gray or palette; no alpha, "
-                          "not 16-bit; at least 8x8; its aspect within 1.25x of the request's), given to both "
-                          "sides as the same RGB pixels (default: the case's own picture)")
-    run.add_argument("--max-sequence-length", type=positive_int, metavar="N",
-                     help="text-encoder token length of both sides (default: the case's, or the model family's)")
+                          "with CASE, the case's request on this checkpoint"))
     run.add_argument("--expect", choices=EXPECT_CHOICES, default="auto",
                      help="what the checkpoint should draw: picture (a noise-like native output fails the run), "
                           "noise (the noise check only informs), auto (default: noise when the checkpoint's "
                           "diffparity_build.json says random weights or the case has random weights, else picture)")
-    run.add_argument("--dtype", choices=("fp32", "bf16"), help="precision of both sides (default fp32)")
-    run.add_argument("--device", choices=("cpu", "cuda"), help="device of both sides (default cpu)")
     run.add_argument("--tp", type=positive_int, default=1, metavar="N",
                      help="tensor-parallel ranks of the native side (default 1); tp x sp processes are launched")
     run.add_argument("--sp", type=positive_int, default=1, metavar="N",
@@ -78,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "'still ...' line after 10 s of silence)")
     run.add_argument("--no-forcing", action="store_true",
                      help="skip the teacher-forced native run: first divergence then comes from the free run")
+    run.add_argument("--no-drill", action="store_true",
+                     help="do not drill a failing run down to the module of its first divergence (harness/drill/: "
+                          "the divergent component re-run on both sides, every module compared)")
     run.set_defaults(handler=command_run)
 
 
@@ -91,26 +76,7 @@ def command_run(args: argparse.Namespace) -> int:
         args.out, args.point_latest = new_run_folder(Path("out") / case.name), True
     out_dir: Path = args.out
     check_out_dir(out_dir)
-    if args.frames not in (None, 1) and not case.video:
-        raise UsageError(f"case {case.name} makes images; --frames applies to video cases only")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda requested but no CUDA device is available to torch")
-    image = None
-    if args.image is not None:
-        if case.default_request.image is None:
-            raise UsageError(f"case {case.name} takes no conditioning image; --image is for image-to-video cases")
-        from harness.run.request_image import load_image
-
-        image = load_image(args.image)  # validated here: a bad file is one line before anything runs
-    request = case.request(
-        prompt=args.prompt, seed=args.seed, steps=args.steps, height=args.height, width=args.width,
-        frames=args.frames, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
-        true_cfg_scale=args.true_cfg, true_cfg_scale_2=args.true_cfg_2, image=image, dtype=args.dtype,
-        device=args.device, max_sequence_length=args.max_sequence_length,
-    )
+    request = request_from_arguments(case, args)
     if checkpoint is None and args.model is not None:  # the case form: a bad folder's error.json lands in out_dir
         from native_models.loader import resolve_checkpoint
 
@@ -149,12 +115,20 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"thresholds: {'calibration ' + str(calibration.get('path')) if calibration.get('used') else 'defaults'}"
           f"{' (' + str(calibration['floors']) + ')' if calibration.get('floors') else ''}; expecting "
           f"{expect.expects} ({expect.reason})", file=sys.stderr)
+    from harness.drill.parity_hook import drill_off, drill_on_failure
+
+    extensions = [drill_off if args.no_drill else drill_on_failure]
     from harness.progress import Progress
 
     with Progress(case.name, enabled=not args.no_progress) as progress:
         result = run_parity(case, request, model=args.model, out_dir=out_dir, progress=progress,
-                            forcing=not args.no_forcing, tolerances=spec, topology=topology, expect=expect)
+                            forcing=not args.no_forcing, tolerances=spec, topology=topology, expect=expect,
+                            extensions=extensions)
     print(format_stage_table(result.comparison, result.report.get("noise"), result.report.get("tolerances")))
+    if result.report.get("drill") is not None:
+        from harness.report.drill_view import summary_sentence
+
+        print(f"module: {summary_sentence(result.report['drill'])}")
     if result.report.get("forcing_skipped"):
         print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
     if result.ranks is not None and result.ranks.vs_single is not None:
