@@ -182,7 +182,9 @@ def harness_package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 #   and cli, which offers it. run reaches it only through `run_parity(extensions=...)`, never by import.
 # - progress and scaffold at the bottom: they import nothing from the harness (scaffold's templates are text).
 HARNESS_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("harness.files", "harness.environment", "harness.families", "harness.progress", "harness.scaffold"),
+    ("harness.files", "harness.environment", "harness.families", "harness.progress", "harness.scaffold",
+     "harness.lifetime"),
+    ("harness.outcome",),
     ("harness.trace",),
     ("harness.compare",),
     ("harness.report", "harness.noise"),
@@ -203,8 +205,8 @@ def layer_violations(edges: dict[str, set[str]], layers: tuple[tuple[str, ...], 
 
 
 def test_harness_subpackages_form_layers(graph: dict[str, set[str]]) -> None:
-    """Data flows one way: trace -> compare -> report/noise -> run -> drill -> golden -> verdicts -> cli, so each
-    subpackage can be read without the ones above it (no cycle between subpackages either)."""
+    """Data flows one way: outcome -> trace -> compare -> report/noise -> run -> drill -> golden -> verdicts -> cli,
+    so each subpackage can be read without the ones above it (no cycle between subpackages either)."""
     edges = harness_package_graph(graph)
     cycles = find_cycles(edges)
     assert not cycles, "harness subpackages import each other: " + "; ".join(" <-> ".join(c) for c in cycles)

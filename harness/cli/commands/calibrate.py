@@ -132,6 +132,7 @@ def calibrate_model(args: argparse.Namespace) -> int:
     perturbations = ", ".join(p["name"] for p in document["perturbations"])
     print(f"{len(document['requests'])} requests x perturbations ({perturbations}) in {document['runtime_s']} s")
     print(f"calibration of checkpoint {digest[:16]} ({kind}): {path}")
+    return EXIT_PASS
 
 
 def _calibrate_modules(args: argparse.Namespace) -> int:
