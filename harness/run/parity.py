@@ -63,6 +63,7 @@ def run_parity(
     forcing: bool = True,
     tolerances: ToleranceSpec | None = None,
     topology: Topology | None = None,
+    reference: SideRun | None = None,
 ) -> ParityResult:
     """Run both sides of `case` for `request` and compare them; writes the report when `out_dir` is given.
 
@@ -74,6 +75,8 @@ def run_parity(
     defaults. A parallel `topology` runs the native side on tp x sp ranks (harness/run/multirank.py;
     `mutate_native` then must be picklable), compared with the reference as usual and with a single-rank native
     run (`ranks`). `progress` (a step-callback factory; a harness.progress.Progress also hears each phase).
+    `reference`: the reference side of this very request, already run (`run_reference_side`), e.g. shared by
+    every fault of a fault matrix that asks the same request; it must record this request (ValueError).
     """
     phase = phase_of(progress)
     start = time.perf_counter()
@@ -87,10 +90,16 @@ def run_parity(
     spec = tolerances or load_tolerance_spec(case.name, request.dtype, request.device, model)
 
     # traces stream to an unnamed spool in out_dir (bounded memory); Trace.save writes them (report/artifacts.py)
-    meta = {"case": case.name, "request": request.to_dict(), "model": model, "checkpoint": str(model or checkpoint)}
-    phase(f"reference (Diffusers), {request.steps} steps")
-    reference = ReferenceRunner(case, checkpoint, request, meta, out_dir,
-                                progress("reference") if progress else None).run()
+    meta = side_meta(case, request, model, checkpoint)
+    if reference is None:
+        phase(f"reference (Diffusers), {request.steps} steps")
+        reference = ReferenceRunner(case, checkpoint, request, meta, out_dir,
+                                    progress("reference") if progress else None).run()
+    elif reference.trace.meta.get("request") != request.to_dict() or reference.trace.meta.get("model") != model:
+        raise ValueError(f"the shared reference side ran {reference.trace.meta.get('request')} "
+                         f"(model {reference.trace.meta.get('model')}), not {request.to_dict()} (model {model})")
+    else:
+        phase("reference (Diffusers): shared, already run for this request")
     native_runner: Runner
     if parallel:
         assert topology is not None
@@ -111,6 +120,19 @@ def run_parity(
     if out_dir is not None:
         write_run_artifacts(result, out_dir)
     return result
+
+
+def side_meta(case: Case, request: GenerationRequest, model: str | None, checkpoint: Path) -> dict[str, Any]:
+    """The metadata both sides' traces start from."""
+    return {"case": case.name, "request": request.to_dict(), "model": model, "checkpoint": str(model or checkpoint)}
+
+
+def run_reference_side(case: Case, request: GenerationRequest, model: str | None = None) -> SideRun:
+    """The reference side of `request` alone, in memory, for several parity runs of the same request to share
+    (`run_parity(..., reference=...)`): the Diffusers run is deterministic for a request, so running it once per
+    request instead of once per native variant changes no number."""
+    checkpoint = resolve_checkpoint(model) if model else case.build_checkpoint()
+    return ReferenceRunner(case, checkpoint, request, side_meta(case, request, model, checkpoint)).run()
 
 
 def compare_sides(reference: SideRun, native: SideRun, dtype: str, spec: ToleranceSpec) -> Comparison:

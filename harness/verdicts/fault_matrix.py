@@ -6,6 +6,11 @@ A row is *detected* when the parity run fails (or the native pipeline refuses th
 for `raises` faults), and *localized* when the first local divergence is the fault's expected record (stage,
 field where named, step inside the loop) and no other stage's local record fails (save the fault's
 `also_fails`): the error is charged to the stage that makes it and to nothing else.
+
+The Diffusers reference is deterministic for a request, so it runs once per distinct request, not once per
+fault: the faults that ask the same request (most of a catalog asks the case's default one) share it
+(`run_parity(..., reference=...)`). With `jobs` > 1 the references and then the faults run in that many worker
+processes (harness/verdicts/fault_pool.py), each on its share of the CPU's threads.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 from harness.compare.records import threshold_multiple
 from harness.run.cases import Case
 from harness.run.multirank import Topology
-from harness.run.parity import run_parity
+from harness.run.parity import run_parity, run_reference_side
 from harness.run.request import GenerationRequest
+from harness.run.runners import SideRun
 from harness.verdicts.faults import Fault
 from native_models.errors import StageFieldError
 from native_models.stages.base import PipelineStage
@@ -73,9 +79,18 @@ def trace_stage_of(stage_class_name: str) -> str | None:
     return None
 
 
-def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | None = None) -> FaultOutcome:
-    """One teacher-forced parity run of `case` with `fault` applied to the native pipeline, judged."""
-    request = fault.request_for(base or case.request(dtype=dtype))
+def fault_request(case: Case, fault: Fault, dtype: str, base: GenerationRequest | None = None
+                  ) -> GenerationRequest:
+    """The request `fault` runs in `dtype`: the case's default (or `base`) with what the fault needs to show."""
+    return fault.request_for(base or case.request(dtype=dtype))
+
+
+def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | None = None,
+              reference: SideRun | None = None) -> FaultOutcome:
+    """One teacher-forced parity run of `case` with `fault` applied to the native pipeline, judged.
+
+    `reference`: the reference side of the fault's request (`fault_request`), already run and shared."""
+    request = fault_request(case, fault, dtype, base)
     stage, field_name, step = fault.expected_for(request)
     outcome = FaultOutcome(fault.name, dtype, {"stage": stage, "field": field_name, "step": step},
                            request.to_dict())
@@ -86,7 +101,7 @@ def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | No
     topology = Topology(*fault.topology)  # a shard fault runs the native side on its ranks (harness/run/multirank.py)
     try:
         result = run_parity(case, request, mutate_native=fault.apply,
-                            topology=topology if topology.is_parallel else None)
+                            topology=topology if topology.is_parallel else None, reference=reference)
     except StageFieldError as exc:  # the loud kind: the pipeline refuses, naming stage and field
         outcome.seconds = time.perf_counter() - start
         outcome.detected = True
@@ -125,17 +140,57 @@ def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | No
     return outcome
 
 
+def skipped_outcome(case: Case, fault: Fault, dtype: str) -> FaultOutcome | None:
+    """The outcome of a fault that does not exist in `dtype` (nothing runs), else None."""
+    if fault.applies_to(dtype):
+        return None
+    return run_fault(case, fault, dtype)  # returns before anything runs
+
+
+def request_key(request: GenerationRequest) -> str:
+    """Faults whose requests have the same key share one reference run."""
+    return repr(sorted(request.to_dict().items()))
+
+
 def run_fault_matrix(case: Case, faults: Iterable[Fault], dtypes: Iterable[str],
-                     progress: Callable[[int, int, FaultOutcome], None] | None = None) -> list[FaultOutcome]:
-    """Every (dtype, fault) pair in that order; `progress(done, total, outcome)` after each."""
+                     progress: Callable[[int, int, FaultOutcome], None] | None = None,
+                     jobs: int = 1) -> list[FaultOutcome]:
+    """Every (dtype, fault) pair, returned in that order; `progress(done, total, outcome)` after each (in the
+    order they finish). One reference run per distinct request, shared by its faults; `jobs` worker processes
+    (1: all in this process)."""
     pairs = [(dtype, fault) for dtype in dtypes for fault in faults]
-    outcomes = []
-    for index, (dtype, fault) in enumerate(pairs):
-        outcome = run_fault(case, fault, dtype)
-        outcomes.append(outcome)
+    outcomes: list[FaultOutcome | None] = [None] * len(pairs)
+    done = 0
+
+    def finished(index: int, outcome: FaultOutcome) -> None:
+        nonlocal done
+        outcomes[index] = outcome
+        done += 1
         if progress is not None:
-            progress(index + 1, len(pairs), outcome)
-    return outcomes
+            progress(done, len(pairs), outcome)
+
+    groups: dict[str, list[int]] = {}  # request key -> indices of the pairs that run it
+    requests: dict[str, GenerationRequest] = {}
+    for index, (dtype, fault) in enumerate(pairs):
+        skipped = skipped_outcome(case, fault, dtype)
+        if skipped is not None:
+            finished(index, skipped)
+            continue
+        request = fault_request(case, fault, dtype)
+        key = request_key(request)
+        groups.setdefault(key, []).append(index)
+        requests[key] = request
+    if jobs > 1 and groups:
+        from harness.verdicts.fault_pool import run_groups_in_pool
+
+        run_groups_in_pool(case, pairs, requests, groups, jobs, finished)
+    else:
+        for key, indices in groups.items():
+            reference = run_reference_side(case, requests[key])
+            for index in indices:
+                dtype, fault = pairs[index]
+                finished(index, run_fault(case, fault, dtype, reference=reference))
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def where(record: dict[str, Any] | None) -> str:

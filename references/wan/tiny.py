@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-from transformers import UMT5Config, UMT5EncoderModel
 
 from references.common.tiny_build import (
     build_once,
@@ -29,7 +27,9 @@ from references.common.tiny_build import (
     save_checkpoint,
     seed_component,
 )
-from references.common.tokenizers import build_umt5_tokenizer
+
+# Diffusers and transformers are imported where a checkpoint is built, not here: finding the cached checkpoint
+# must not cost their import (~5 s; `diffparity gate` and `golden verify` run no Diffusers code).
 
 # Bump when the build recipe changes, so caches built by an older recipe are not reused.
 # 2: no constant parameter (norm weights and biases randomised).
@@ -150,6 +150,11 @@ class TinyWanConfig:
 
 
 def _build_components(seed: int, config: TinyWanConfig) -> dict:
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from references.common.tokenizers import build_umt5_tokenizer
+
     tokenizer = build_umt5_tokenizer()
 
     seed_component(seed, 0)
@@ -221,6 +226,8 @@ def build_tiny_wan(out_dir: Path, seed: int = 0, config: TinyWanConfig | None = 
 
     The global torch RNG is left as it was: seeding happens inside a forked RNG state.
     """
+    from diffusers import WanPipeline
+
     config = config or TinyWanConfig()
     with torch.random.fork_rng(devices=[]):
         pipe = WanPipeline(**_build_components(seed, config))
