@@ -1,9 +1,16 @@
-"""Loading Diffusers-format checkpoints into native modules.
+"""Loading Diffusers-format checkpoints into native modules, at the cost of one copy of the weights.
 
 A checkpoint is a folder with `model_index.json` and one sub-folder per component (its `config.json` plus
 `*.safetensors`, possibly sharded with an index). It can also be named by a Hugging Face id already present in
 the local cache (never downloaded). Native modules keep Diffusers' (and transformers') parameter names, so a
-state dict loads strictly; a module may declare `convert_checkpoint_keys` when it fuses or ties parameters.
+state dict loads strictly; a module may declare `convert_checkpoint_keys` when it renames, drops or ties keys.
+
+A component loads in four steps, each in its own module: every header is checked and every tensor located
+(checkpoint_files.py); the model is built with its parameters on the meta device and their run dtypes planned
+by its own cast rules (meta_build.py); names, shapes and dtypes are checked against the headers (here); then each
+tensor is copied once from the memory-mapped file into its parameter, in the run's dtype and device, and checked
+for NaN/infinity on the way (mapped_safetensors.py, materialise.py). No random init, no fp32 model beside a
+bf16 one, no state dict held beside the model.
 """
 
 from __future__ import annotations
@@ -11,21 +18,26 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from torch.overrides import TorchFunctionMode
 
+from native_models.checkpoint_files import (
+    TensorSource,
+    check_weight_map,
+    component_files,
+    shard_index,
+    tensor_sources,
+)
 from native_models.errors import CheckpointError
-from native_models.safetensors_header import FLOAT_WEIGHT_DTYPES, read_safetensors_header
+from native_models.mapped_safetensors import FLOAT_DTYPES, MappedSafetensors
+from native_models.materialise import Origin, materialise, meta_tensors, state_slots
+from native_models.meta_build import ConfigTooLarge, SkipInitOnMeta, build_empty, check_build_size, plan_dtypes
+from native_models.safetensors_header import FLOAT_WEIGHT_DTYPES
 
 JSON_FILE_LIMIT = 64 * 1024 * 1024  # config, index and model_index files are kilobytes; a shard index ~1 MB
-# A model built from config.json may hold at most this many elements more than its checkpoint's tensors:
-# tied weights are counted twice, and non-persistent buffers (rotary tables...) are not in the file.
-BUILD_SLACK_NUMEL = 2**20
 
 
 class NativeComponent(Protocol):
@@ -112,176 +124,144 @@ def read_model_index(folder: Path) -> dict[str, tuple[str, str]]:
     return components
 
 
+def _weight_map(component_dir: Path) -> tuple[Path | None, dict[str, str] | None]:
+    """The component's shard index and its checked weight map, or (None, None) for an unsharded component."""
+    index_file = shard_index(component_dir)
+    if index_file is None:
+        return None, None
+    return index_file, check_weight_map(index_file, read_json(index_file).get("weight_map"))
+
+
 def weight_files(component_dir: Path) -> list[Path]:
     """The safetensors files of a component: one file, or the shards its index names (plain file names in
     the component folder: an index cannot point outside it)."""
-    index_files = sorted(component_dir.glob("*.safetensors.index.json"))
-    if index_files:
-        weight_map = read_json(index_files[0]).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index_files[0]}: 'weight_map' is not a non-empty object")
-        for shard in weight_map.values():
-            if (not isinstance(shard, str) or not shard.endswith(".safetensors") or Path(shard).name != shard
-                    or shard.startswith(".")):
-                raise CheckpointError(f"{index_files[0]}: shard {str(shard)[:80]!r} is not a .safetensors file "
-                                      "name in the component folder")
-        files = sorted({component_dir / shard for shard in weight_map.values()})
-    else:
-        files = sorted(component_dir.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"no .safetensors weights in {component_dir}")
-    return files
+    return component_files(component_dir, _weight_map(component_dir)[1])
+
+
+def component_sources(component_dir: Path) -> dict[str, TensorSource]:
+    """name -> where it is stored, for every tensor of a component: headers of every file checked, and the
+    shard index agreeing with them (checkpoint_files.tensor_sources); no tensor data read."""
+    index_file, weight_map = _weight_map(component_dir)
+    return tensor_sources(component_dir, weight_map, index_file)
 
 
 def checkpoint_tensors(component_dir: Path) -> dict[str, Any]:
     """name -> TensorInfo of every tensor in the component's files, headers checked, no data read."""
-    tensors: dict[str, Any] = {}
-    for file in weight_files(component_dir):
-        tensors.update(read_safetensors_header(file))
-    return tensors
+    return {name: source.info for name, source in component_sources(component_dir).items()}
 
 
 def load_state_dict(component_dir: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one component, from one safetensors file or a sharded set named by an index.
+    """All tensors of one component, from one safetensors file or a sharded set named by an index, each an
+    aligned copy in its stored dtype (for tests and tools; loading a model does not build this dict).
 
-    Each header is checked first (read_safetensors_header), so a truncated, hostile or pickled file is refused
-    before its data is read; nothing is ever unpickled.
+    Every header is checked first (component_sources), so a truncated, hostile or pickled file is
+    refused before its data is read; nothing is ever unpickled.
     """
+    sources = component_sources(component_dir)
     state: dict[str, torch.Tensor] = {}
-    for file in weight_files(component_dir):
-        read_safetensors_header(file)
-        try:
-            # Read the bytes ourselves: memory-mapped loads land at unaligned addresses and take another CPU
-            # matmul path than the reference's (field notes, section 3), which costs ~1e-7 of spurious error.
-            from safetensors.torch import load
-
-            state.update(load(file.read_bytes()))
-        except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{file} is not a readable safetensors file ({message})") from None
+    for file in sorted({source.file for source in sources.values()}):
+        with MappedSafetensors(file) as mapped:
+            for name, source in sources.items():
+                if source.file == file:
+                    state[name] = mapped.view(source.info).clone()
     return state
 
 
-class _BuildBudget:
-    """Counts the elements of every parameter and buffer registered while a model is built and stops the
-    build once they exceed `limit`: a config.json declaring 10**9 layers or a width of 10**9 fails at once."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.numel = 0
-
-    def __call__(self, module: torch.nn.Module, name: str, value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            self.numel += value.numel()
-            if self.numel > self.limit:
-                raise _OverBudget(self.numel)
-
-
-class _ConfigTooLarge(CheckpointError):
-    """config.json describes a model far larger than its weights."""
-
-
-class _OverBudget(Exception):
-    def __init__(self, numel: int) -> None:
-        super().__init__(numel)
-        self.numel = numel
-
-
-class _SkipInitOnMeta(TorchFunctionMode):
-    """Meta tensors hold no values, so `torch.nn.init` has nothing to do; skipping it also keeps torch off its
-    meta path for in-place random fills, which imports torch._dynamo (about 1.5 s in every native process)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
-        if getattr(func, "__module__", "") == "torch.nn.init":
-            return args[0] if args else (kwargs or {}).get("tensor")
-        return func(*args, **(kwargs or {}))
-
-
-def check_build_size(cls: type, config: dict[str, Any], component_dir: Path, checkpoint_numel: int) -> None:
-    """Build `cls` from `config` on the meta device (no memory allocated) and raise CheckpointError when it
-    would hold far more elements than the checkpoint's tensors, or cannot be built at all."""
-    from torch.nn.modules import module as torch_module
-
-    budget = _BuildBudget(2 * checkpoint_numel + BUILD_SLACK_NUMEL)
-    hooks = (torch_module.register_module_parameter_registration_hook(budget),
-             torch_module.register_module_buffer_registration_hook(budget))
+def _checked_component(cls: type, component_dir: Path) -> tuple[dict[str, Any], dict[str, TensorSource]]:
+    config = read_json(component_dir / "config.json")
     try:
-        with torch.device("meta"), _SkipInitOnMeta():
-            cls.from_config(config)  # type: ignore[attr-defined]
-    except _OverBudget as exc:
-        raise _ConfigTooLarge(
-            f"{component_dir / 'config.json'}: {cls.__name__} built from it would hold over {exc.numel} elements, "
-            f"its weights hold {checkpoint_numel} (a config value far too large?)"
-        ) from None
-    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{component_dir / 'config.json'}: cannot build {cls.__name__} ({first})") from None
-    finally:
-        for hook in hooks:
-            hook.remove()
+        sources = component_sources(component_dir)
+    except CheckpointError as weights_error:
+        # a config that cannot build is named first (with the slack alone as its size budget), then the weights
+        with contextlib.suppress(ConfigTooLarge):
+            check_build_size(cls, config, component_dir, 0)
+        raise weights_error from None
+    check_build_size(cls, config, component_dir, sum(source.info.numel for source in sources.values()))
+    return config, sources
 
 
 def check_component(cls: type, component_dir: Path) -> dict[str, Any]:
     """Everything about a model component that can be checked without reading weights: config.json parses and
-    builds `cls` within the size of the checkpoint, the safetensors headers are sound. Returns the config."""
-    config = read_json(component_dir / "config.json")
-    try:
-        tensors = checkpoint_tensors(component_dir)
-    except CheckpointError as weights_error:
-        # a config that cannot build is named first (with the slack alone as its size budget), then the weights
-        with contextlib.suppress(_ConfigTooLarge):
-            check_build_size(cls, config, component_dir, 0)
-        raise weights_error from None
-    check_build_size(cls, config, component_dir, sum(info.numel for info in tensors.values()))
-    return config
+    builds `cls` within the size of the checkpoint, the safetensors headers (every shard) and the shard index
+    are sound. Returns the config."""
+    return _checked_component(cls, component_dir)[0]
 
 
-def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
-    """Each tensor has its parameter's shape, a floating parameter gets a float16/bfloat16/float32/float64
-    tensor, and no floating tensor holds NaN or infinity; CheckpointError (one line) names the first that
-    does not."""
-    expected = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    float_dtypes = {torch.float64, torch.float32, torch.float16, torch.bfloat16}
+def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path,
+                files: dict[int, Path] | None = None) -> None:
+    """From shapes and dtypes alone (no data read): each tensor has its parameter's shape, a floating parameter
+    gets a float16/bfloat16/float32/float64 tensor, and the names match the model's exactly; CheckpointError
+    (one line) names the first tensor that does not (and its file, from `files`: id(tensor) -> file)."""
+    files = files or {}
+    slots = state_slots(model)
     for name, tensor in state.items():
-        target = expected.get(name)
-        if target is None:
+        slot = slots.get(name)
+        if slot is None:
             continue  # reported with the other unexpected keys
+        target = slot.current
+        place = files.get(id(tensor), where)
         if tuple(tensor.shape) != tuple(target.shape):
-            raise CheckpointError(f"{where}: tensor '{name}' has shape {list(tensor.shape)}, the model built from "
+            raise CheckpointError(f"{place}: tensor '{name}' has shape {list(tensor.shape)}, the model built from "
                                   f"config.json needs {list(target.shape)}")
-        if target.is_floating_point() and tensor.dtype not in float_dtypes:
-            raise CheckpointError(f"{where}: tensor '{name}' is {tensor.dtype}, a weight must be one of "
+        if target.is_floating_point() and tensor.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"{place}: tensor '{name}' is {tensor.dtype}, a weight must be one of "
                                   f"{', '.join(FLOAT_WEIGHT_DTYPES)}")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(f"{where}: tensor '{name}' holds {bad} non-finite value(s) (NaN or infinity)")
+    missing = [key for key in slots if key not in state]
+    unexpected = [key for key in state if key not in slots]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: weights do not match {type(model).__name__} "
+            f"({len(missing)} missing, e.g. [{', '.join(missing[:3])}]; "
+            f"{len(unexpected)} unexpected, e.g. [{', '.join(unexpected[:3])}])"
+        )
+
+
+def resident_bytes(cls: type, component_dir: Path, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of parameters and buffers the component will hold once loaded in `dtype` (its class's fp32-kept
+    parts included), from config.json and the headers alone: whether a run, or an fp64 calibration, fits in
+    memory can be decided before anything loads."""
+    config, _ = _checked_component(cls, component_dir)
+    with torch.device("meta"), SkipInitOnMeta():
+        model = cls.from_config(config)  # type: ignore[attr-defined]
+    plan_dtypes(model, dtype)
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def load_component(
     cls: type[M], component_dir: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> M:
-    """Build `cls` from the component's config.json and load its weights strictly, under Diffusers' names."""
-    config = check_component(cls, component_dir)
-    try:
-        model = cls.from_config(config)  # type: ignore[attr-defined]
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{component_dir / 'config.json'}: cannot build {cls.__name__} ({exc})") from None
-    state = load_state_dict(component_dir)
-    convert = getattr(model, "convert_checkpoint_keys", None)
-    if convert is not None:
-        state = convert(state)
-    check_state(model, state, component_dir)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        missing = ", ".join(result.missing_keys[:3])
-        unexpected = ", ".join(result.unexpected_keys[:3])
-        raise CheckpointError(
-            f"{component_dir}: weights do not match {cls.__name__} "
-            f"({len(result.missing_keys)} missing, e.g. [{missing}]; "
-            f"{len(result.unexpected_keys)} unexpected, e.g. [{unexpected}])"
-        )
-    return model.to(device=device, dtype=dtype).eval()
+    """Build `cls` from the component's config.json and load its weights strictly, under Diffusers' names,
+    straight into `dtype` (each class's fp32-kept parts aside) on `device`.
+
+    Stored weights of another floating dtype are cast as Diffusers casts them (bf16 files upcast in an fp32
+    run). Raises CheckpointError (one line) for anything that does not fit, before reading any tensor data,
+    except NaN/infinity, found while copying.
+    """
+    config, sources = _checked_component(cls, component_dir)
+    device = torch.device(device)
+    model = build_empty(cls, config, component_dir)
+    plan_dtypes(model, dtype)
+    with contextlib.ExitStack() as stack:
+        maps = {file: stack.enter_context(MappedSafetensors(file))
+                for file in sorted({source.file for source in sources.values()})}
+        state: dict[str, torch.Tensor] = {}
+        origins: dict[int, Origin] = {}
+        for name, source in sources.items():
+            mapped = maps[source.file]
+            view = state[name] = mapped.view(source.info)
+            origins[id(view)] = Origin(source.file, name, partial(mapped.release, source.info))
+        convert = getattr(model, "convert_checkpoint_keys", None)
+        if convert is not None:
+            state = convert(state)
+        check_state(model, state, component_dir, {key: origin.file for key, origin in origins.items()})
+        materialise(model, state, origins, device, component_dir)
+        del state, origins
+    left = list(meta_tensors(model))
+    if left:
+        raise CheckpointError(f"{component_dir}: {cls.__name__} left {len(left)} tensor(s) unloaded, e.g. {left[:3]} "
+                              "(a buffer computed from a parameter at build time?)")
+    return model.to(device).eval()  # moves the buffers computed at build time; the parameters are there already
 
 
-__all__ = ["check_component", "load_component", "load_state_dict", "read_json", "read_model_index",
-           "resolve_checkpoint", "load_file", "weight_files"]
+__all__ = ["check_component", "check_state", "checkpoint_tensors", "component_sources", "load_component",
+           "load_state_dict", "read_json", "read_model_index", "resident_bytes", "resolve_checkpoint", "weight_files"]

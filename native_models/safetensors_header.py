@@ -27,11 +27,17 @@ FLOAT_WEIGHT_DTYPES = ("F64", "F32", "F16", "BF16")  # what a floating parameter
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One tensor entry of a header: safetensors dtype name, shape and element count."""
+    """One tensor entry of a header: safetensors dtype name, shape, element count, and where its bytes start in
+    the file (absolute offset: 8 + header length + its data_offsets begin), so a loader can map them in place."""
 
     dtype: str
     shape: tuple[int, ...]
     numel: int
+    offset: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * ITEM_SIZES[self.dtype]
 
 
 def _reject_constant(name: str) -> None:
@@ -108,7 +114,7 @@ def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
         if numel * ITEM_SIZES[dtype] != offsets[1] - offsets[0]:
             raise bad(f"tensor '{name}' spans {offsets[1] - offsets[0]} bytes, but {dtype} {shape} needs "
                       f"{numel * ITEM_SIZES[dtype]}")
-        tensors[name] = TensorInfo(dtype, tuple(shape), numel)
+        tensors[name] = TensorInfo(dtype, tuple(shape), numel, 8 + header_len + offsets[0])
         spans.append((offsets[0], offsets[1], name))
     data_len = size - 8 - header_len
     end = 0

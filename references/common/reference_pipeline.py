@@ -67,6 +67,23 @@ def load_pipeline(pipeline_cls: Any, checkpoint: Path, dtype: torch.dtype) -> An
     return pipe
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim), so the native side, which loads next, does not
+    stack on top of the reference's freed-but-kept arenas (measured on a FLUX.1-dev-config fp32 run: 2.37 GiB left
+    by the reference -> 0.23 GiB with the collection and the trim). A no-op where glibc is absent."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
 def run_reference_pipeline(
     pipeline_cls: Any,
     checkpoint: Path,
@@ -115,9 +132,10 @@ def run_reference_pipeline(
         if device.type == "cuda":
             trace.meta["cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     finally:
-        for hook in reversed(hooks):  # the forcer first: it wraps the recorder's wrappers
-            hook.remove()
+        while hooks:  # the forcer first: it wraps the recorder's wrappers. Popped, so no loop variable keeps the
+            hooks.pop().remove()  # last recorder (and through it the whole pipeline) alive past the collection
         del pipe, hooks
         gc.collect()
+        release_freed_memory()
         if device.type == "cuda":
             torch.cuda.empty_cache()
