@@ -17,7 +17,7 @@ from pathlib import Path
 
 from harness.cli.common import EXIT_USAGE, OneLineParser, UsageError, one_line
 
-COMMANDS = ("run", "compare", "calibrate", "faults", "noise", "list_cases", "golden", "gate", "scaffold")
+COMMANDS = ("run", "compare", "calibrate", "faults", "noise", "list_cases", "golden", "gate", "scaffold", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

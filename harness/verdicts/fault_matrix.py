@@ -152,6 +152,16 @@ def request_key(request: GenerationRequest) -> str:
     return repr(sorted(request.to_dict().items()))
 
 
+def reference_job(case: Case, request: GenerationRequest) -> SideRun:
+    """A worker's reference run (module level: a pool pickles it by name)."""
+    return run_reference_side(case, request)
+
+
+def fault_job(case: Case, fault: Fault, dtype: str, reference: SideRun) -> FaultOutcome:
+    """A worker's fault run against a shared reference (module level: a pool pickles it by name)."""
+    return run_fault(case, fault, dtype, reference=reference)
+
+
 def run_fault_matrix(case: Case, faults: Iterable[Fault], dtypes: Iterable[str],
                      progress: Callable[[int, int, FaultOutcome], None] | None = None,
                      jobs: int = 1) -> list[FaultOutcome]:
@@ -183,7 +193,7 @@ def run_fault_matrix(case: Case, faults: Iterable[Fault], dtypes: Iterable[str],
     if jobs > 1 and groups:
         from harness.verdicts.fault_pool import run_groups_in_pool
 
-        run_groups_in_pool(case, pairs, requests, groups, jobs, finished)
+        run_groups_in_pool(case, pairs, requests, groups, jobs, finished, reference_job, fault_job)
     else:
         for key, indices in groups.items():
             reference = run_reference_side(case, requests[key])

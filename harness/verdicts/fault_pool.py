@@ -18,14 +18,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from harness.run.cases import Case
-    from harness.run.request import GenerationRequest
-    from harness.run.runners import SideRun
-    from harness.verdicts.fault_matrix import FaultOutcome
-    from harness.verdicts.faults import Fault
+from typing import Any
 
 START_METHOD = "forkserver"
 # a superset of harness/run/multirank.py's PRELOAD: one forkserver serves both (the first caller's list wins)
@@ -43,29 +36,20 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _reference_job(case: Case, request: GenerationRequest) -> SideRun:
-    from harness.run.parity import run_reference_side
-
-    return run_reference_side(case, request)
-
-
-def _fault_job(case: Case, fault: Fault, dtype: str, reference: SideRun) -> FaultOutcome:
-    from harness.verdicts.fault_matrix import run_fault
-
-    return run_fault(case, fault, dtype, reference=reference)
-
-
-def run_groups_in_pool(case: Case, pairs: list[tuple[str, Fault]], requests: dict[str, GenerationRequest],
-                       groups: dict[str, list[int]], jobs: int,
-                       finished: Callable[[int, FaultOutcome], None]) -> None:
-    """Run every group's reference, then each of its pairs (indices into `pairs`) against it, on `jobs` workers;
-    `finished(index, outcome)` in this process as each fault ends. A worker's exception is raised here."""
+def run_groups_in_pool(case: Any, pairs: list[tuple[str, Any]], requests: dict[str, Any],
+                       groups: dict[str, list[int]], jobs: int, finished: Callable[[int, Any], None],
+                       reference_job: Callable[[Any, Any], Any], fault_job: Callable[[Any, Any, str, Any], Any],
+                       ) -> None:
+    """Run every group's reference (`reference_job(case, request)`), then each of its pairs (indices into `pairs`)
+    against it (`fault_job(case, fault, dtype, reference)`), on `jobs` workers; `finished(index, outcome)` in this
+    process as each fault ends. The jobs are module-level functions (pickled by name; this module imports no
+    verdict code, so fault_matrix.py can import it). A worker's exception is raised here."""
     multiprocessing.set_forkserver_preload(PRELOAD)  # a no-op once the server runs
     context = multiprocessing.get_context(START_METHOD)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
                              initargs=(threads_per_worker(jobs),)) as pool:
         pending: dict[Future, tuple[str, str | int]] = {
-            pool.submit(_reference_job, case, requests[key]): ("reference", key) for key in groups
+            pool.submit(reference_job, case, requests[key]): ("reference", key) for key in groups
         }
         try:
             while pending:
@@ -76,7 +60,7 @@ def run_groups_in_pool(case: Case, pairs: list[tuple[str, Fault]], requests: dic
                         reference = future.result()
                         for index in groups[str(what)]:
                             dtype, fault = pairs[index]
-                            pending[pool.submit(_fault_job, case, fault, dtype, reference)] = ("fault", index)
+                            pending[pool.submit(fault_job, case, fault, dtype, reference)] = ("fault", index)
                     else:
                         finished(int(what), future.result())
         except BaseException:
