@@ -64,3 +64,8 @@ def compile_repeated_blocks(model: nn.Module, settings: CompileSettings | None =
 def reset_compiled_graphs() -> None:
     """Forget every compiled graph (dynamo's caches): a later compile starts cold, as in a fresh process."""
     torch._dynamo.reset()
+
+
+def compile_pipeline_dit(pipeline: Any, settings: CompileSettings | None = None) -> None:
+    """Regional compile of a native pipeline's DiT (its `transformer` module), in place."""
+    compile_repeated_blocks(pipeline.get_module("transformer"), settings)

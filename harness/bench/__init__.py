@@ -1,8 +1,8 @@
 """Speed of the native side against Diffusers: per stage and end to end (`diffparity bench`).
 
-Public parts: run_bench, BenchResult, StageTiming, BenchError, COMPILE_CHOICES."""
+Public parts: run_bench, BenchResult, StageTiming, BenchError."""
 
-from harness.bench.bench import COMPILE_CHOICES, BenchError, run_bench
+from harness.bench.bench import BenchError, run_bench
 from harness.bench.result import BenchResult, StageTiming
 
-__all__ = ["COMPILE_CHOICES", "BenchError", "BenchResult", "StageTiming", "run_bench"]
+__all__ = ["BenchError", "BenchResult", "StageTiming", "run_bench"]

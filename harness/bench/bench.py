@@ -21,11 +21,11 @@ from harness.bench.calls import CallCapture, captures_for
 from harness.bench.result import BenchResult, StageTiming
 from harness.bench.timing import Samples, alternate, module_mib, time_call
 from harness.run.cases import Case
+from harness.run.parity import compiled_sides
 from harness.run.request import GenerationRequest
 from harness.trace.memory import Trace
 from native_models.compile import CompileSettings, compile_repeated_blocks
 
-COMPILE_CHOICES = ("none", "native", "reference", "both")
 Phase = Callable[[str], None]
 
 
@@ -35,22 +35,6 @@ class BenchError(Exception):
 
 class _Measured(Exception):
     """Raised by the observer once both sides are measured: ends the reference runner's own (unneeded) run."""
-
-
-def compiled_sides(choice: str) -> tuple[bool, bool]:
-    """(native, reference) compiled for a `--compile` choice."""
-    if choice not in COMPILE_CHOICES:
-        raise ValueError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {choice!r}")
-    return choice in ("native", "both"), choice in ("reference", "both")
-
-
-def compile_reference_transformer(transformer: torch.nn.Module, settings: CompileSettings) -> None:
-    """Diffusers' own regional compile (`compile_repeated_blocks`, what a user of Diffusers calls) when the model
-    declares its blocks; else the same regional compile as the native side."""
-    if getattr(transformer, "_repeated_blocks", None) and hasattr(transformer, "compile_repeated_blocks"):
-        transformer.compile_repeated_blocks(**settings.kwargs())
-    else:
-        compile_repeated_blocks(transformer, settings)
 
 
 def run_bench(
@@ -71,7 +55,7 @@ def run_bench(
     from harness.run.native_runner import plan_native_run
     from native_models.attention import get_attention_backend
     from native_models.loader import resolve_checkpoint
-    from references.common.reference_pipeline import observe_reference_pipelines
+    from references.common.reference_pipeline import compile_pipeline_transformer, observe_reference_pipelines
 
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -111,7 +95,7 @@ def run_bench(
         if mutate_reference is not None:
             mutate_reference(pipe)
         if reference_compiled:
-            compile_reference_transformer(pipe.transformer, settings)
+            compile_pipeline_transformer(pipe, settings)
         generator = kwargs.get("generator")
         state = generator.get_state() if isinstance(generator, torch.Generator) else None
 

@@ -102,6 +102,19 @@ def observe_reference_pipelines(callback: Callable[[Any, dict[str, Any]], None])
         _PIPELINE_OBSERVERS.remove(callback)
 
 
+def compile_pipeline_transformer(pipe: Any, settings: Any) -> None:
+    """Regional compile of a loaded pipeline's DiT: Diffusers' own `compile_repeated_blocks` (what its users
+    call) when the model declares its blocks, else native_models.compile's equivalent. `settings`: a
+    native_models.compile.CompileSettings."""
+    from native_models.compile import compile_repeated_blocks
+
+    transformer = pipe.transformer
+    if getattr(transformer, "_repeated_blocks", None) and hasattr(transformer, "compile_repeated_blocks"):
+        transformer.compile_repeated_blocks(**settings.kwargs())
+    else:
+        compile_repeated_blocks(transformer, settings)
+
+
 def run_reference_pipeline(
     pipeline_cls: Any,
     checkpoint: Path,

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=size, action="append", metavar="HxW",
                         help="a size to calibrate (repeatable; default: the case's calibration sizes)")
     parser.add_argument("--model", metavar="PATH_OR_HF_ID", help="calibrate this checkpoint instead of the case's")
+    parser.add_argument("--compile", action="store_true",
+                        help="also perturb the reference by compiling its repeated DiT blocks (inductor): floors for "
+                             "`run --compile`, written to CASE.DTYPE.DEVICE.compiled.json")
     parser.add_argument("--no-cfg", action="store_true", help="no true-CFG request (no floors for negative fields)")
     parser.add_argument("--out", type=Path, metavar="FILE", dest="out_file",  # a file: no error.json beside it
                         help="write here instead of golden/tolerances/ (the default, read by `diffparity run`)")
@@ -58,7 +61,8 @@ def command_calibrate(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda requested but no CUDA device is available to torch")
-    path: Path = args.out_file or calibration_path(case.name, args.dtype, args.device, args.model)
+    path: Path = args.out_file or calibration_path(case.name, args.dtype, args.device, args.model,
+                                                   compiled=args.compile)
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder; calibrate writes one file")
     check_out_dir(path.parent)
@@ -68,7 +72,8 @@ def command_calibrate(args: argparse.Namespace) -> int:
     print(f"{case.name}: calibrating {args.dtype} on {args.device}, {args.seeds} seed(s)", file=sys.stderr)
     with Progress(case.name) as progress:
         document = calibrate(case, dtype=args.dtype, device=args.device, seeds=args.seeds, sizes=args.size,
-                             model=args.model, cfg=not args.no_cfg, progress=progress.phase)
+                             model=args.model, cfg=not args.no_cfg, progress=progress.phase,
+                             compiled=args.compile)
     write_calibration(document, path)
     print(format_floors(document))
     perturbations = ", ".join(p["name"] for p in document["perturbations"])

@@ -56,6 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "'still ...' line after 10 s of silence)")
     run.add_argument("--no-forcing", action="store_true",
                      help="skip the teacher-forced native run: first divergence then comes from the free run")
+    run.add_argument("--compile", choices=("none", "native", "reference", "both"), default="none",
+                     help="run that side's repeated DiT blocks under torch.compile (inductor; regional, like "
+                          "Diffusers' compile_repeated_blocks) and judge against the compiled calibration's floors "
+                          "when one is stored (`calibrate --compile`); the report's `compile` names mode and backend")
+    run.add_argument("--compile-mode", metavar="MODE", help="torch.compile mode (default: torch's default)")
     run.set_defaults(handler=command_run)
 
 
@@ -85,17 +90,22 @@ def command_run(args: argparse.Namespace) -> int:
     from harness.report.build import format_stage_table
     from harness.run.multirank import Topology
     from harness.run.parity import run_parity
+    from native_models.compile import CompileSettings
 
     topology = Topology(tp=args.tp, sp=args.sp)
+    if args.compile != "none" and topology.is_parallel:
+        raise UsageError(f"--compile {args.compile} runs on one rank; drop --tp/--sp")
     frames = f", {request.frames} frames" if case.video else ""
     ranks = f", native on {topology.world} ranks ({topology.name})" if topology.is_parallel else ""
+    compiled = "" if args.compile == "none" else f", compiled: {args.compile} (inductor, regional)"
     print(f"{case.name}: {request.height}x{request.width}{frames}, {request.steps} steps, seed {request.seed}, "
-          f"{request.dtype} on {request.device}{ranks}", file=sys.stderr)
+          f"{request.dtype} on {request.device}{ranks}{compiled}", file=sys.stderr)
     from harness.progress import Progress
 
     with Progress(case.name, enabled=not args.no_progress) as progress:
         result = run_parity(case, request, model=args.model, out_dir=out_dir, progress=progress,
-                            forcing=not args.no_forcing, topology=topology)
+                            forcing=not args.no_forcing, topology=topology, compile_choice=args.compile,
+                            compile_settings=CompileSettings(mode=args.compile_mode))
     print(format_stage_table(result.comparison, result.report.get("noise"), result.report.get("tolerances")))
     if result.report.get("forcing_skipped"):
         print(f"teacher forcing skipped: {result.report['forcing_skipped']}")
