@@ -9,7 +9,7 @@ Backends:
   itself calls (its default attention dispatch), so on one machine the native side is bit-identical to it.
 - ``math``: torch's reference math kernel (materialises the (Lq, Lk) score matrix).
 
-What ``auto`` picks, and why (the fastest kernel within the calibrated floor; docs/speed-and-compile.md):
+What ``auto`` picks, and why (the fastest kernel within the calibrated floor; docs/speed.md):
 - CPU, fp32 and bf16: ``sdpa`` (torch's fused CPU flash kernel). Measured on this project's 2-core AVX-512 CPU, one
   thread: 3-4x faster than ``math`` at tiny widths (0.03 vs 0.12 ms, 2 heads x 80 tokens) and 1.9x (fp32) to 3.0x
   (bf16) at FLUX-dev width (24 heads x 768 tokens x 128: 231 vs 443 ms, 234 vs 703 ms). Its error against the
