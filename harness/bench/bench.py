@@ -49,9 +49,12 @@ def run_bench(
     mutate_native: Callable[[Any], None] | None = None,
     mutate_reference: Callable[[Any], None] | None = None,
     phase: Phase | None = None,
+    inspect: Callable[[str, Callable[[], Any], Callable[[], Any]], None] | None = None,
 ) -> BenchResult:
     """Measure `case` at `request`: see the module docstring. `mutate_native` / `mutate_reference` change a
-    side's loaded pipeline before it runs (the tests slow one side on purpose); `phase` hears each phase."""
+    side's loaded pipeline before it runs (the tests slow one side on purpose); `phase` hears each phase;
+    `inspect(stage, native_call, reference_call)` runs after each stage is timed (scripts/profile_bench_stage.py
+    profiles the two calls)."""
     from harness.run.native_runner import plan_native_run
     from native_models.attention import get_attention_backend
     from native_models.loader import resolve_checkpoint
@@ -112,6 +115,8 @@ def run_bench(
                 continue
             say(f"{name}: {warmup} warm-up + {repeats} alternating repeats per side")
             result.stages.append(_time_stage(name, native, reference, repeats, warmup, device))
+            if inspect is not None:
+                inspect(name, native.replay(), reference.replay())
         if end_to_end:
             say(f"end to end: {repeats} alternating runs per side ({request.steps} steps each)")
             timing = StageTiming("end to end", Samples(), Samples(), native_class=type(pipeline).__name__,
