@@ -33,7 +33,12 @@ def threads_per_worker(jobs: int) -> int:
 def _init_worker(threads: int) -> None:
     import torch
 
+    from harness.verdicts.faults import FAULTS
+
     torch.set_num_threads(threads)
+    # load every family's faults in registry order, as the parent did, before a job unpickles a fault's function:
+    # unpickling first imports that family's module alone, which can meet a half-initialised module it imports
+    len(FAULTS)
 
 
 def run_groups_in_pool(case: Any, pairs: list[tuple[str, Any]], requests: dict[str, Any],
