@@ -55,7 +55,8 @@ def assert_parity(result: ParityResult, frames: int) -> None:
     metrics = image_metrics_section(result.native_frames, result.reference_frames)["frames"]
     assert [m["frame"] for m in metrics] == list(range(frames))
     if result.report["request"]["dtype"] == "fp32":
-        assert min(m["psnr"] for m in metrics) > 100  # dB: the decoded videos agree to ~1e-5 of a grey level
+        # dB: the decoded videos agree to ~1e-5 of a grey level, or exactly ("inf": both sides on one SDPA kernel)
+        assert min(float(m["psnr"]) for m in metrics) > 100
     for side in ("native", "reference"):
         assert result.report["noise"][side]["frames"] == frames and "temporal" in result.report["noise"][side]
 

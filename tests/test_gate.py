@@ -170,3 +170,16 @@ def test_gate_over_the_real_registry() -> None:
     print(report.format())
     assert {model.family for model in report.models} >= {"flux"}
     assert report.passed, report.format()
+
+
+def test_multi_rank_check_fails_without_a_single_rank_verification_to_compare_with(tmp_path: Path) -> None:
+    """The ranks are judged against the parity check's single-rank run; with none, the check fails (not n/a)."""
+    from harness.verdicts.gate import _check_multi_rank
+
+    (tmp_path / "test_ranks.py").write_text(
+        "import pytest\n@pytest.mark.covers('wan', 'tp2')\ndef test_two_ranks():\n    pass\n")
+    case = get_case("wan-tiny")
+    checks: list = []
+    _check_multi_rank("wan", [case], {case.name: case.build_checkpoint()}, checks, (tmp_path,), True, {})
+    (check,) = checks
+    assert check.status == "failed" and "no passing single-rank verification" in check.detail, check

@@ -25,7 +25,8 @@ OS_REFUSALS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk 
                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                errno.EPERM: "operation not permitted", errno.ENAMETOOLONG: "file name too long",
                errno.EFBIG: "file too large"}
-COMMANDS = ("run", "drill", "compare", "calibrate", "faults", "noise", "list_cases", "golden", "gate", "scaffold")
+COMMANDS = ("run", "drill", "compare", "calibrate", "faults", "noise", "list_cases", "golden", "gate", "scaffold",
+            "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

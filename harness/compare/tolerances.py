@@ -155,11 +155,12 @@ def checkpoint_label(model: str | None) -> str:
 
 
 def calibration_path(case: str, dtype: str, device: str, model: str | None = None,
-                     root: Path | None = None) -> Path:
-    """golden/tolerances/CASE[@MODEL].DTYPE.DEVICE_CLASS.json"""
+                     root: Path | None = None, compiled: bool = False) -> Path:
+    """golden/tolerances/CASE[@MODEL].DTYPE.DEVICE_CLASS[.compiled].json (`compiled`: floors that also hold the
+    reference with its repeated DiT blocks under torch.compile, for `run --compile`)."""
     label = checkpoint_label(model)
     stem = case if label == "builtin" else f"{case}@{label}"
-    return (root or GOLDEN_DIR) / f"{stem}.{dtype}.{device_class(device)}.json"
+    return (root or GOLDEN_DIR) / f"{stem}.{dtype}.{device_class(device)}{'.compiled' if compiled else ''}.json"
 
 
 @dataclass(frozen=True)
@@ -255,9 +256,13 @@ def read_calibration(path: Path) -> dict[str, Any]:
 
 
 def load_tolerance_spec(case: str, dtype: str, device: str, model: str | None = None,
-                        root: Path | None = None) -> ToleranceSpec:
-    """The stored calibration for (case, checkpoint, dtype, device class) if there is one, else the defaults."""
-    path = calibration_path(case, dtype, device, model, root)
+                        root: Path | None = None, compiled: bool = False) -> ToleranceSpec:
+    """The stored calibration for (case, checkpoint, dtype, device class) if there is one, else the defaults.
+    `compiled`: the calibration whose floors include the compiled-vs-eager perturbation, when one is stored
+    (else the eager one)."""
+    path = calibration_path(case, dtype, device, model, root, compiled=compiled)
+    if compiled and not path.is_file():
+        path = calibration_path(case, dtype, device, model, root)
     if not path.is_file():
         return ToleranceSpec(dtype)
     data = read_calibration(path)

@@ -116,8 +116,34 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
 )
 
 
-def perturbations_for(device: str, dtype: str) -> list[Perturbation]:
-    return [p for p in PERTURBATIONS if p.applies(device, dtype)]
+@contextlib.contextmanager
+def _reference_compiled() -> Iterator[None]:
+    """Every reference pipeline loaded inside runs its DiT's repeated blocks under torch.compile (inductor), the
+    way `run --compile reference` does; dynamo's caches are reset after, so nothing compiled leaks out."""
+    from native_models.compile import CompileSettings, reset_compiled_graphs
+    from references.common.reference_pipeline import compile_pipeline_transformer, observe_reference_pipelines
+
+    settings = CompileSettings()
+    try:
+        with observe_reference_pipelines(lambda pipe, _: compile_pipeline_transformer(pipe, settings)):
+            yield
+    finally:
+        reset_compiled_graphs()
+
+
+COMPILED = Perturbation(
+    "compiled",
+    "the reference's repeated DiT blocks under torch.compile (inductor, default mode; Diffusers' "
+    "compile_repeated_blocks): fused kernels round differently from eager ones",
+    lambda device, dtype: True,
+    _reference_compiled,
+)
+
+
+def perturbations_for(device: str, dtype: str, compiled: bool = False) -> list[Perturbation]:
+    """The perturbations that apply on `device` in `dtype`; `compiled` adds compiled-vs-eager (opt-in: its floors
+    go to their own file, so eager runs keep the tighter eager floors)."""
+    return [p for p in PERTURBATIONS if p.applies(device, dtype)] + ([COMPILED] if compiled else [])
 
 
 def calibration_requests(case: Case, dtype: str, device: str, seeds: int,
@@ -227,6 +253,7 @@ def calibrate(
     checkpoint: Path | None = None,
     progress: Callable[[str], None] | None = None,
     skip: tuple[str, ...] = (),
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Measure every record's floors for `case` and return the calibration document (not yet written).
     `skip`: perturbations left out by name (fp64 when the checkpoint does not fit in memory twice over)."""
@@ -234,7 +261,7 @@ def calibrate(
 
     start = time.perf_counter()
     checkpoint = checkpoint or (resolve_checkpoint(model) if model else case.build_checkpoint())
-    perturbations = [p for p in perturbations_for(device, dtype) if p.name not in skip]
+    perturbations = [p for p in perturbations_for(device, dtype, compiled) if p.name not in skip]
     requests = calibration_requests(case, dtype, device, seeds, sizes, cfg)
     forcing = case.run_reference_forced is not None
     free: dict[tuple[str, str], FloorEntry] = {}
@@ -275,6 +302,7 @@ def calibrate(
         "minimum": {name: minimum_threshold(t) for name, t in (("float32", torch.float32),
                                                                  ("bfloat16", torch.bfloat16))},
         "forced_floors": forcing,
+        "compiled": compiled,
         "perturbations": [{"name": p.name, "description": p.description} for p in perturbations],
         "requests": [{"seed": r.seed, "height": r.height, "width": r.width, "steps": r.steps,
                       "true_cfg": r.do_true_cfg, **({"prompts": len(r.prompts)} if r.extra_prompts else {})}

@@ -7,8 +7,9 @@ the checkpoint; the runners (harness/run/runners.py) produce the two sides' trac
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,11 @@ from harness.run.request import GenerationRequest
 from harness.run.runners import MultiRankRunner, NativeRunner, ReferenceRunner, Runner, SideRun
 from harness.trace.memory import Trace
 from native_models.attention import get_attention_backend
+from native_models.compile import CompileSettings, compile_pipeline_dit
 from native_models.loader import resolve_checkpoint
 from native_models.pipeline import ComposedPipeline
 
+COMPILE_CHOICES = ("none", "native", "reference", "both")
 ProgressFactory = Callable[[str], Callable[[int, int], None] | None]
 
 
@@ -85,6 +88,9 @@ def run_parity(
     topology: Topology | None = None,
     expect: Expectation | None = None,
     extensions: Sequence[Extension] = (),
+    reference: SideRun | None = None,
+    compile_choice: str = "none",
+    compile_settings: CompileSettings | None = None,
 ) -> ParityResult:
     """Run both sides of `case` for `request` and compare them; writes the report when `out_dir` is given.
 
@@ -99,6 +105,11 @@ def run_parity(
     `expect`: whether the native output must look like a picture (harness/run/expectation.py); default: auto.
     Each of `extensions` then runs on the result before the artifacts are written (the drill-down of a failing
     run, harness/drill/parity_hook.py, adds report["drill"]); the harness's lower layers never import them.
+    `reference`: the reference side of this very request, already run (`run_reference_side`), e.g. shared by
+    every fault of a fault matrix that asks the same request; it must record this request (ValueError).
+    `compile_choice` (none, native, reference, both): that side's repeated DiT blocks run under torch.compile
+    (`compile_settings`, default inductor); the tolerances are then the compiled calibration's when one is stored
+    (floors that include compiled-vs-eager), and the report's `compile` section says what ran compiled.
     """
     phase = phase_of(progress)
     start = time.perf_counter()
@@ -112,14 +123,29 @@ def run_parity(
     parallel = topology is not None and topology.is_parallel
     if parallel:
         check_topology(topology, checkpoint, plan, request.device)
-    spec = tolerances or load_tolerance_spec(case.name, request.dtype, request.device, model)
+    native_compiled, reference_compiled = compiled_sides(compile_choice)
+    settings = compile_settings or CompileSettings()
+    if (native_compiled or reference_compiled) and (parallel or reference is not None):
+        raise ValueError("--compile runs single-rank parity with its own reference run only")
+    if native_compiled:
+        mutate_native = with_compiled_dit(mutate_native, settings)
+    spec = tolerances or load_tolerance_spec(case.name, request.dtype, request.device, model,
+                                             compiled=native_compiled or reference_compiled)
     expect = expect or resolve_expectation(None, case.expects_picture, checkpoint if model else None, case.name)
 
     # traces stream to an unnamed spool in out_dir (bounded memory); Trace.save writes them (report/artifacts.py)
-    meta = {"case": case.name, "request": request.to_dict(), "model": model, "checkpoint": str(model or checkpoint)}
-    phase(f"reference (Diffusers), {request.steps} steps")
-    reference = ReferenceRunner(case, checkpoint, request, meta, out_dir,
-                                progress("reference") if progress else None).run()
+    meta = side_meta(case, request, model, checkpoint)
+    if reference is None:
+        phase(f"reference (Diffusers), {request.steps} steps" + (", DiT blocks compiled" if reference_compiled
+                                                                  else ""))
+        with reference_compiled_if(reference_compiled, settings):
+            reference = ReferenceRunner(case, checkpoint, request, meta, out_dir,
+                                        progress("reference") if progress else None).run()
+    elif reference.trace.meta.get("request") != request.to_dict() or reference.trace.meta.get("model") != model:
+        raise ValueError(f"the shared reference side ran {reference.trace.meta.get('request')} "
+                         f"(model {reference.trace.meta.get('model')}), not {request.to_dict()} (model {model})")
+    else:
+        phase("reference (Diffusers): shared, already run for this request")
     native_runner: Runner
     if parallel:
         assert topology is not None
@@ -136,6 +162,8 @@ def run_parity(
     report = parity_report(case, request, model, str(model or checkpoint), comparison, spec,
                            {**timings, **reference.timings, **native.timings}, reference, native, expect)
     report["weights"] = weights_section(plan.stored_dtypes, request.dtype)
+    report["compile"] = {"native": settings.to_dict() if native_compiled else None,
+                         "reference": settings.to_dict() if reference_compiled else None}
     result = ParityResult(comparison, report, native.frames, reference.frames, native.trace, reference.trace,
                           native.forced_trace, noise_fails=report["noise"]["fails_run"], ranks=native.ranks)
     made = ParityRun(case, request, checkpoint, model, mutate_native, topology if parallel else None, out_dir)
@@ -144,6 +172,49 @@ def run_parity(
     if out_dir is not None:
         write_run_artifacts(result, out_dir)
     return result
+
+
+def with_compiled_dit(mutate: Callable[[ComposedPipeline], None] | None, settings: CompileSettings
+                      ) -> Callable[[ComposedPipeline], None]:
+    """`mutate` (if any), then the native DiT's repeated blocks compiled."""
+    def apply(pipeline: ComposedPipeline) -> None:
+        if mutate is not None:
+            mutate(pipeline)
+        compile_pipeline_dit(pipeline, settings)
+
+    return apply
+
+
+@contextlib.contextmanager
+def reference_compiled_if(compiled: bool, settings: CompileSettings) -> Iterator[None]:
+    """Within the block, a reference pipeline that loads has its DiT's repeated blocks compiled (when asked)."""
+    if not compiled:
+        yield
+        return
+    from references.common.reference_pipeline import compile_pipeline_transformer, observe_reference_pipelines
+
+    with observe_reference_pipelines(lambda pipe, _: compile_pipeline_transformer(pipe, settings)):
+        yield
+
+
+def compiled_sides(choice: str) -> tuple[bool, bool]:
+    """(native, reference) compiled for a `--compile` choice."""
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {choice!r}")
+    return choice in ("native", "both"), choice in ("reference", "both")
+
+
+def side_meta(case: Case, request: GenerationRequest, model: str | None, checkpoint: Path) -> dict[str, Any]:
+    """The metadata both sides' traces start from."""
+    return {"case": case.name, "request": request.to_dict(), "model": model, "checkpoint": str(model or checkpoint)}
+
+
+def run_reference_side(case: Case, request: GenerationRequest, model: str | None = None) -> SideRun:
+    """The reference side of `request` alone, in memory, for several parity runs of the same request to share
+    (`run_parity(..., reference=...)`): the Diffusers run is deterministic for a request, so running it once per
+    request instead of once per native variant changes no number."""
+    checkpoint = resolve_checkpoint(model) if model else case.build_checkpoint()
+    return ReferenceRunner(case, checkpoint, request, side_meta(case, request, model, checkpoint)).run()
 
 
 def compare_sides(reference: SideRun, native: SideRun, dtype: str, spec: ToleranceSpec) -> Comparison:

@@ -7,10 +7,17 @@ for `raises` faults), and *localized* when the first local divergence is the fau
 field where named, step inside the loop) and no other stage's local record fails (save the fault's
 `also_fails`): the error is charged to the stage that makes it and to nothing else. With the drill on (the
 default), a row also says which module the drill named (harness/drill/) against the fault's `expected_module`.
+
+
+The Diffusers reference is deterministic for a request, so it runs once per distinct request, not once per
+fault: the faults that ask the same request (most of a catalog asks the case's default one) share it
+(`run_parity(..., reference=...)`). With `jobs` > 1 the references and then the faults run in that many worker
+processes (harness/verdicts/fault_pool.py), each on its share of the CPU's threads.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -21,8 +28,9 @@ from harness.compare.records import threshold_multiple
 from harness.drill.parity_hook import drill_on_failure
 from harness.run.cases import Case
 from harness.run.multirank import Topology
-from harness.run.parity import run_parity
+from harness.run.parity import run_parity, run_reference_side
 from harness.run.request import GenerationRequest
+from harness.run.runners import SideRun
 from harness.verdicts.faults import UNDECLARED, Fault
 from native_models.errors import StageFieldError
 from native_models.stages.base import PipelineStage
@@ -89,11 +97,19 @@ def trace_stage_of(stage_class_name: str) -> str | None:
     return None
 
 
+def fault_request(case: Case, fault: Fault, dtype: str, base: GenerationRequest | None = None
+                  ) -> GenerationRequest:
+    """The request `fault` runs in `dtype`: the case's default (or `base`) with what the fault needs to show."""
+    return fault.request_for(base or case.request(dtype=dtype))
+
+
 def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | None = None,
-              drill: bool = True) -> FaultOutcome:
+              reference: SideRun | None = None, drill: bool = True) -> FaultOutcome:
     """One teacher-forced parity run of `case` with `fault` applied to the native pipeline, judged; with `drill`,
-    the failing run is drilled down to a module (harness/drill/parity_hook.py)."""
-    request = fault.request_for(base or case.request(dtype=dtype))
+    the failing run is drilled down to a module (harness/drill/parity_hook.py).
+
+    `reference`: the reference side of the fault's request (`fault_request`), already run and shared."""
+    request = fault_request(case, fault, dtype, base)
     stage, field_name, step = fault.expected_for(request)
     outcome = FaultOutcome(fault.name, dtype, {"stage": stage, "field": field_name, "step": step},
                            request.to_dict(), expected_module=fault.expected_module,
@@ -105,7 +121,7 @@ def run_fault(case: Case, fault: Fault, dtype: str, base: GenerationRequest | No
     topology = Topology(*fault.topology)  # a shard fault runs the native side on its ranks (harness/run/multirank.py)
     try:
         result = run_parity(case, request, mutate_native=fault.apply,
-                            topology=topology if topology.is_parallel else None,
+                            topology=topology if topology.is_parallel else None, reference=reference,
                             extensions=[drill_on_failure] if drill else ())
     except StageFieldError as exc:  # the loud kind: the pipeline refuses, naming stage and field
         outcome.seconds = time.perf_counter() - start
@@ -160,18 +176,68 @@ def _read_drill(outcome: FaultOutcome, report: dict[str, Any]) -> None:
     outcome.drill_seconds = float((report.get("timings_s") or {}).get("drill", 0.0))
 
 
+def skipped_outcome(case: Case, fault: Fault, dtype: str) -> FaultOutcome | None:
+    """The outcome of a fault that does not exist in `dtype` (nothing runs), else None."""
+    if fault.applies_to(dtype):
+        return None
+    return run_fault(case, fault, dtype)  # returns before anything runs
+
+
+def request_key(request: GenerationRequest) -> str:
+    """Faults whose requests have the same key share one reference run."""
+    return repr(sorted(request.to_dict().items()))
+
+
+def reference_job(case: Case, request: GenerationRequest) -> SideRun:
+    """A worker's reference run (module level: a pool pickles it by name)."""
+    return run_reference_side(case, request)
+
+
+def fault_job(case: Case, fault: Fault, dtype: str, reference: SideRun, drill: bool = True) -> FaultOutcome:
+    """A worker's fault run against a shared reference (module level: a pool pickles it by name)."""
+    return run_fault(case, fault, dtype, reference=reference, drill=drill)
+
+
 def run_fault_matrix(case: Case, faults: Iterable[Fault], dtypes: Iterable[str],
                      progress: Callable[[int, int, FaultOutcome], None] | None = None,
-                     drill: bool = True) -> list[FaultOutcome]:
-    """Every (dtype, fault) pair in that order; `progress(done, total, outcome)` after each."""
+                     jobs: int = 1, drill: bool = True) -> list[FaultOutcome]:
+    """Every (dtype, fault) pair, returned in that order; `progress(done, total, outcome)` after each (in the
+    order they finish). One reference run per distinct request, shared by its faults; `jobs` worker processes
+    (1: all in this process); `drill`: drill each failing run down to a module."""
     pairs = [(dtype, fault) for dtype in dtypes for fault in faults]
-    outcomes = []
-    for index, (dtype, fault) in enumerate(pairs):
-        outcome = run_fault(case, fault, dtype, drill=drill)
-        outcomes.append(outcome)
+    outcomes: list[FaultOutcome | None] = [None] * len(pairs)
+    done = 0
+
+    def finished(index: int, outcome: FaultOutcome) -> None:
+        nonlocal done
+        outcomes[index] = outcome
+        done += 1
         if progress is not None:
-            progress(index + 1, len(pairs), outcome)
-    return outcomes
+            progress(done, len(pairs), outcome)
+
+    groups: dict[str, list[int]] = {}  # request key -> indices of the pairs that run it
+    requests: dict[str, GenerationRequest] = {}
+    for index, (dtype, fault) in enumerate(pairs):
+        skipped = skipped_outcome(case, fault, dtype)
+        if skipped is not None:
+            finished(index, skipped)
+            continue
+        request = fault_request(case, fault, dtype)
+        key = request_key(request)
+        groups.setdefault(key, []).append(index)
+        requests[key] = request
+    if jobs > 1 and groups:
+        from harness.verdicts.fault_pool import run_groups_in_pool
+
+        run_groups_in_pool(case, pairs, requests, groups, jobs, finished, reference_job,
+                           functools.partial(fault_job, drill=drill))
+    else:
+        for key, indices in groups.items():
+            reference = run_reference_side(case, requests[key])
+            for index in indices:
+                dtype, fault = pairs[index]
+                finished(index, run_fault(case, fault, dtype, reference=reference, drill=drill))
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def where(record: dict[str, Any] | None) -> str:

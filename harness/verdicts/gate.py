@@ -12,8 +12,12 @@ Per registry entry (its `family`, native_models/registry.py) the gate checks, an
 6. not noise     the native output of every case that expects a picture (trained or real weights,
                  `Case.expects_picture`) is not flagged by harness/noise/detector.py; n/a when the family has none;
 7. multi-rank    when the family's DiT class declares parallel plans (`_tp_plan` / `_sp_plan`), a test marked
-                 `@pytest.mark.covers("<family>", "<topology of more than one rank>")` exists and passes
-                 (run in a pytest subprocess); n/a otherwise.
+                 `@pytest.mark.covers("<family>", "<topology of more than one rank>")` exists, and the first case's
+                 fp32 golden verifies on ranks (tp2 x sp2, or the plans' own topology; harness/golden/
+                 verify_ranks.py): against the golden and against check 5's single-rank run of it, neither of
+                 which runs again; with `run_tests`, the marked tests also run and pass (a pytest subprocess,
+                 which runs Diffusers again); n/a without plans.
+Every native run of the gate is on one intra-op thread on the CPU, as goldens are recorded (RECORD_THREADS).
 A check is ok, n/a, missing or failed; the gate passes when every check of every model is ok or n/a.
 Goldens of cases that no longer exist, and stray files under golden/, are reported as unused (not a failure).
 """
@@ -133,10 +137,12 @@ def is_multi_rank(topology: str) -> bool:
 
 def check_models(models: list[str] | None = None, cases_dir: Path = CASES_DIR, golden_root: Path | None = None,
                  test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True,
-                 progress: Callable[[str], None] | None = None) -> GateReport:
+                 progress: Callable[[str], None] | None = None, run_tests: bool = False) -> GateReport:
     """The checklist of every registered model (or of `models`). `run=False` checks files only (no builds,
     no parity, no multi-rank run): those checks then read 'not run'. The gate works offline. `progress` hears
-    each model and check as it starts."""
+    each model and check as it starts. `run_tests`: the multi-rank check also runs the marked tests."""
+    from harness.environment import intra_op_threads
+    from harness.golden.record import RECORD_THREADS
     from harness.golden.store import scan_goldens
     from harness.run.cases import CASES
 
@@ -148,7 +154,9 @@ def check_models(models: list[str] | None = None, cases_dir: Path = CASES_DIR, g
         if unknown:
             raise GateError(f"no registered model named {', '.join(unknown)}; registered: {', '.join(families)}")
         entries = [entry for entry in entries if entry.family in models]
-    report = GateReport([check_model(entry, cases_dir, golden_root, test_dirs, run, progress) for entry in entries])
+    with intra_op_threads(RECORD_THREADS):  # as goldens are recorded: the same bits, and no thread contention
+        report = GateReport([check_model(entry, cases_dir, golden_root, test_dirs, run, progress, run_tests)
+                             for entry in entries])
     found, strays = scan_goldens(golden_root)
     report.unused = [str(f.path) for f in found if f.case not in CASES] + [str(p) for p in strays]
     report.orphan_cases = sorted(name for name, case in CASES.items() if case.family not in families)
@@ -157,7 +165,7 @@ def check_models(models: list[str] | None = None, cases_dir: Path = CASES_DIR, g
 
 def check_model(entry: ConfigEntry, cases_dir: Path = CASES_DIR, golden_root: Path | None = None,
                 test_dirs: tuple[Path, ...] = TEST_DIRS, run: bool = True,
-                progress: Callable[[str], None] | None = None) -> ModelChecklist:
+                progress: Callable[[str], None] | None = None, run_tests: bool = False) -> ModelChecklist:
     from harness.run.cases import cases_for_family
 
     family = entry.family
@@ -184,8 +192,9 @@ def check_model(entry: ConfigEntry, cases_dir: Path = CASES_DIR, golden_root: Pa
     say(f"{family}: parity (every CPU golden verified by the native side)")
     results = _check_parity(cases, goldens, checkpoints, checks, golden_root, run)
     _check_noise(cases, results, checks)
-    say(f"{family}: multi-rank (tests marked covers('{family}', ...) in a pytest subprocess, when plans exist)")
-    _check_multi_rank(family, cases, checkpoints, checks, test_dirs, run)
+    say(f"{family}: multi-rank (when plans exist: the fp32 golden verified on ranks"
+        + (", then the tests marked covers(...) in a pytest subprocess)" if run_tests else ")"))
+    _check_multi_rank(family, cases, checkpoints, checks, test_dirs, run, results, run_tests)
     return checklist
 
 
@@ -363,7 +372,8 @@ def parallel_plans(checkpoint: Path) -> list[str]:
 
 
 def _check_multi_rank(family: str, cases: list[Case], checkpoints: dict[str, Path], checks: list[Check],
-                      test_dirs: tuple[Path, ...], run: bool) -> None:
+                      test_dirs: tuple[Path, ...], run: bool, results: dict[str, VerifyResult],
+                      run_tests: bool = False) -> None:
     if not run:
         checks.append(Check("multi-rank", MISSING, "not run (--no-run)"))
         return
@@ -375,16 +385,39 @@ def _check_multi_rank(family: str, cases: list[Case], checkpoints: dict[str, Pat
     if not plans:
         checks.append(Check("multi-rank", NA, "the DiT declares no _tp_plan / _sp_plan"))
         return
-    outcome = run_multi_rank_tests(family, test_dirs)
-    total = sum(outcome.values())
-    summary = ", ".join(f"{n} {k}" for k, n in outcome.items() if n)
-    if total == 0:
-        checks.append(Check("multi-rank", MISSING, f"{' and '.join(plans)} declared, but no test is marked "
+    declared = " and ".join(plans)
+    if not multi_rank_test_files(family, test_dirs):
+        checks.append(Check("multi-rank", MISSING, f"{declared} declared, but no test is marked "
                                                    f"@pytest.mark.covers('{family}', '<topology, e.g. tp2>')"))
-    elif outcome["failed"] or outcome["skipped"] or not outcome["passed"]:
-        checks.append(Check("multi-rank", FAILED, f"multi-rank tests: {summary}"))
-    else:
-        checks.append(Check("multi-rank", OK, f"{' and '.join(plans)}: multi-rank tests {summary}"))
+        return
+    parts = [_verify_on_ranks(cases, checkpoints, results, plans)]
+    failed = not parts[0][0]
+    if run_tests:
+        outcome = run_multi_rank_tests(family, test_dirs)
+        summary = ", ".join(f"{n} {k}" for k, n in outcome.items() if n)
+        ok = sum(outcome.values()) > 0 and not outcome["failed"] and not outcome["skipped"] and outcome["passed"]
+        parts.append((ok, f"multi-rank tests {summary or 'none collected'}"))
+        failed = failed or not ok
+    checks.append(Check("multi-rank", FAILED if failed else OK, f"{declared}: " + "; ".join(p for _, p in parts)))
+
+
+def _verify_on_ranks(cases: list[Case], checkpoints: dict[str, Path], results: dict[str, VerifyResult],
+                     plans: list[str]) -> tuple[bool, str]:
+    """(passed, detail) of the first case's fp32 golden verified on ranks, reusing check 5's single-rank run."""
+    from harness.golden.verify_ranks import parallel_topology, verify_golden_on_ranks
+
+    case = next((c for c in cases if c.name in results and c.name in checkpoints), None)
+    if case is None:
+        return False, "no passing single-rank verification of a golden to compare the ranks with"
+    single, checkpoint = results[case.name], checkpoints[case.name]
+    try:
+        topology = parallel_topology(checkpoint, single, plans)
+        if topology is None:
+            return False, f"{case.name}: no tp2/sp2 topology fits its model (heads, plans)"
+        verified = verify_golden_on_ranks(single, checkpoint, topology)
+    except Exception as exc:  # noqa: BLE001 - a failing rank is this check's finding, in one line
+        return False, f"{case.name}: error on ranks: {_one_line(exc)}"
+    return verified.passed, f"{case.name} {GATE_DTYPE} golden on {verified.summary()}"
 
 
 class MultiRankSelector:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,36 @@ def release_freed_memory() -> None:
     trim(0)
 
 
+# Callbacks that see each reference pipeline once it is loaded and its arguments drawn, before any hook is
+# installed: `diffparity bench` times the loaded pipeline's components, `--compile reference` compiles its DiT.
+_PIPELINE_OBSERVERS: list[Callable[[Any, dict[str, Any]], None]] = []
+
+
+@contextmanager
+def observe_reference_pipelines(callback: Callable[[Any, dict[str, Any]], None]) -> Iterator[None]:
+    """Within the block, `callback(pipe, call_kwargs)` runs for every reference pipeline `run_reference_pipeline`
+    loads, after `pipe.to(device)` and before the recorded run. It may change the pipeline (compile a module) or
+    use it and raise to end the run (the run's cleanup still happens)."""
+    _PIPELINE_OBSERVERS.append(callback)
+    try:
+        yield
+    finally:
+        _PIPELINE_OBSERVERS.remove(callback)
+
+
+def compile_pipeline_transformer(pipe: Any, settings: Any) -> None:
+    """Regional compile of a loaded pipeline's DiT: Diffusers' own `compile_repeated_blocks` (what its users
+    call) when the model declares its blocks, else native_models.compile's equivalent. `settings`: a
+    native_models.compile.CompileSettings."""
+    from native_models.compile import compile_repeated_blocks
+
+    transformer = pipe.transformer
+    if getattr(transformer, "_repeated_blocks", None) and hasattr(transformer, "compile_repeated_blocks"):
+        transformer.compile_repeated_blocks(**settings.kwargs())
+    else:
+        compile_repeated_blocks(transformer, settings)
+
+
 def run_reference_pipeline(
     pipeline_cls: Any,
     checkpoint: Path,
@@ -121,6 +152,8 @@ def run_reference_pipeline(
     try:
         pipe.to(device)
         kwargs = call_kwargs(pipe)
+        for observer in list(_PIPELINE_OBSERVERS):
+            observer(pipe, kwargs)
         hooks.append(recorder(pipe, request, trace, progress))
         hooks[-1].install()
         if force_from is not None:

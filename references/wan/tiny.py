@@ -22,16 +22,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKLWan,
-    UniPCMultistepScheduler,
-    WanImageToVideoPipeline,
-    WanPipeline,
-    WanTransformer3DModel,
-)
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from references.common.tiny_build import (
     build_once,
@@ -42,7 +35,9 @@ from references.common.tiny_build import (
     save_checkpoint,
     seed_component,
 )
-from references.common.tokenizers import build_umt5_tokenizer
+
+# Diffusers and transformers are imported where a checkpoint is built, not here: finding the cached checkpoint
+# must not cost their import (~5 s; `diffparity gate` and `golden verify` run no Diffusers code).
 
 # Bump when the build recipe changes, so caches built by an older recipe are not reused.
 # 2: no constant parameter (norm weights and biases randomised).
@@ -185,6 +180,11 @@ class TinyWanConfig:
 
 
 def _build_components(seed: int, config: TinyWanConfig) -> dict:
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    from references.common.tokenizers import build_umt5_tokenizer
+
     tokenizer = build_umt5_tokenizer()
 
     seed_component(seed, 0)
@@ -251,8 +251,10 @@ def _build_components(seed: int, config: TinyWanConfig) -> dict:
     return components
 
 
-def _build_dit(config: TinyWanConfig) -> WanTransformer3DModel:
+def _build_dit(config: TinyWanConfig) -> Any:
     """The Wan DiT of `config` (the caller seeds it): with the CLIP image path for Wan 2.1 I2V."""
+    from diffusers import WanTransformer3DModel
+
     image = {"image_dim": config.clip_hidden, "added_kv_proj_dim": config.dit_heads * config.dit_head_dim}
     return WanTransformer3DModel(
         patch_size=tuple(config.dit_patch_size),
@@ -277,6 +279,8 @@ def build_tiny_wan(out_dir: Path, seed: int = 0, config: TinyWanConfig | None = 
 
     The global torch RNG is left as it was: seeding happens inside a forked RNG state.
     """
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
     config = config or TinyWanConfig()
     pipeline_cls = WanImageToVideoPipeline if config.image_to_video else WanPipeline
     extra = {} if config.boundary_ratio is None else {"boundary_ratio": config.boundary_ratio}

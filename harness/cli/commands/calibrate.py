@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                            f"{SMALL_STEPS})")
     parser.add_argument("--max-sequence-length", type=positive_int, metavar="N",
                         help="token length (with --model alone; default: the family's, as `run --model` uses)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also perturb the reference by compiling its repeated DiT blocks (inductor): floors for "
+                             "`run --compile`, written to CASE.DTYPE.DEVICE.compiled.json")
     parser.add_argument("--no-cfg", action="store_true", help="no true-CFG request (no floors for negative fields)")
     parser.add_argument("--modules", action="store_true",
                         help="measure per-module floors for the drill instead (harness/golden/module_floors.py): "
@@ -79,7 +82,8 @@ def command_calibrate(args: argparse.Namespace) -> int:
     if args.case is None:
         return calibrate_model(args)
     case = get_case(args.case)
-    path: Path = args.out_file or calibration_path(case.name, args.dtype, args.device, args.model)
+    path: Path = args.out_file or calibration_path(case.name, args.dtype, args.device, args.model,
+                                                   compiled=args.compile)
     if path.is_dir():
         raise UsageError(f"--out {path} is a folder; calibrate writes one file")
     check_out_dir(path.parent)
@@ -89,7 +93,8 @@ def command_calibrate(args: argparse.Namespace) -> int:
     print(f"{case.name}: calibrating {args.dtype} on {args.device}, {args.seeds} seed(s)", file=sys.stderr)
     with Progress(case.name) as progress:
         document = calibrate(case, dtype=args.dtype, device=args.device, seeds=args.seeds or 3, sizes=args.size,
-                             model=args.model, cfg=not args.no_cfg, progress=progress.phase)
+                             model=args.model, cfg=not args.no_cfg, progress=progress.phase,
+                             compiled=args.compile)
     write_calibration(document, path)
     print(format_floors(document))
     perturbations = ", ".join(p["name"] for p in document["perturbations"])

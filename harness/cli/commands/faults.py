@@ -4,6 +4,7 @@ where each is caught."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--list", action="store_true", help="list the case's faults and exit")
     parser.add_argument("--no-drill", action="store_true",
                         help="skip the drill-down of each failing run (no module column; faster)")
+    parser.add_argument("--jobs", type=int, metavar="N", default=None,
+                        help="worker processes (default: one per CPU core, at most 8; 1 runs everything in this "
+                             "process). The reference runs once per distinct request and is shared by its faults")
     parser.set_defaults(handler=command_faults)
+
+
+def default_jobs() -> int:
+    """One worker per core, at most 8 (each holds the case's models and Diffusers)."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def command_faults(args: argparse.Namespace) -> int:
@@ -62,18 +71,23 @@ def command_faults(args: argparse.Namespace) -> int:
     if args.json is not None and (args.json.is_dir() or args.json.parent.is_file()):
         raise UsageError(f"--json {args.json}: cannot write a file there (a folder, or under a file)")
     dtypes = list(dict.fromkeys(args.dtype or ["fp32", "bf16"]))
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be a positive integer, got {args.jobs}")
+    jobs = args.jobs or default_jobs()
 
     from harness.files import write_json_atomic
     from harness.progress import Progress
     from harness.verdicts.fault_matrix import describe, format_fault_matrix, run_fault_matrix
 
-    print(f"{case.name}: {len(selected)} fault(s) x {', '.join(dtypes)}, teacher forcing on", file=sys.stderr)
+    print(f"{case.name}: {len(selected)} fault(s) x {', '.join(dtypes)}, teacher forcing on, "
+          f"{jobs} worker process{'es' if jobs > 1 else ''}", file=sys.stderr)
     with Progress(case.name) as progress:
         def after_each(done: int, total: int, outcome) -> None:
             progress.phase(f"[{done}/{total}] {describe(outcome)}")
 
-        progress.phase(f"fault 1 of {len(selected) * len(dtypes)} (the first run imports Diffusers)")
-        outcomes = run_fault_matrix(case, selected, dtypes, after_each, drill=not args.no_drill)
+        progress.phase(f"{len(selected) * len(dtypes)} runs: a reference per distinct request, then its faults "
+                       "(the first runs import Diffusers)")
+        outcomes = run_fault_matrix(case, selected, dtypes, after_each, jobs=jobs, drill=not args.no_drill)
     print(format_fault_matrix(outcomes))
     if args.json is not None:
         write_json_atomic(args.json, [outcome.to_dict() for outcome in outcomes])

@@ -15,13 +15,18 @@ def register(sub: argparse._SubParsersAction) -> None:
              "parity, not-noise verdict and multi-rank case",
         description="Print, per model of the native registry (or per MODEL family named), a checklist: case file "
                     "cases/test_<family>.py, Case(s), tiny offline checkpoint builder, fp32 golden for the cpu "
-                    "class, golden verify passing, not-noise verdict on trained output, and a passing multi-rank "
-                    "test when the DiT declares _tp_plan/_sp_plan.",
+                    "class, golden verify passing, not-noise verdict on trained output, and, when the DiT declares "
+                    "_tp_plan/_sp_plan, a test marked covers(FAMILY, <ranks>) plus the fp32 golden verified on ranks "
+                    "(against the golden and the single-rank verify, neither run again). Native runs use one "
+                    "intra-op thread, as goldens are recorded.",
         epilog="Exit codes: 0 every check ok or n/a, 1 something missing or failing, 2 unknown MODEL or bad usage.",
     )
     parser.add_argument("models", nargs="*", metavar="MODEL", help="registry family names (default: all)")
     parser.add_argument("--no-run", action="store_true",
                         help="check files only: no checkpoint builds, parity runs or multi-rank tests")
+    parser.add_argument("--run-tests", action="store_true",
+                        help="the multi-rank check also runs the tests marked covers(FAMILY, <ranks>) in a pytest "
+                             "subprocess (slower: they run Diffusers again)")
     parser.add_argument("--golden-dir", type=Path, metavar="DIR", help="golden root (default golden/)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the checklist as JSON")
     parser.set_defaults(handler=command_gate)
@@ -35,7 +40,7 @@ def command_gate(args: argparse.Namespace) -> int:
     try:
         with Progress("gate") as progress:
             report = check_models(args.models or None, golden_root=args.golden_dir, run=not args.no_run,
-                                  progress=progress.phase)
+                                  progress=progress.phase, run_tests=args.run_tests)
     except GateError as exc:
         raise UsageError(str(exc)) from None
     print(report.format())

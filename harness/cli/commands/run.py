@@ -63,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-drill", action="store_true",
                      help="do not drill a failing run down to the module of its first divergence (harness/drill/: "
                           "the divergent component re-run on both sides, every module compared)")
+    run.add_argument("--compile", choices=("none", "native", "reference", "both"), default="none",
+                     help="run that side's repeated DiT blocks under torch.compile (inductor; regional, like "
+                          "Diffusers' compile_repeated_blocks) and judge against the compiled calibration's floors "
+                          "when one is stored (`calibrate --compile`); the report's `compile` names mode and backend")
+    run.add_argument("--compile-mode", metavar="MODE", help="torch.compile mode (default: torch's default)")
     run.set_defaults(handler=command_run)
 
 
@@ -90,7 +95,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     # a case's own checkpoint: its stored calibration as before; a --model checkpoint: the one stored for its
     # identity, else (case form) the case's for that --model, and the report says which or that there is none
-    spec = load_tolerance_spec(case.name, request.dtype, request.device)
+    spec = load_tolerance_spec(case.name, request.dtype, request.device, compiled=args.compile != "none")
     if checkpoint is not None:
         from harness.golden.model_calibration import case_tolerance_spec, model_tolerance_spec
 
@@ -101,16 +106,20 @@ def command_run(args: argparse.Namespace) -> int:
     from harness.report.build import format_stage_table
     from harness.run.multirank import Topology
     from harness.run.parity import run_parity
+    from native_models.compile import CompileSettings
 
     topology = Topology(tp=args.tp, sp=args.sp)
+    if args.compile != "none" and topology.is_parallel:
+        raise UsageError(f"--compile {args.compile} runs on one rank; drop --tp/--sp")
     frames = f", {request.frames} frames" if case.video else ""
     if request.image is not None:
         frames += f", image {request.image.source} ({request.image.width}x{request.image.height})"
     ranks = f", native on {topology.world} ranks ({topology.name})" if topology.is_parallel else ""
+    compiled = "" if args.compile == "none" else f", compiled: {args.compile} (inductor, regional)"
     cfg = f", CFG {request.true_cfg_scale:g}" if request.do_true_cfg else ""
     print(f"{case.name}: {request.height}x{request.width}{frames}, {request.steps} steps, seed {request.seed}, "
           f"{request.max_sequence_length} tokens, guidance {request.guidance_scale:g}{cfg}, "
-          f"{request.dtype} on {request.device}{ranks}", file=sys.stderr)
+          f"{request.dtype} on {request.device}{ranks}{compiled}", file=sys.stderr)
     calibration = spec.calibration or {"used": bool(spec.calibrated), "path": spec.source}
     print(f"thresholds: {'calibration ' + str(calibration.get('path')) if calibration.get('used') else 'defaults'}"
           f"{' (' + str(calibration['floors']) + ')' if calibration.get('floors') else ''}; expecting "
@@ -123,7 +132,8 @@ def command_run(args: argparse.Namespace) -> int:
     with Progress(case.name, enabled=not args.no_progress) as progress:
         result = run_parity(case, request, model=args.model, out_dir=out_dir, progress=progress,
                             forcing=not args.no_forcing, tolerances=spec, topology=topology, expect=expect,
-                            extensions=extensions)
+                            extensions=extensions, compile_choice=args.compile,
+                            compile_settings=CompileSettings(mode=args.compile_mode))
     print(format_stage_table(result.comparison, result.report.get("noise"), result.report.get("tolerances")))
     if result.report.get("drill") is not None:
         from harness.report.drill_view import summary_sentence
