@@ -189,7 +189,7 @@ HARNESS_LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.compare",),
     ("harness.report", "harness.noise"),
     ("harness.run",),
-    ("harness.drill",),
+    ("harness.drill", "harness.bench"),
     ("harness.golden",),
     ("harness.verdicts",),
     ("harness.cli",),
@@ -205,8 +205,8 @@ def layer_violations(edges: dict[str, set[str]], layers: tuple[tuple[str, ...], 
 
 
 def test_harness_subpackages_form_layers(graph: dict[str, set[str]]) -> None:
-    """Data flows one way: outcome -> trace -> compare -> report/noise -> run -> drill -> golden -> verdicts -> cli,
-    so each subpackage can be read without the ones above it (no cycle between subpackages either)."""
+    """Data flows one way: outcome -> trace -> compare -> report/noise -> run -> drill/bench -> golden -> verdicts
+    -> cli, so each subpackage can be read without the ones above it (no cycle between subpackages either)."""
     edges = harness_package_graph(graph)
     cycles = find_cycles(edges)
     assert not cycles, "harness subpackages import each other: " + "; ".join(" <-> ".join(c) for c in cycles)

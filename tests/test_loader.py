@@ -47,6 +47,15 @@ def tiny_wan_i2v() -> Path:
     return tiny_wan_checkpoint(seed=0, config=TinyWanConfig(image_to_video=True))
 
 
+@pytest.fixture(scope="module")
+def tiny_llm_families() -> tuple[Path, Path]:
+    """Qwen-Image (Qwen2.5-VL text encoder, QwenImage DiT and VAE) and Z-Image (Qwen3, Z-Image DiT)."""
+    from references.qwenimage.tiny import tiny_qwenimage_checkpoint
+    from references.zimage.tiny import tiny_zimage_checkpoint
+
+    return tiny_qwenimage_checkpoint(seed=0), tiny_zimage_checkpoint(seed=0)
+
+
 def legacy_load(cls: type, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
     """The loader this one replaced, reduced to its numerics: build in fp32 (random init), read every tensor
     into memory, load strictly, cast the whole model."""
@@ -87,20 +96,27 @@ def components(checkpoint: Path) -> list[tuple[str, type]]:
             if class_name in MODEL_CLASSES]
 
 
-def test_every_native_model_class_is_covered(tiny_flux: Path, tiny_wan: Path, tiny_wan_i2v: Path) -> None:
-    """CLIPVisionModelWithProjection is in no tiny checkpoint: test_clip_vision_with_projection_loads_as_before."""
-    covered = {cls for checkpoint in (tiny_flux, tiny_wan, tiny_wan_i2v) for _, cls in components(checkpoint)}
-    assert covered | {CLIPVisionModelWithProjection} == {model_class(name) for name in MODEL_CLASSES}
+def test_every_native_model_class_is_covered(tiny_flux: Path, tiny_wan: Path, tiny_wan_i2v: Path,
+                                             tiny_llm_families: tuple[Path, Path]) -> None:
+    """Two classes are in no tiny checkpoint and load elsewhere: CLIPVisionModelWithProjection in
+    test_clip_vision_with_projection_loads_as_before, Qwen3ForCausalLM (a Z-Image text-encoder layout) in
+    tests/test_qwen3_text_encoder.py through load_component."""
+    checkpoints = (tiny_flux, tiny_wan, tiny_wan_i2v, *tiny_llm_families)
+    covered = {cls for checkpoint in checkpoints for _, cls in components(checkpoint)}
+    assert covered | {CLIPVisionModelWithProjection, model_class("Qwen3ForCausalLM")} == {model_class(name) for name in MODEL_CLASSES}
 
 
 @pytest.mark.parametrize("storage", ["fp32", "bf16"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("family", ["flux", "wan", "wan_i2v"])
+@pytest.mark.parametrize("family", ["flux", "wan", "wan_i2v", "qwenimage", "zimage"])
 def test_meta_build_and_mmap_give_the_old_modules_bit_for_bit(family: str, dtype: str, storage: str,
                                                               tiny_flux: Path, tiny_wan: Path, tiny_wan_i2v: Path,
+                                                              tiny_llm_families: tuple[Path, Path],
                                                               tmp_path: Path) -> None:
     """fp16 is no run dtype, but it is where T5 keeps `wo` in fp32: each class's own cast rules plan the dtypes."""
-    checkpoint = {"flux": tiny_flux, "wan": tiny_wan, "wan_i2v": tiny_wan_i2v}[family]
+    qwenimage, zimage = tiny_llm_families
+    checkpoint = {"flux": tiny_flux, "wan": tiny_wan, "wan_i2v": tiny_wan_i2v, "qwenimage": qwenimage,
+                  "zimage": zimage}[family]
     run_dtype = {**DTYPES, "fp16": torch.float16}[dtype]
     for name, cls in components(checkpoint):
         folder = checkpoint / name
