@@ -94,7 +94,31 @@ def stop_descendants(grace_s: float = GRACE_S) -> int:
     for pid in pids:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
+    forget_stopped_forkserver(pids)
     return len(pids)
+
+
+def forget_stopped_forkserver(stopped: list[int]) -> None:
+    """Make multiprocessing start a new forkserver next time if `stopped` included its current one.
+
+    The forkserver keeps its pid and asks `waitpid` whether it still lives before every launch; once stopped
+    and reaped here, that call raises ChildProcessError, so a process that goes on after a stopped command
+    (a test session, a notebook calling `main()`) could never launch ranks again."""
+    from multiprocessing import forkserver, util
+
+    server = forkserver._forkserver
+    with server._lock:
+        if server._forkserver_pid is None or server._forkserver_pid not in stopped:
+            return
+        with contextlib.suppress(OSError, TypeError):
+            os.close(server._forkserver_alive_fd)
+        address = server._forkserver_address
+        if address is not None and not util.is_abstract_socket_namespace(address):
+            with contextlib.suppress(OSError):
+                os.unlink(address)
+        server._forkserver_pid = None
+        server._forkserver_alive_fd = None
+        server._forkserver_address = None
 
 
 def _importing(frame: FrameType | None) -> bool:

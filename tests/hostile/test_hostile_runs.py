@@ -403,3 +403,23 @@ def test_the_report_says_weights_were_stored_in_bf16(tiny_flux_copy: Path, tmp_p
     assert weights["stored_dtypes"]["transformer"] == ["BF16"] and weights["run_dtype"] == "fp32"
     assert weights["stored_narrower_than_run"] == ["transformer"] and "upcast" in weights["note"]
 
+
+
+def _square(value: int) -> int:
+    return value * value
+
+
+def test_ranks_can_start_again_after_a_stopped_command_stopped_the_forkserver() -> None:
+    """A stop (or an error unwinding a command) stops every descendant, multiprocessing's forkserver included; a
+    process that goes on (a test session, a notebook calling main()) must still launch ranks afterwards. Before
+    harness.lifetime.forget_stopped_forkserver, the next launch raised ChildProcessError (waitpid of a reaped pid)."""
+    import multiprocessing
+
+    from harness.lifetime import stop_descendants
+
+    context = multiprocessing.get_context("forkserver")
+    with context.Pool(1) as pool:
+        assert pool.apply(_square, (3,)) == 9
+    assert stop_descendants(grace_s=0.5) >= 1  # the forkserver (and the resource tracker) were running
+    with context.Pool(1) as pool:
+        assert pool.apply(_square, (4,)) == 16
