@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from native_models.config_dict import split_config
-from native_models.models.autoencoder_kl_wan import AutoencoderKLWan, AutoencoderKLWanConfig
+from native_models.models.autoencoder_kl_wan import AutoencoderKLWanConfig, AutoencoderKLWanDecoder
 
 # Encoder-only or training-only keys: attention scales (the decoder never adds attention from them), dropout
 # (identity in eval).
@@ -60,8 +60,9 @@ class AutoencoderKLQwenImageConfig:
         return config
 
 
-class AutoencoderKLQwenImage(AutoencoderKLWan):
-    """Decode-only Qwen-Image VAE; `decode` equals Diffusers' `AutoencoderKLQwenImage.decode(z).sample`."""
+class AutoencoderKLQwenImage(AutoencoderKLWanDecoder):
+    """Decode-only Qwen-Image VAE; `decode` equals Diffusers' `AutoencoderKLQwenImage.decode(z).sample`. The
+    encoder is neither built nor loaded (text-to-image only decodes), as for Wan text-to-video."""
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> AutoencoderKLQwenImage:
