@@ -197,7 +197,6 @@ def test_screenshots_of_a_passing_and_a_failing_run(tmp_path: Path) -> None:
     from harness.run.cases import get_case
     from harness.run.parity import run_parity
     from harness.verdicts.faults import get_fault
-
     from native_models.attention import attention_backend
 
     out = tmp_path / "pass"
