@@ -110,3 +110,12 @@ def test_diffparity_run_drills_a_failing_run_unless_told_not_to(no_drill: bool, 
         assert report["first_divergence"]["module"] == "decoder.mid_block.resnets.0.norm1"
         assert report["drill"]["status"] == "ran" and report["drill"]["trigger"] == "first_divergence"
         assert "decoder.mid_block.resnets.0.norm1" in capsys.readouterr().out
+
+
+def test_drilling_a_case_without_a_reference_probe_is_refused_before_any_work(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """A case that declares no probe (wan-i2v-tiny) is one line and exit 2 before a checkpoint is built or the
+    reference starts, not after the 'drilling ...' header."""
+    assert main(["drill", "wan-i2v-tiny", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "declares no reference probe" in err and "drilling" not in err and len(err.strip().splitlines()) == 1

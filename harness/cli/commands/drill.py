@@ -59,6 +59,9 @@ def command_drill(args: argparse.Namespace) -> int:
     from harness.run.cases import get_case
 
     case = get_case(args.case)
+    if case.run_reference_probe is None:  # before any work: the reference could not be captured
+        raise UsageError(f"case {case.name} declares no reference probe (Case.run_reference_probe): it cannot be "
+                         f"drilled")
     if args.out is not None:
         check_out_dir(args.out)
     if args.stage is None and (args.field or args.step is not None):
