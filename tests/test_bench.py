@@ -39,6 +39,17 @@ def test_flux_tiny_bench_reports_every_stage_with_finite_ratios() -> None:
     assert set(data["stages"][0]["native"]) >= {"median_ms", "p25_ms", "p75_ms", "samples_ms", "weights_mib"}
     table = result.format()
     assert all(name in table for name in STAGES) and "native/Diffusers" in table
+    assert data["untimed"] == {} and "not timed" not in table  # every stage was called on both sides
+
+
+def test_a_stage_one_side_never_calls_is_named_not_dropped() -> None:
+    """Qwen-Image's native text encoder is called through another method than forward(): the bench says so in
+    the table and the JSON instead of leaving the stage out silently."""
+    case = get_case("qwenimage-tiny")
+    result = run_bench(case, case.request(steps=2), repeats=1, warmup=0, end_to_end=False)
+    assert "text_encoder" not in {s.name for s in result.stages}
+    assert result.untimed == {"text_encoder": "the native side never called its forward()"}
+    assert "not timed: text_encoder" in result.format()
 
 
 def _delay(*_: Any, **__: Any) -> None:

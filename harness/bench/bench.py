@@ -112,6 +112,9 @@ def run_bench(
         for name, native in native_calls.items():
             reference = reference_calls.get(name)
             if reference is None or not (native.captured and reference.captured):
+                sides = [side for side, capture in (("native", native), ("Diffusers", reference))
+                         if capture is None or not capture.captured]
+                result.untimed[name] = f"the {' and '.join(sides)} side never called its {native.method}()"
                 continue
             say(f"{name}: {warmup} warm-up + {repeats} alternating repeats per side")
             result.stages.append(_time_stage(name, native, reference, repeats, warmup, device))

@@ -55,6 +55,8 @@ class BenchResult:
     warmup: int
     stages: list[StageTiming] = field(default_factory=list)
     end_to_end: StageTiming | None = None
+    # stages that could not be timed, with why (e.g. one side encodes text through another method than forward)
+    untimed: dict[str, str] = field(default_factory=dict)
 
     def all_stages(self) -> list[StageTiming]:
         return self.stages + ([self.end_to_end] if self.end_to_end is not None else [])
@@ -63,7 +65,8 @@ class BenchResult:
         return {"case": self.case, "request": self.request, "environment": self.environment,
                 "compile": self.compile, "repeats": self.repeats, "warmup": self.warmup,
                 "stages": [s.to_dict() for s in self.stages],
-                "end_to_end": self.end_to_end.to_dict() if self.end_to_end is not None else None}
+                "end_to_end": self.end_to_end.to_dict() if self.end_to_end is not None else None,
+                "untimed": dict(self.untimed)}
 
     def format(self) -> str:
         """The terminal table: per stage the median (25th-75th percentile) of each side, the ratio and verdict."""
@@ -95,6 +98,7 @@ class BenchResult:
                    if s.native.weights_mib is not None and s.reference.weights_mib is not None]
         if weights:
             lines.append("weights MiB, native/Diffusers: " + ", ".join(weights))
+        lines += [f"not timed: {name} ({why})" for name, why in self.untimed.items()]
         return "\n".join(lines)
 
 
