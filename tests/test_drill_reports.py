@@ -119,3 +119,19 @@ def test_drilling_a_case_without_a_reference_probe_is_refused_before_any_work(tm
     assert main(["drill", "wan-i2v-tiny", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "declares no reference probe" in err and "drilling" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failing_run_of_a_case_without_a_probe_says_the_drill_was_skipped_and_why(tmp_path: Path) -> None:
+    """zimage-tiny declares no reference probe: its failing run keeps its verdict and the drill section says it
+    was skipped for that reason (not an error), with `first_divergence.module` null."""
+    from harness.verdicts.faults import faults_for
+
+    case = get_case("zimage-tiny")
+    assert case.run_reference_probe is None
+    fault = next(f for f in faults_for("zimage") if f.applies_to("fp32") and f.topology == (1, 1))
+    request = fault.request_for(case.request(dtype="fp32"))
+    result = run_parity(case, request, mutate_native=fault.apply, extensions=[drill_on_failure])
+    assert not result.passed
+    drill = result.report["drill"]
+    assert drill["status"] == "skipped" and "declares no reference probe" in drill["reason"]
+    assert result.report["first_divergence"]["module"] is None
