@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ import torch.multiprocessing as mp
 from numerics import rel_l2
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from harness.run.multirank import free_port
 from native_models.attention import attention_backend
 from native_models.loader import load_component
 from native_models.models.wan_transformer import (
@@ -251,12 +251,6 @@ def worker(rank: int, world: int, port: int, tp: int, sp: int, folder: str, out_
         torch.save({"output": output, "block0": captured[0]}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         destroy_parallel()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

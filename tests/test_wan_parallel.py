@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,8 +22,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from numerics import cosine, rel_l2
+from parallel_faults import faults_for, mutate
 from safetensors.torch import save_file
 
+from harness.run.multirank import free_port
 from native_models.errors import NativeError
 from native_models.loader import load_component
 from native_models.models.wan_transformer import WanConfig, WanTransformer3DModel
@@ -107,26 +108,12 @@ def heads_back_in_wrong_order(x: torch.Tensor, group: dist.ProcessGroup | None) 
     return out.unflatten(1, (comm.group_size(group), -1)).flip(1).flatten(1, 2)
 
 
-def mutate(kind: type, **attributes: object) -> Callable[[torch.nn.Module], None]:
-    def apply(model: torch.nn.Module) -> None:
-        for module in model.modules():
-            if isinstance(module, kind):
-                for name, value in attributes.items():
-                    setattr(module, name, value)
-
-    return apply
-
-
 FAULTS: dict[str, tuple[str, Callable[[torch.nn.Module], None]]] = {  # name -> (shape, mutation)
     "sp_heads_wrong_order": ("even", mutate(UlyssesAttention, to_sequence=heads_back_in_wrong_order)),
     "sp_padding_unmasked": ("odd", mutate(UlyssesAttention, mask_padded_keys=False)),
     # the q/k norm spans all heads; without its all-reduce each rank normalises by its own heads' sum of squares
     "tp_qk_norm_not_reduced": ("even", mutate(ShardedRMSNorm, group=None)),
 }
-
-
-def faults_for(tp: int, sp: int) -> list[str]:
-    return [name for name in FAULTS if (name.startswith("sp_") and sp > 1) or (name.startswith("tp_") and tp > 1)]
 
 
 def worker(rank: int, world: int, port: int, tp: int, sp: int, folder: str, out_dir: str) -> None:
@@ -142,7 +129,7 @@ def worker(rank: int, world: int, port: int, tp: int, sp: int, folder: str, out_
         bf16 = load_parallel_component(WanTransformer3DModel, Path(folder), mesh, dtype=torch.bfloat16)
         with torch.no_grad():
             results["odd/output_bf16"] = bf16(**make_inputs(SHAPES["odd"], torch.bfloat16))
-        for fault in faults_for(tp, sp):
+        for fault in faults_for(FAULTS, tp, sp):
             shape, apply = FAULTS[fault]
             broken = load_parallel_component(WanTransformer3DModel, Path(folder), mesh)
             apply(broken)
@@ -153,12 +140,6 @@ def worker(rank: int, world: int, port: int, tp: int, sp: int, folder: str, out_
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         destroy_parallel()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------------
@@ -246,7 +227,7 @@ def test_weights_are_sharded(topology: dict) -> None:
 
 
 def test_broken_shard_is_caught(topology: dict, single_rank: dict[str, torch.Tensor]) -> None:
-    for fault in faults_for(topology["tp"], topology["sp"]):
+    for fault in faults_for(FAULTS, topology["tp"], topology["sp"]):
         shape = FAULTS[fault][0]
         err = rel_l2(topology["ranks"][0][f"{fault}/output"], single_rank[f"{shape}/output"])
         print(f"{topology['name']} broken shard {fault}: rel_l2 {err:.3e}")
