@@ -30,6 +30,11 @@ def text_spec_changed(pipeline: ComposedPipeline, **changes: Any) -> None:
     holders[0].spec = replace(holders[0].spec, **changes)
 
 
+def encoder_mask_ignored(pipeline: ComposedPipeline) -> None:
+    """The text encoder runs without the tokenizer's padding mask (causal attention only)."""
+    text_spec_changed(pipeline, attention_mask=False)
+
+
 def tiled_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     """(B, H_kv, L, D) -> (B, H_kv * groups, L, D) with the k/v heads tiled (0, 1, 0, 1) instead of each serving
     `groups` consecutive query heads (0, 0, 1, 1): `repeat` where `repeat_interleave` is meant."""

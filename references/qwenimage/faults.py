@@ -26,6 +26,7 @@ import torch
 from harness.verdicts.faults import Fault, parallel_modules, register, swap_qk_norm_weights, wrap_after
 from native_models.pipeline import ComposedPipeline
 from references.common.llm_faults import (
+    encoder_mask_ignored,
     gqa_groups_wrong,
     rmsnorm_in_half_precision,
     rotary_split_half,
@@ -65,17 +66,13 @@ register(Fault(
 ))
 
 
-def _encoder_mask_ignored(pipeline: ComposedPipeline) -> None:
-    text_spec_changed(pipeline, attention_mask=False)
-
-
 register(Fault(
     name="qwen_text_encoder_mask_ignored",
     description="the Qwen2.5-VL encoder run without the tokenizer's padding mask (causal only): the shorter "
                 "prompt's real tokens also attend to the padding in front of them (two prompts of different "
                 "lengths, left padding)",
     expected_stage="encode", expected_field="prompt_embeds", expected_step=None,
-    apply=_encoder_mask_ignored, families=FAMILY, request_overrides=SHORTER_PROMPT,
+    apply=encoder_mask_ignored, families=FAMILY, request_overrides=SHORTER_PROMPT,
 ))
 
 

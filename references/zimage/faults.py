@@ -25,6 +25,7 @@ from harness.verdicts.faults import Fault, register, swap_qk_norm_weights, wrap_
 from native_models.pipeline import ComposedPipeline
 from native_models.req import Req
 from references.common.llm_faults import (
+    encoder_mask_ignored,
     gqa_groups_wrong,
     rmsnorm_in_half_precision,
     rotary_split_half,
@@ -68,16 +69,12 @@ register(Fault(
 ))
 
 
-def _encoder_mask_ignored(pipeline: ComposedPipeline) -> None:
-    text_spec_changed(pipeline, attention_mask=False)
-
-
 register(Fault(
     name="zimage_text_encoder_mask_ignored",
     description="the Qwen3 encoder run without the padding mask (causal only): with the tokenizer padding on "
                 "the left to max_sequence_length, every real token also attends to the padding in front of it",
     expected_stage="encode", expected_field="prompt_embeds", expected_step=None,
-    apply=_encoder_mask_ignored, families=FAMILY,
+    apply=encoder_mask_ignored, families=FAMILY,
 ))
 
 
