@@ -4,19 +4,36 @@ records still pass: the error is charged to the stage that makes it, not to ever
 faults (`raises`) must be refused by the stage that checks the field, naming stage and field.
 
 Runs in fp32 and bf16 (where the fault exists in that precision) at the case's tolerances (the stored
-calibration when there is one).
+calibration when there is one). The Diffusers side is run once per distinct request in this process and shared by
+every fault of that request (`reference_of`), as `diffparity faults` does: it is deterministic for a request, so
+sharing it changes no number, and each test then costs its native runs only.
 """
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from harness.run.cases import get_case
-from harness.run.parity import run_parity
+from harness.run.parity import run_parity, run_reference_side
+from harness.run.request import GenerationRequest
+from harness.run.runners import SideRun
 from harness.trace.keys import STAGES
 from harness.verdicts.fault_matrix import trace_stage_of
 from harness.verdicts.faults import FAULTS, Fault, faults_for
 from native_models.errors import StageFieldError
+
+_REFERENCES: dict[str, SideRun] = {}
+
+
+def reference_of(request: GenerationRequest) -> SideRun:
+    """flux-tiny's reference side of `request`, run once per distinct request in this test process."""
+    key = json.dumps(request.to_dict(), sort_keys=True)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = run_reference_side(get_case("flux-tiny"), request)
+    return _REFERENCES[key]
+
 
 PAIRS = [(fault, dtype) for fault in faults_for("flux") for dtype in ("fp32", "bf16") if fault.applies_to(dtype)]
 
@@ -28,10 +45,10 @@ def test_fault_is_localized_with_forcing(fault: Fault, dtype: str) -> None:
     stage, field, step = fault.expected_for(request)
     if fault.raises:
         with pytest.raises(StageFieldError) as caught:
-            run_parity(case, request, mutate_native=fault.apply)
+            run_parity(case, request, mutate_native=fault.apply, reference=reference_of(request))
         assert (trace_stage_of(caught.value.stage), caught.value.field) == (stage, field), str(caught.value)
         return
-    result = run_parity(case, request, mutate_native=fault.apply)
+    result = run_parity(case, request, mutate_native=fault.apply, reference=reference_of(request))
     comparison = result.comparison
     first = comparison.first_divergence
     assert not result.passed and first is not None

@@ -3,7 +3,8 @@ FLUX.1-schnell and Wan 2.1 T2V 1.3B (real widths, one or two layers, bf16 and sh
 repositories: references/<family>/published.py) run through the command a user types, `diffparity run --model
 DIR --dtype fp32`, at the family's own token length (512, 256, 512) and a small size.
 
-Slow (about 1 GB of bf16 weights per folder, 4 GiB per side in fp32): marked `slow`, run in the CPU suite.
+Slow (about 1 GB of bf16 weights per folder, 4 GiB per side in fp32): marked `slow`, run in the CPU suite. Each
+folder is built once into the checkpoint cache ($DIFFPARITY_CACHE/published/) and reused by later runs.
 Larger builds (more layers, the real shard sizes): scripts/published_configs.py.
 """
 
@@ -25,18 +26,22 @@ pytestmark = pytest.mark.slow
 SMALL = ["--height", "32", "--width", "32", "--steps", "1"]
 
 
-def _flux(variant: str) -> Callable[[Path], Path]:
-    def build(out: Path) -> Path:
+def _flux(variant: str) -> Callable[[], Path]:
+    def build() -> Path:
+        from references.common.published_build import cached_published
         from references.flux.published import build_published_flux
 
-        return build_published_flux(out, variant, double=1, single=1, t5_layers=1, clip_layers=1)
+        sizes = {"double": 1, "single": 1, "t5_layers": 1, "clip_layers": 1}
+        return cached_published(variant, sizes, lambda out: build_published_flux(out, variant, **sizes))
     return build
 
 
-def _wan(out: Path) -> Path:
+def _wan() -> Path:
+    from references.common.published_build import cached_published
     from references.wan.published import build_published_wan
 
-    return build_published_wan(out, dit_layers=1, umt5_layers=1)
+    sizes = {"dit_layers": 1, "umt5_layers": 1}
+    return cached_published("wan-1.3b", sizes, lambda out: build_published_wan(out, **sizes))
 
 
 # name -> (builder, extra flags, sharded component, expected tokens, expected guidance)
@@ -50,7 +55,7 @@ FOLDERS = {
 @pytest.mark.parametrize("name", list(FOLDERS))
 def test_published_config_folder_passes_the_users_command(name: str, tmp_path: Path) -> None:
     build, flags, sharded, tokens, guidance = FOLDERS[name]
-    folder = build(tmp_path / name)
+    folder = build()  # built once into the checkpoint cache
     index = next((folder / sharded).glob("*.safetensors.index.json"))  # sharded as the public repositories are
     shards = sorted((folder / sharded).glob("*-of-*.safetensors"))
     assert len(shards) >= 2 and len(set(json.loads(index.read_text())["weight_map"].values())) == len(shards)

@@ -42,11 +42,12 @@ from native_models.loader import read_json, read_model_index
 from native_models.parallel import ParallelError, destroy_parallel, init_parallel
 from native_models.pipeline import ComposedPipeline
 
-# forkserver: one clean server process imports torch, the native runtime and transformers' tokenizer machinery
-# (~2 s of import per rank otherwise) once; every rank is forked from it. Cheaper than spawn and safe where fork
-# is not (the harness process has run multi-threaded torch code and the reference side by then).
+# forkserver: one clean server process imports torch, the native runtime, every native model module and what torch
+# imports on its meta-device path (native_models/warm_start.py), and transformers' tokenizer machinery, once
+# (2-4 s of import per rank otherwise); every rank is forked from it. Cheaper than spawn and safe where fork is
+# not (the harness process has run multi-threaded torch code and the reference side by then).
 START_METHOD = "forkserver"
-PRELOAD = ["harness.run.multirank", "transformers.models.auto.tokenization_auto"]
+PRELOAD = ["harness.run.multirank", "native_models.warm_start", "transformers.models.auto.tokenization_auto"]
 
 
 class MultiRankError(RuntimeError):

@@ -22,7 +22,8 @@ from typing import Any
 
 START_METHOD = "forkserver"
 # a superset of harness/run/multirank.py's PRELOAD: one forkserver serves both (the first caller's list wins)
-PRELOAD = ["harness.verdicts.fault_matrix", "harness.run.multirank", "transformers.models.auto.tokenization_auto"]
+PRELOAD = ["harness.verdicts.fault_matrix", "harness.run.multirank", "native_models.warm_start",
+           "transformers.models.auto.tokenization_auto"]
 
 
 def threads_per_worker(jobs: int) -> int:

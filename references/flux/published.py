@@ -1,6 +1,6 @@
 """FLUX.1-dev and FLUX.1-schnell folders from their published component configs (real widths, few layers).
 
-Used by the real-config parity test (cases/test_published_configs.py) and scripts/measure_load.py, and by
+Used by the real-config parity test (tests/test_published_configs.py) and scripts/measure_load.py, and by
 scripts/published_configs.py for larger builds. Random weights: the build record says so (`random_weights`).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from references.common.published_build import DefaultDtype, save_published
+from references.common.published_build import DefaultDtype, fill_random, save_published, unallocated
 from references.flux.components import FLUX_DEV_SCHEDULER
 
 # black-forest-labs/FLUX.1-dev: transformer/config.json (layers set by the builder)
@@ -53,16 +53,19 @@ def build_published_flux(out: Path, variant: str = "flux-dev", double: int = 1, 
     if variant not in VARIANTS:
         raise ValueError(f"unknown FLUX variant {variant!r}; known: {', '.join(VARIANTS)}")
     transformer, scheduler = VARIANTS[variant]
-    torch.manual_seed(seed)
-    with DefaultDtype(torch.bfloat16):
-        pipe = FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(**scheduler),
-            vae=AutoencoderKL(**FLUX_DEV_VAE),
-            text_encoder=CLIPTextModel(CLIPTextConfig(**FLUX_DEV_CLIP, num_hidden_layers=clip_layers)),
-            tokenizer=build_clip_tokenizer(CLIP_MERGES),
-            text_encoder_2=T5EncoderModel(T5Config(**FLUX_DEV_T5, num_layers=t5_layers)),
-            tokenizer_2=build_t5_tokenizer(),
-            transformer=FluxTransformer2DModel(**transformer, num_layers=double, num_single_layers=single),
-        )
+    with DefaultDtype(torch.bfloat16), unallocated():
+        vae = AutoencoderKL(**FLUX_DEV_VAE)
+        clip = CLIPTextModel(CLIPTextConfig(**FLUX_DEV_CLIP, num_hidden_layers=clip_layers))
+        t5 = T5EncoderModel(T5Config(**FLUX_DEV_T5, num_layers=t5_layers))
+        dit = FluxTransformer2DModel(**transformer, num_layers=double, num_single_layers=single)
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**scheduler),
+        vae=fill_random(vae, seed),
+        text_encoder=fill_random(clip, seed + 1),
+        tokenizer=build_clip_tokenizer(CLIP_MERGES),
+        text_encoder_2=fill_random(t5, seed + 2),
+        tokenizer_2=build_t5_tokenizer(),
+        transformer=fill_random(dit, seed + 3),
+    )
     sizes = {"double": double, "single": single, "t5_layers": t5_layers, "clip_layers": clip_layers, "shard": shard}
     return save_published(pipe, out, variant, sizes, shard)

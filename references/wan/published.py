@@ -1,6 +1,6 @@
 """Wan 2.1 T2V 1.3B folders from its published component configs (real widths, few layers).
 
-Used by the real-config parity test (cases/test_published_configs.py), scripts/measure_load.py and
+Used by the real-config parity test (tests/test_published_configs.py), scripts/measure_load.py and
 scripts/published_configs.py. Random weights: the build record says so (`random_weights`).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from references.common.published_build import DefaultDtype, save_published
+from references.common.published_build import DefaultDtype, fill_random, save_published, unallocated
 from references.wan.tiny import WAN_2_1_SCHEDULER
 
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers: transformer/config.json (layers set by the builder)
@@ -32,14 +32,16 @@ def build_published_wan(out: Path, dit_layers: int = 2, umt5_layers: int = 2, sh
 
     from references.common.tokenizers import build_umt5_tokenizer
 
-    torch.manual_seed(seed)
-    with DefaultDtype(torch.bfloat16):
-        pipe = WanPipeline(
-            tokenizer=build_umt5_tokenizer(),
-            text_encoder=UMT5EncoderModel(UMT5Config(**WAN_UMT5, num_layers=umt5_layers)),
-            transformer=WanTransformer3DModel(**WAN_13B_TRANSFORMER, num_layers=dit_layers),
-            vae=AutoencoderKLWan(),  # Diffusers' defaults are Wan 2.1's VAE
-            scheduler=UniPCMultistepScheduler(**WAN_2_1_SCHEDULER),
-        )
+    with DefaultDtype(torch.bfloat16), unallocated():
+        text_encoder = UMT5EncoderModel(UMT5Config(**WAN_UMT5, num_layers=umt5_layers))
+        transformer = WanTransformer3DModel(**WAN_13B_TRANSFORMER, num_layers=dit_layers)
+        vae = AutoencoderKLWan()  # Diffusers' defaults are Wan 2.1's VAE
+    pipe = WanPipeline(
+        tokenizer=build_umt5_tokenizer(),
+        text_encoder=fill_random(text_encoder, seed),
+        transformer=fill_random(transformer, seed + 1),
+        vae=fill_random(vae, seed + 2),
+        scheduler=UniPCMultistepScheduler(**WAN_2_1_SCHEDULER),
+    )
     sizes = {"dit_layers": dit_layers, "umt5_layers": umt5_layers, "shard": shard}
     return save_published(pipe, out, "wan-1.3b", sizes, shard)

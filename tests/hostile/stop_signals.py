@@ -2,9 +2,9 @@
 
 `stop_run` starts the command in a session of its own (so every process it ever started, ranks forked by the
 forkserver included, is found by its session id), waits for a progress line on stderr, sends the signal, and
-five seconds after the command exits counts the session's processes still alive and the hidden folders left
-in its output folder and the checkpoint cache. Run this file to measure the issue's matrix (SIGTERM and
-SIGINT at 5 moments of `run wan-tiny --tp 2 --sp 2`):
+counts the session's processes still alive five seconds after the command exits (stopping early once none is)
+and the hidden folders left in its output folder and the checkpoint cache. Run this file to measure the issue's
+matrix (SIGTERM and SIGINT at 5 moments of `run wan-tiny --tp 2 --sp 2`):
 
     .venv/bin/python tests/hostile/stop_signals.py
 """
@@ -49,6 +49,17 @@ def session_processes(sid: int) -> list[str]:
         if int(fields[3]) == sid and fields[0] != "Z":
             found.append(f"{entry.name} {stat[stat.find('(') + 1:stat.rfind(')')]}")
     return found
+
+
+def wait_for_session_to_empty(sid: int, grace_s: float) -> list[str]:
+    """The session's processes still alive `grace_s` after the command exited ([] as soon as none is: once the
+    whole session is gone nothing is left that could start another, so waiting longer shows nothing new)."""
+    deadline = time.monotonic() + grace_s
+    left = session_processes(sid)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = session_processes(sid)
+    return left
 
 
 def hidden_folders(*folders: Path) -> list[str]:
@@ -122,8 +133,7 @@ def stop_run(argv: list[str], out: Path, moment: str, signum: int, env: dict[str
     except subprocess.TimeoutExpired:
         code = None
     stopped = time.monotonic() - sent
-    time.sleep(5.0)
-    left = session_processes(process.pid)
+    left = wait_for_session_to_empty(process.pid, grace_s=5.0)
     if left:  # never leave them to the machine: the test fails, the processes go
         os.killpg(process.pid, signal.SIGKILL)
     reader.join(timeout=5)
