@@ -78,9 +78,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         chosen = set(partition(durations, count)[index - 1])
         dropped += [i for i in kept if i.nodeid not in chosen]
         kept = [i for i in kept if i.nodeid in chosen]
+    if suite:
+        kept = longest_first(kept, load_durations(config.getoption("--durations-file")))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+    items[:] = kept
+
+
+def longest_first(items: list[pytest.Item], measured: dict[str, float]) -> list[pytest.Item]:
+    """`items` by recorded duration, longest first (ties keep collection order): handed out one at a time by
+    xdist (`--maxschedchunk 1`, ci/runner.py), the long tests start first and the short ones fill in the end, so
+    no worker is left running a 40 s test after the others finished."""
+    durations = estimated_durations([i.nodeid for i in items], measured)
+    return sorted(items, key=lambda item: -durations[item.nodeid])
 
 
 def is_infra_failure(excinfo: pytest.ExceptionInfo[BaseException] | None) -> bool:

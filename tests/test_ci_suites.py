@@ -93,3 +93,23 @@ def test_partitions_are_disjoint_and_complete(pytester: pytest.Pytester) -> None
         seen.append({t["case"] for t in report["tests"]})
     assert not seen[0] & seen[1]
     assert len(seen[0] | seen[1]) == 3
+
+
+def test_a_suite_runs_its_longest_tests_first(pytester: pytest.Pytester) -> None:
+    """Recorded durations order the suite (a test never measured counts as the median), so xdist hands out the
+    long tests first; without --suite the collection order stays."""
+    pytester.makepyfile(test_sample=SAMPLE)
+    durations = pytester.path / "durations.json"
+    durations.write_text(json.dumps({"test_sample.py::test_flux[bf16]": 9.0, "test_sample.py::test_flaky_machine": 0.1,
+                                     "test_sample.py::test_accuracy_failure": 5.0}))  # median 5.0 for test_flux[fp32]
+
+    def order(*args: str) -> list[str]:
+        result = pytester.runpytest("-p", "ci.pytest_plugin", "--collect-only", "-q", *args)
+        return [line.split("::")[1] for line in result.outlines if "::" in line]
+
+    assert order("--suite", "cpu", "--durations-file", str(durations)) == [
+        "test_flux[bf16]", "test_flux[fp32]", "test_accuracy_failure", "test_flaky_machine"]
+    durations.write_text(json.dumps({"test_sample.py::test_flaky_machine": 7.0,
+                                     "test_sample.py::test_flux[fp32]": 1.0}))
+    assert order("--suite", "cpu", "--durations-file", str(durations))[0] == "test_flaky_machine"
+    assert order()[:2] == ["test_flux[fp32]", "test_flux[bf16]"]
