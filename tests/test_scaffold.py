@@ -4,7 +4,9 @@ The toy family is FLUX.1's architecture under the name `toy` (its tiny checkpoin
 naming `ToyPipeline`, so the registry tells it from FLUX). The test copies the repository's code into a temporary
 root, then walks the doc step by step: each `TODO(scaffold:ID)` block a step names is replaced by the toy's code
 (FILLS below), and each command in the step's bash blocks is run as written in that root (`diffparity` and
-`python -m pytest`), expecting the exit code its comment gives (`# exit 1`), else 0. The doc's blocks, the
+`python -m pytest`), expecting the exit code its comment gives (`# exit 1`), else 0. Each command is a process of
+its own, forked from a launcher that has torch and diffusers imported but none of the root's code
+(tests/warm_commands.py): nine fresh interpreters would spend ~40 s importing them again. The doc's blocks, the
 scaffold's blocks and FILLS must name the same ids, so a block added to either without the other fails here.
 Everything is written under pytest's tmp_path (the copy, its tiny-checkpoint cache): nothing outside changes.
 """
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from warm_commands import Completed, WarmCommands
 
 from harness.cli.main import main
 from harness.scaffold import scaffold_family, todo_blocks, todo_ids
@@ -121,15 +124,15 @@ def copy_repository(target: Path) -> Path:
     return target
 
 
-def run_command(command: str, root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_command(command: str, warm: WarmCommands) -> Completed:
+    """`command` as the doc writes it, in the copied root; from a warm interpreter (tests/warm_commands.py) that
+    has torch and diffusers imported but none of the root's code, which each command imports afresh."""
     argv = command.replace("FAMILY", FAMILY).split()
     if argv[0] == "diffparity":
-        argv = [sys.executable, "-m", "harness.cli.main", *argv[1:]]
-    elif argv[:3] == ["python", "-m", "pytest"]:
-        argv = [sys.executable, "-m", "pytest", *argv[3:], "-q", "-p", "no:cacheprovider"]
-    else:
-        raise AssertionError(f"docs/adding-a-model.md runs a command this test does not know: {command}")
-    return subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        return warm.run("harness.cli.main", argv[1:])
+    if argv[:3] == ["python", "-m", "pytest"]:
+        return warm.run("pytest", [*argv[3:], "-q", "-p", "no:cacheprovider"])
+    raise AssertionError(f"docs/adding-a-model.md runs a command this test does not know: {command}")
 
 
 def test_doc_scaffold_and_fills_name_the_same_blocks() -> None:
@@ -190,26 +193,33 @@ def test_a_write_that_fails_midway_leaves_nothing(tmp_path: Path, monkeypatch: p
     assert not list(root.glob(".scaffold-*"))
 
 
+def follow_step(title: str, blocks: list[str], commands: list[tuple[str, int]], files: list[Path],
+                warm: WarmCommands, ran: list[str]) -> None:
+    """Fill the step's TODO blocks, then run its commands, each expected to exit as the doc's comment says."""
+    for block in blocks:
+        owner = next(b.path for b in todo_blocks(files) if b.id == block)
+        owner.write_text(replace_block(owner.read_text(), block, FILLS[block]))
+    for command, expected in commands:
+        proc = run_command(command, warm)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == expected, f"{title}: `{command}` exited {proc.returncode}:\n{output[-3000:]}"
+        ran.append(command)
+        if command.startswith("diffparity gate") and expected == 1:
+            # right after the scaffold the gate names every block and what the stubs leave missing
+            assert all(f"{block} (" in output for block in BLOCKS), output
+            assert "missing  todo blocks   6 left" in output and "TODO(scaffold:tiny-builder)" in output
+            assert "gate: FAIL: toy (todo blocks, tiny builder, golden (cpu), parity" in output
+
+
 def test_following_adding_a_model_on_a_toy_family_passes_the_gate(tmp_path: Path) -> None:
     root = copy_repository(tmp_path / "repo")
     env = {**os.environ, "DIFFPARITY_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
            "DIFFPARITY_HEARTBEAT_S": "60"}
     ran = []
     files = [root / path for path in family_files(FAMILY)]  # where the scaffold writes (the templates hold markers too)
-    for title, blocks, commands in doc_steps():
-        for block in blocks:
-            owner = next(b.path for b in todo_blocks(files) if b.id == block)
-            owner.write_text(replace_block(owner.read_text(), block, FILLS[block]))
-        for command, expected in commands:
-            proc = run_command(command, root, env)
-            output = proc.stdout + proc.stderr
-            assert proc.returncode == expected, f"{title}: `{command}` exited {proc.returncode}:\n{output[-3000:]}"
-            ran.append(command)
-            if command.startswith("diffparity gate") and expected == 1:
-                # right after the scaffold the gate names every block and what the stubs leave missing
-                assert all(f"{block} (" in output for block in BLOCKS), output
-                assert "missing  todo blocks   6 left" in output and "TODO(scaffold:tiny-builder)" in output
-                assert "gate: FAIL: toy (todo blocks, tiny builder, golden (cpu), parity" in output
+    with WarmCommands(root, env) as warm:
+        for title, blocks, commands in doc_steps():
+            follow_step(title, blocks, commands, files, warm, ran)
     assert ran[0] == "diffparity scaffold FAMILY" and ran[-2:] == ["diffparity gate FAMILY",
                                                                     "python -m pytest cases/test_FAMILY.py"]
     assert not todo_blocks(files)
