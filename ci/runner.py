@@ -63,8 +63,8 @@ def command_run(args: argparse.Namespace) -> int:
            "--execution-report", str(report), "--infra-retries", str(args.infra_retries)]
     if args.partition:
         cmd += ["--partition", args.partition]
-    if args.workers > 1:  # one test at a time to whichever worker is free, longest first (ci/pytest_plugin.py)
-        cmd += ["-n", str(args.workers), "--maxschedchunk", "1"]
+    if args.workers > 1:  # whole modules to whichever worker is free, longest first (ci/pytest_plugin.py)
+        cmd += ["-n", str(args.workers), "--dist", "loadscope", "--no-loadscope-reorder"]
     if args.record_durations:
         cmd += ["--record-durations", str(DURATIONS)]
     code = subprocess.call(cmd, cwd=ROOT)

@@ -95,21 +95,34 @@ def test_partitions_are_disjoint_and_complete(pytester: pytest.Pytester) -> None
     assert len(seen[0] | seen[1]) == 3
 
 
-def test_a_suite_runs_its_longest_tests_first(pytester: pytest.Pytester) -> None:
-    """Recorded durations order the suite (a test never measured counts as the median), so xdist hands out the
-    long tests first; without --suite the collection order stays."""
-    pytester.makepyfile(test_sample=SAMPLE)
+SECOND_MODULE = """
+def test_long():
+    pass
+
+def test_short():
+    pass
+"""
+
+
+def test_a_suite_runs_its_longest_modules_first(pytester: pytest.Pytester) -> None:
+    """Recorded durations order the suite module by module (a test never measured counts as the median of those
+    that were), each module keeping its own order, so xdist hands out the long modules first; without --suite the
+    collection order stays."""
+    pytester.makepyfile(test_sample=SAMPLE, test_second=SECOND_MODULE)
     durations = pytester.path / "durations.json"
-    durations.write_text(json.dumps({"test_sample.py::test_flux[bf16]": 9.0, "test_sample.py::test_flaky_machine": 0.1,
-                                     "test_sample.py::test_accuracy_failure": 5.0}))  # median 5.0 for test_flux[fp32]
+    durations.write_text(json.dumps({"test_sample.py::test_flux[bf16]": 2.0, "test_sample.py::test_flaky_machine": 0.1,
+                                     "test_sample.py::test_accuracy_failure": 1.0,
+                                     "test_second.py::test_long": 9.0, "test_second.py::test_short": 0.5}))
 
     def order(*args: str) -> list[str]:
         result = pytester.runpytest("-p", "ci.pytest_plugin", "--collect-only", "-q", *args)
-        return [line.split("::")[1] for line in result.outlines if "::" in line]
+        return [line for line in result.outlines if "::" in line]
 
+    # test_second.py: 9.5 s; test_sample.py: 2.0 + 1.0 (median, test_flux[fp32]) + 0.1 + 1.0 = 4.1 s
     assert order("--suite", "cpu", "--durations-file", str(durations)) == [
-        "test_flux[bf16]", "test_flux[fp32]", "test_accuracy_failure", "test_flaky_machine"]
-    durations.write_text(json.dumps({"test_sample.py::test_flaky_machine": 7.0,
-                                     "test_sample.py::test_flux[fp32]": 1.0}))
-    assert order("--suite", "cpu", "--durations-file", str(durations))[0] == "test_flaky_machine"
-    assert order()[:2] == ["test_flux[fp32]", "test_flux[bf16]"]
+        "test_second.py::test_long", "test_second.py::test_short", "test_sample.py::test_flux[fp32]",
+        "test_sample.py::test_flux[bf16]", "test_sample.py::test_flaky_machine",
+        "test_sample.py::test_accuracy_failure"]
+    durations.write_text(json.dumps({"test_sample.py::test_flaky_machine": 30.0, "test_second.py::test_long": 1.0}))
+    assert order("--suite", "cpu", "--durations-file", str(durations))[0].startswith("test_sample.py::")
+    assert order()[0] == "test_sample.py::test_flux[fp32]"
