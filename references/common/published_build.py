@@ -45,8 +45,8 @@ DRAWN_ROWS = 32768
 @contextmanager
 def unallocated() -> Iterator[None]:
     """Construct modules on the meta device: no memory, and none of the library's random init (transformers draws
-    a T5/UMT5 embedding twice, ~130 s of normal_ in bf16 for Wan's text encoder here); `fill_random` then draws
-    each saved tensor once."""
+    a T5/UMT5 embedding twice: 128 s of normal_ for Wan's text encoder, measured here under load 5);
+    `fill_random` then draws each saved tensor once."""
     with torch.device("meta"):
         yield
 
