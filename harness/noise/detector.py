@@ -10,8 +10,9 @@ measured margins in `Thresholds`, `scripts/calibrate_noise_detector.py` and docs
 - checkerboard: autocorrelation +1 along the diagonals and -1 along the axes at one lag;
 - pixel_noise: 35% or more of the variance (colour channels pooled) is uncorrelated from pixel to pixel
   (white, uniform or salt-and-pepper noise, scrambled pixels, a picture drowned in noise), unless a fifth or
-  more of the frame's 8x8 blocks are exactly flat: noise leaves no flat block, while thin lines and small text
-  on a plain ground are uncorrelated across the stroke and are drawings;
+  more of the frame's 8x8 blocks are exactly flat (noise leaves no flat block, while thin lines and small text
+  on a plain ground are uncorrelated across the stroke) or the ink on a plain ground forms connected curves,
+  not scattered pixels (a tracing of a fine texture): drawings;
 - smooth_noise: a Gaussian random field with a 1/f-family spectrum: pixel differences with kurtosis 2.6-3.5 at
   every pyramid level (sparse edges make pictures' heavier-tailed, mostly 5 and up) and a spectral slope
   between -3.5 and -1.25 (interpolated content is steeper, white-ish noise is left to pixel_noise);
@@ -38,6 +39,9 @@ from typing import Any
 import numpy as np
 
 from harness.noise import features, image_stats
+from harness.noise.formatting import fmt as _fmt
+from harness.noise.formatting import json_safe as _json_safe
+from harness.noise.formatting import round6 as _round
 from harness.noise.learned import NoiseModel, decisive, explain, load_model, probability
 
 VALUE_RANGES = ("auto", "0,1", "-1,1", "0,255")
@@ -58,6 +62,9 @@ class Thresholds:
     pixel_noise_fraction: float = 0.35  # pictures <= 0.254 (brick@64px); drowned (noise std = picture std) >= 0.455
     drawing_flat_share: float = 0.2  # pixel_noise needs fewer flat 8x8 blocks: drawings with thin lines >= 0.27,
     #  salt-and-pepper over 5% of a flat frame 0.04, every other calibrated noise 0
+    drawing_ink_connectivity: float = 0.75  # ... and, on a plain ground, less connected ink (image_stats): Canny
+    #  tracings of the corpus's train-half photos >= 0.990; calibrated noise <= 0.526 (a 1-px checkerboard: 1.0,
+    #  the checkerboard check's); chosen in the gap by scripts/tune_noise_model.py
     gaussian_kurtosis: tuple[float, float] = (2.6, 3.5)  # Gaussian fields 2.9-3.1; pictures >= 5 (at their sharpest
     #  level) except fine textures at 64 px (gravel 3.0, grass 3.44) and smooth graphics (colorwheel@64px 2.78)
     noise_slope: tuple[float, float] = (-3.5, -1.25)  # 1/f noise -1.44 to -2.53; those textures -0.99 and above,
@@ -312,6 +319,11 @@ def judge_frame(index: int, planes: np.ndarray, nonfinite: float, thresholds: Th
     if flat >= t.drawing_flat_share:  # a drawing: strokes, not noise, make its pixel-scale variance
         pixel_noise.fired = False
         pixel_noise.margin = min(pixel_noise.margin, (t.drawing_flat_share - flat) / t.drawing_flat_share)
+    elif pixel_noise.fired:  # few flat blocks: a drawing still, if its ink on a plain ground forms curves
+        ink = stats["ink_connectivity"] = image_stats.ink_connectivity(planes)
+        if ink is not None and ink >= t.drawing_ink_connectivity:
+            pixel_noise.fired = False
+            pixel_noise.margin = (t.drawing_ink_connectivity - ink) / t.drawing_ink_connectivity
     checks.append(pixel_noise)
     checks.append(_smooth_noise(stats["gradient_kurtosis_max"], slope, t))
     if min(planes.shape[1:]) >= t.learned_min_side:
@@ -331,10 +343,11 @@ def _decoded_noise(model: NoiseModel, stats: dict[str, Any]) -> CheckResult:
                       "contributions": [asdict(c) for c in score.contributions[:5]],
                       "heads": {s.head: {"logit": s.logit, "threshold": s.threshold, "fired": s.fired,
                                          "out_of_range": [o.feature for o in s.out_of_range]} for s in scores}}
-    if score.out_of_range:  # a high logit that cannot fire: say so, or "closest: 3.6 vs 1.5" reads as a bug
+    if score.abstains:  # a high logit that cannot fire: say so, or "closest: 3.6 vs 1.5" reads as a bug
         o = score.out_of_range[0]
         stats["model"]["abstains"] = (f"head {score.head} abstains: {o.feature} {o.value:.3g} outside "
-                                      f"[{o.low:.3g}, {o.high:.3g}], the range of its training garbage")
+                                      f"[{o.low:.3g}, {o.high:.3g}] ({o.excess:.2g} widths), the range of its "
+                                      f"training garbage, {len(score.out_of_range)} statistic(s) out")
     return CheckResult("decoded_noise", score.fired, score.logit, score.threshold, score.margin)
 
 
@@ -471,28 +484,3 @@ def _judge_output(frames: Any, video: bool) -> dict[str, Any]:
     flagged = [i for i, v in enumerate(verdicts) if v]
     index = flagged[0] if flagged else max(range(len(verdicts)), key=lambda i: verdicts[i].margin)
     return {**verdicts[index].to_dict(), "batch_item": index, "batch_flagged": flagged}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.6g}")
-
-
-def _json_safe(value: Any) -> Any:
-    """Floats rounded to 6 significant digits, NaN/inf as None, numpy scalars as Python numbers."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return _round(value) if math.isfinite(value) else None
-    return value

@@ -32,6 +32,10 @@ latents per frame, one noise latent drifting slowly, unrelated reconstructions p
 Split: photograph scenes (VAE-held-out and VAE-training ones separately) and every other item's group are
 permuted by CORPUS_SEED within their category and alternately given to the halves; a garbage item draws its
 photographs only from its own half's scenes.
+
+Fresh corpora: `plan(corpus_seed)` with another seed draws new items (new noise, crops, drawings, sizes) while
+the photographs' and shipped graphics' halves stay those of CORPUS_SEED, so the test half of a fresh plan
+holds only photographs and graphics the model's training half never showed (FRESH_SEEDS lists the seeds used).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ import torch
 
 from references.common import line_art, shipped_images
 
-CORPUS_SEED = 16016  # fixed before any detector tuning
+CORPUS_SEED = 16016  # fixed before any detector tuning; also fixes the halves of photographs and shipped graphics
+FRESH_SEEDS = (26016,)  # fresh held-out corpora (their test halves), each judged once with a final model
 HALVES = ("train", "test")
 SIZES = ((64, 64), (96, 128), (128, 128), (192, 256), (256, 256), (384, 512), (512, 512))  # (H, W), multiples of 16
 STEPS = 20  # FLUX.1-dev's default
@@ -100,9 +105,9 @@ def item_path(folder: Path, item: CorpusItem) -> Path:
     return folder / item.half / item.category / f"{stem}.{'npy' if item.frames > 1 else 'png'}"
 
 
-def _halves(keys: list[str], salt: int) -> dict[str, str]:
-    """Keys permuted by (CORPUS_SEED, salt) and alternately assigned to train/test: balanced halves."""
-    order = np.random.default_rng([CORPUS_SEED, salt]).permutation(len(keys))
+def _halves(keys: list[str], salt: int, corpus_seed: int = CORPUS_SEED) -> dict[str, str]:
+    """Keys permuted by (corpus_seed, salt) and alternately assigned to train/test: balanced halves."""
+    order = np.random.default_rng([corpus_seed, salt]).permutation(len(keys))
     return {keys[i]: HALVES[rank % 2] for rank, i in enumerate(order)}
 
 
@@ -118,8 +123,9 @@ def photo_halves() -> dict[str, str]:
     return halves
 
 
-def plan() -> list[CorpusItem]:
-    """Every item of the corpus, in a fixed order; a pure function of the constants above and the shipped data."""
+def plan(corpus_seed: int = CORPUS_SEED) -> list[CorpusItem]:
+    """Every item of the corpus, in a fixed order; a pure function of the seed, the constants above and the shipped
+    data. Photographs and shipped graphics keep CORPUS_SEED's halves whatever the seed."""
     items: list[CorpusItem] = []
     photos = photo_halves()
     held_out = shipped_images.photo_split().held_out
@@ -129,8 +135,8 @@ def plan() -> list[CorpusItem]:
     def add(label: str, category: str, count: int, variants: tuple[str, ...], pool: dict[str, list[str]] | None,
             *, by_source: bool = False, frames: int = 1) -> None:
         keys = [f"{category}/{i:03d}" for i in range(count)]
-        halves = _halves(keys, len(items) + count)
-        rng = np.random.default_rng([CORPUS_SEED, len(items), count])
+        halves = _halves(keys, len(items) + count, corpus_seed)
+        rng = np.random.default_rng([corpus_seed, len(items), count])
         for i, key in enumerate(keys):
             half = halves[key]
             source = ""
@@ -247,10 +253,11 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
 class Renderer:
     """Draws corpus items with one loaded VAE; caches the exact denoisers' latent sets per (half, size)."""
 
-    def __init__(self, vae: Any) -> None:
+    def __init__(self, vae: Any, corpus_seed: int = CORPUS_SEED) -> None:
         from references.flux.photo_vae import vae_factors
 
         self.vae = vae
+        self.corpus_seed = corpus_seed
         self.shift, self.scale = vae_factors(vae)
         self.photos = photo_halves()
 
@@ -272,7 +279,7 @@ class Renderer:
 
     @lru_cache(maxsize=64)  # noqa: B019 - one renderer per corpus build
     def denoiser(self, half: str, height: int, width: int) -> ExactDenoiser:
-        rng = np.random.default_rng([CORPUS_SEED, height, width, HALVES.index(half)])
+        rng = np.random.default_rng([self.corpus_seed, height, width, HALVES.index(half)])
         pool = sorted(n for n, h in self.photos.items() if h == half)
         latents = [self.encode(shipped_images.random_crop(shipped_images.photo(pool[i % len(pool)]), height, width,
                                                           rng)) for i in range(DENOISER_SET)]
@@ -280,7 +287,7 @@ class Renderer:
 
     def render(self, item: CorpusItem) -> np.ndarray:
         """(H, W, 3) uint8 for an image, (T, H, W, 3) uint8 for a video."""
-        rng = np.random.default_rng([CORPUS_SEED, item.seed])
+        rng = np.random.default_rng([self.corpus_seed, item.seed])
         generator = torch.Generator().manual_seed(item.seed)
         h, w = item.height, item.width
         latent_shape = (1, 16, h // 8, w // 8)
