@@ -11,7 +11,8 @@ videos as uint8 .npy stacks (T, H, W, 3):
 
 --corpus-seed draws a fresh corpus (new items; photographs and shipped graphics keep their halves): its plan is
 committed as references/noise_corpus/manifest_seed<N>.json and it goes to out/noise-corpus-seed<N>; its test
-half is a fresh held-out set.
+half is a fresh held-out set. --small draws the small corpus (frames of 32-48 px a side, for the learned check
+of small frames; manifest_small.json, out/noise-corpus-small).
 
 Needs the photo VAE (references/checkpoints/photo-vae, scripts/train_photo_vae.py). About 5 minutes here.
 """
@@ -43,20 +44,28 @@ DEFAULT_OUT = Path("out/noise-corpus")
 EXIT_MISMATCH, EXIT_USAGE = 1, 2
 
 
-def manifest_path(corpus_seed: int) -> Path:
-    return MANIFEST if corpus_seed == noise_corpus.CORPUS_SEED else MANIFEST.with_name(
-        f"manifest_seed{corpus_seed}.json")
+def manifest_path(corpus_seed: int, small: bool = False) -> Path:
+    """references/noise_corpus/manifest[_small][_seed<N>].json (the plain name for the default seed)."""
+    suffix = ("_small" if small else "") + ("" if corpus_seed == noise_corpus.CORPUS_SEED else f"_seed{corpus_seed}")
+    return MANIFEST.with_name(f"manifest{suffix}.json")
 
 
-def manifest(items: list[noise_corpus.CorpusItem], corpus_seed: int = noise_corpus.CORPUS_SEED) -> dict:
+def default_out(corpus_seed: int, small: bool = False) -> Path:
+    suffix = ("-small" if small else "") + ("" if corpus_seed == noise_corpus.CORPUS_SEED else f"-seed{corpus_seed}")
+    return Path(f"out/noise-corpus{suffix}")
+
+
+def manifest(items: list[noise_corpus.CorpusItem], corpus_seed: int = noise_corpus.CORPUS_SEED,
+             small: bool = False) -> dict:
     """The committed record of the plan: seeds, sizes, the photo split and every item with its half."""
     split = shipped_images.photo_split()
     return {
         "corpus_seed": corpus_seed,
+        **({"small": True} if small else {}),
         "photo_split_seed": shipped_images.SPLIT_SEED,
         "vae_held_out_photographs": list(split.held_out),
         "photo_halves": dict(sorted(noise_corpus.photo_halves().items())),
-        "sizes": [list(s) for s in noise_corpus.SIZES],
+        "sizes": [list(s) for s in (noise_corpus.SMALL_SIZES if small else noise_corpus.SIZES)],
         "counts": {f"{label}/{half}": sum(i.label == label and i.half == half for i in items)
                    for label in ("clean", "garbage") for half in noise_corpus.HALVES},
         "items": [item.to_dict() for item in items],
@@ -89,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus-seed", type=int, default=noise_corpus.CORPUS_SEED,
                         help=f"plan seed (default {noise_corpus.CORPUS_SEED}; fresh held-out corpora: "
                              f"{', '.join(map(str, noise_corpus.FRESH_SEEDS))})")
+    parser.add_argument("--small", action="store_true", help="the small corpus (32-48 px frames, no videos, "
+                        "with digits): references/noise_corpus/manifest_small.json, out/noise-corpus-small")
     parser.add_argument("--half", choices=noise_corpus.HALVES, help="render one half only")
     parser.add_argument("--category", action="append", help="render only this category (repeatable)")
     parser.add_argument("--limit", type=int, help="render only the first N items of each category (quick look)")
@@ -103,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     seed = args.corpus_seed
-    out = args.out or (DEFAULT_OUT if seed == noise_corpus.CORPUS_SEED else Path(f"out/noise-corpus-seed{seed}"))
-    items = noise_corpus.plan(seed)
-    planned = manifest(items, seed)
-    committed = manifest_path(seed)
+    out = args.out or default_out(seed, args.small)
+    items = noise_corpus.plan(seed, args.small)
+    planned = manifest(items, seed, args.small)
+    committed = manifest_path(seed, args.small)
     if args.write_manifest:
         committed.parent.mkdir(parents=True, exist_ok=True)
         committed.write_text(json.dumps(planned, indent=1) + "\n")

@@ -44,13 +44,13 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 from harness.cli.commands.noise import read_frames  # noqa: E402
 from harness.noise.detector import Thresholds, detect_noise  # noqa: E402
 from harness.noise.features import FEATURE_NAMES  # noqa: E402
-from harness.noise.learned import MODEL_FILE, Envelope, Head, NoiseModel, load_model  # noqa: E402
+from harness.noise.learned import MODEL_FILE, SMALL_MODEL_FILE, Envelope, Head, NoiseModel, load_model  # noqa: E402
 from references.flux.noise_corpus import CorpusItem, item_path  # noqa: E402
 
 MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
-REGULARISATION_C = 0.3  # inverse L2 strength on standardised features (chosen by 5-fold grouped CV on the train half)
-MARGIN = 1.5  # logits between the most garbage-like clean training picture and each head's threshold
-ENVELOPE = Envelope("box", 0.25)  # when a head abstains (scripts/tune_noise_model.py chooses it)
+REGULARISATION_C = 3.0  # inverse L2 strength on standardised features (chosen by scripts/tune_noise_model.py)
+MARGIN = 2.5  # logits between the most garbage-like clean training picture and each head's threshold (ditto)
+ENVELOPE = Envelope("count", 0.5, 1.0)  # a head abstains when 2+ statistics lie over half a range outside (ditto)
 CLIP = 2.0  # standardised features are clipped to +-CLIP: no single outlandish statistic carries a verdict
 CATCH_GOAL = 0.95
 RULES_ONLY = Thresholds(learned_model=False)
@@ -106,16 +106,16 @@ HEADS = (  # name, what its verdict says, the garbage categories it is fitted on
 
 
 def fit(records: list[Record], c: float = REGULARISATION_C, margin: float = MARGIN,
-        envelope: Envelope = ENVELOPE) -> NoiseModel:
-    """The model fitted on the training half's images (see `fit_arrays`)."""
+        envelope: Envelope = ENVELOPE, manifest: Path = MANIFEST, small: bool = False) -> NoiseModel:
+    """The model fitted on the training half's images (see `fit_arrays`); `small`: the small-frame model."""
     train = [r for r in records if r.half == "train" and r.features is not None and r.label != "either"]
     x = np.array([[r.features[f] for f in FEATURE_NAMES] for r in train], dtype=np.float64)
     categories = np.array([r.category if r.label == "garbage" else "" for r in train])
-    return fit_arrays(x, categories, c=c, margin=margin, envelope=envelope)
+    return fit_arrays(x, categories, c=c, margin=margin, envelope=envelope, manifest=manifest, small=small)
 
 
 def fit_arrays(x: np.ndarray, categories: np.ndarray, *, c: float = REGULARISATION_C, margin: float = MARGIN,
-               envelope: Envelope = ENVELOPE) -> NoiseModel:
+               envelope: Envelope = ENVELOPE, manifest: Path = MANIFEST, small: bool = False) -> NoiseModel:
     """One logistic regression per head on standardised, clipped statistics x (N, F) of images whose garbage
     category is `categories` ("" for clean); each head's envelope core is the range of its garbage, and its
     threshold the largest logit of a clean image it does not abstain on + margin (at least 0)."""
@@ -141,7 +141,8 @@ def fit_arrays(x: np.ndarray, categories: np.ndarray, *, c: float = REGULARISATI
         clean_inside = clean & inside
         clean_max = float(logits[clean_inside].max()) if clean_inside.any() else 0.0
         threshold = max(0.0, clean_max + margin)
-        heads.append(Head(name, describes, tuple(float(w) for w in regression.coef_[0]),
+        heads.append(Head(name, describes + (" [small-frame model]" if small else ""),
+                          tuple(float(w) for w in regression.coef_[0]),
                           float(regression.intercept_[0]), threshold, tuple(map(float, low)),
                           tuple(map(float, high))))
         notes[name] = {"garbage_categories": list(kinds), "garbage_images": int(garbage.sum()),
@@ -151,7 +152,8 @@ def fit_arrays(x: np.ndarray, categories: np.ndarray, *, c: float = REGULARISATI
                                                                       & inside[garbage])), 4)}
     trained = {
         "script": "scripts/train_noise_model.py",
-        "corpus_manifest_sha256": hashlib.sha256(MANIFEST.read_bytes()).hexdigest(),
+        "corpus_manifest": manifest.name,
+        "corpus_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
         "training_images": {"clean": int(clean.sum()), "garbage": int((~clean).sum())},
         "regularisation_c": c, "class_weight": "balanced", "clip": CLIP,
         "threshold_rule": f"per head: largest logit of a clean training image it does not abstain on + {margin}, "
@@ -229,34 +231,39 @@ def main(argv: list[str] | None = None) -> int:
                         "out/noise-corpus-seed<N> with --corpus-seed N)")
     parser.add_argument("--out", type=Path, help="report folder (default out/noise-model[-seed<N>])")
     parser.add_argument("--evaluate-only", action="store_true", help="judge with the shipped model; fit nothing")
+    parser.add_argument("--small", action="store_true", help="the small-frame model (32-63 px): fit "
+                        "harness/noise/learned_model_small.json on the small corpus (build_noise_corpus.py --small)")
     parser.add_argument("--corpus-seed", type=int, help="judge the test half of the fresh corpus of this seed "
                         "(references/noise_corpus/manifest_seed<N>.json) with the shipped model; fit nothing")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    small = "_small" if args.small else ""
+    model_file = SMALL_MODEL_FILE if args.small else MODEL_FILE
     if args.corpus_seed is not None:  # a fresh held-out corpus: only its test half is rendered and judged
         args.evaluate_only = True
-        manifest = MANIFEST.with_name(f"manifest_seed{args.corpus_seed}.json")
+        manifest = MANIFEST.with_name(f"manifest{small}_seed{args.corpus_seed}.json")
         if not manifest.is_file():
             raise SystemExit(f"train_noise_model.py: no {manifest.relative_to(ROOT)}; write it with "
                              f"scripts/build_noise_corpus.py --corpus-seed {args.corpus_seed} --write-manifest")
-        args.corpus = args.corpus or Path(f"out/noise-corpus-seed{args.corpus_seed}")
-        args.out = args.out or Path(f"out/noise-model-seed{args.corpus_seed}")
+        args.corpus = args.corpus or Path(f"out/noise-corpus{small.replace('_', '-')}-seed{args.corpus_seed}")
+        args.out = args.out or Path(f"out/noise-model{small.replace('_', '-')}-seed{args.corpus_seed}")
         items = load_items(args.corpus, manifest, ("test",))
     else:
-        args.corpus = args.corpus or Path("out/noise-corpus")
-        args.out = args.out or Path("out/noise-model")
-        items = load_items(args.corpus)
+        manifest = MANIFEST.with_name(f"manifest{small}.json")
+        args.corpus = args.corpus or Path(f"out/noise-corpus{small.replace('_', '-')}")
+        args.out = args.out or Path(f"out/noise-model{small.replace('_', '-')}")
+        items = load_items(args.corpus, manifest)
     if not args.evaluate_only:
         records = measure(items)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "features.json").write_text(json.dumps(
             [{"name": r.name, "label": r.label, "category": r.category, "variant": r.variant, "half": r.half,
               "rules_fired": r.rules_fired, "features": r.features} for r in records]) + "\n")
-        model = fit(records)
-        MODEL_FILE.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
+        model = fit(records, manifest=manifest, small=args.small)
+        model_file.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
         load_model.cache_clear()
         thresholds = ", ".join(f"{h.name} {h.threshold:+.2f}" for h in model.heads)
-        print(f"wrote {MODEL_FILE.relative_to(ROOT)}: thresholds {thresholds}; {json.dumps(model.trained['heads'])}")
+        print(f"wrote {model_file.relative_to(ROOT)}: thresholds {thresholds}; {json.dumps(model.trained['heads'])}")
     else:
         records = [Record(i["name"], i["label"], i["category"], i["variant"], i["half"], i["path"], i["frames"] > 1)
                    for i in items]

@@ -19,8 +19,8 @@ measured margins in `Thresholds`, `scripts/calibrate_noise_detector.py` and docs
 - decoded_noise: what a VAE draws from broken latents (smeared noise, saturated blobs, scrambled colour and
   texture): one of the logistic regressions ("heads") over the named statistics of `harness/noise/features.py`
   (`harness/noise/learned.py`, fitted by scripts/train_noise_model.py on the noise corpus) passes its threshold;
-  the reason names the head and the statistics that contributed most. Frames under 64 pixels a side are left
-  to the rules above.
+  the reason names the head and the statistics that contributed most. Frames of 32-63 pixels a side have their
+  own heads, fitted on a corpus of small frames; frames under 32 px are left to the rules above.
 Binary and few-colour pictures (silhouettes, line art, text, QR codes) are pictures: no check fires on having
 few values alone.
 Video (`video=True`) adds flicker: consecutive frames that no longer correlate under a small shift, or a mean
@@ -42,7 +42,7 @@ from harness.noise import features, image_stats
 from harness.noise.formatting import fmt as _fmt
 from harness.noise.formatting import json_safe as _json_safe
 from harness.noise.formatting import round6 as _round
-from harness.noise.learned import NoiseModel, decisive, explain, load_model, probability
+from harness.noise.learned import MODEL_FILE, SMALL_MODEL_FILE, NoiseModel, decisive, explain, load_model, probability
 
 VALUE_RANGES = ("auto", "0,1", "-1,1", "0,255")
 CHANNEL_COUNTS = (1, 2, 3, 4)
@@ -78,7 +78,8 @@ class Thresholds:
     flicker_max_side: int = 128  # the temporal correlation is taken on a pyramid level no larger than this
     flicker_max_shift: float = 1 / 16  # largest shift searched, as a share of that level's smaller side
     learned_model: bool = True  # run the decoded_noise check (harness/noise/learned_model.json); False: the rules alone
-    learned_min_side: int = 64  # smaller frames get no learned statistics: too few pixels for block statistics
+    learned_min_side: int = 64  # smaller frames are judged by the small-frame model (learned_model_small.json),
+    small_learned_min_side: int = 32  # fitted on a corpus of 32-48 px frames; under 32 px: the rules alone
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -326,10 +327,12 @@ def judge_frame(index: int, planes: np.ndarray, nonfinite: float, thresholds: Th
             pixel_noise.margin = (t.drawing_ink_connectivity - ink) / t.drawing_ink_connectivity
     checks.append(pixel_noise)
     checks.append(_smooth_noise(stats["gradient_kurtosis_max"], slope, t))
-    if min(planes.shape[1:]) >= t.learned_min_side:
+    side = min(planes.shape[1:])
+    if side >= t.small_learned_min_side:
         stats["features"] = features.frame_features(planes, y, kurtoses, fraction, midtones, contrast)
         if t.learned_model:
-            checks.append(_decoded_noise(load_model(), stats))
+            checks.append(_decoded_noise(load_model(MODEL_FILE if side >= t.learned_min_side else SMALL_MODEL_FILE),
+                                         stats))
     return _verdict(index, checks, stats)
 
 

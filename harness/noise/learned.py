@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_FILE = Path(__file__).resolve().with_name("learned_model.json")
+SMALL_MODEL_FILE = MODEL_FILE.with_name("learned_model_small.json")  # frames of 32-63 px a side
 MARGIN_LOGITS = 5.0  # a check margin of 1 is a logit this far past the threshold (odds about 150:1)
 
 
