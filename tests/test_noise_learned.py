@@ -170,10 +170,13 @@ def test_a_head_past_its_threshold_but_outside_its_envelope_says_it_abstains(mon
     shipped = load_model()
     head = shipped.heads[0]
     n = len(shipped.features)
-    eager = replace(head, weights=(0.0,) * n, bias=9.0, threshold=1.0,  # the last two statistics are always far
-                    low=(-1e9,) * (n - 2) + (1e8, 1e8), high=(1e9,) * (n - 2) + (1e8 + 1, 1e8 + 1))  # below range
-    monkeypatch.setattr(detector, "load_model", lambda *path: replace(shipped, heads=(eager,)))
     photo = shipped_images.random_crop(shipped_images.photo("astronaut"), 128, 128, np.random.default_rng(0))
+    values = detect_noise(photo, thresholds=replace(DEFAULT_THRESHOLDS, learned_model=False)).statistics["features"]
+    last = [values[f] for f in shipped.features[-2:]]  # these two lie 0.6 of their range's width below it
+    eager = replace(head, weights=(0.0,) * n, bias=9.0, threshold=1.0,
+                    low=(-1e9,) * (n - 2) + tuple(v + 0.6 for v in last),
+                    high=(1e9,) * (n - 2) + tuple(v + 1.6 for v in last))
+    monkeypatch.setattr(detector, "load_model", lambda *path: replace(shipped, heads=(eager,)))
     verdict = detect_noise(photo)
     assert not verdict
     assert verdict.reason.startswith("no check fired; closest: decoded_noise 9 vs 1")

@@ -151,11 +151,11 @@ class HeadScore:
 
     @property
     def margin(self) -> float:
-        """(logit - threshold) / MARGIN_LOGITS inside the envelope; past it, minus the overshoot in widths of the
-        garbage's range (the head cannot fire however high its logit)."""
-        if not self.abstains:
-            return (self.logit - self.threshold) / MARGIN_LOGITS
-        return -max(self.overshoot, 1e-6)
+        """(logit - threshold) / MARGIN_LOGITS; for an abstaining head the smaller of that and minus its overshoot
+        past the envelope, in widths of the garbage's range (it cannot fire however high its logit, and one far
+        below its threshold is far from firing however near the envelope's edge)."""
+        logit_margin = (self.logit - self.threshold) / MARGIN_LOGITS
+        return min(logit_margin, -max(self.overshoot, 1e-6)) if self.abstains else logit_margin
 
 
 @dataclass(frozen=True)
