@@ -31,6 +31,8 @@ MARGINS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 REGULARISATION = (0.1, 0.3, 1.0, 3.0, 10.0)
 MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
 FEATURES = Path("out/noise-model/features.json")
+SMALL_MANIFEST = MANIFEST.with_name("manifest_small.json")
+SMALL_FEATURES = Path("out/noise-model-small/features.json")
 
 
 def candidates() -> list[Envelope]:
@@ -41,9 +43,10 @@ def candidates() -> list[Envelope]:
     return out
 
 
-def train_rows() -> list[dict[str, Any]]:
-    groups = {i["name"]: i["group"] for i in json.loads(MANIFEST.read_text())["items"]}
-    rows = [r for r in json.loads(FEATURES.read_text()) if r["half"] == "train" and r["features"] is not None
+def train_rows(small: bool = False) -> list[dict[str, Any]]:
+    groups = {i["name"]: i["group"] for i in json.loads((SMALL_MANIFEST if small else MANIFEST).read_text())["items"]}
+    rows = [r for r in json.loads((SMALL_FEATURES if small else FEATURES).read_text())
+            if r["half"] == "train" and r["features"] is not None
             and r["label"] != "either"]
     for r in rows:
         r["group"] = groups[r["name"]]
@@ -57,10 +60,17 @@ def fold_of(rows: list[dict[str, Any]]) -> np.ndarray:
     return np.array([fold[r["group"]] for r in rows])
 
 
-def choose(out: Path) -> int:
+def in_range(frame: dict[str, Any], small: bool) -> bool:
+    """A calibration frame the model being chosen would judge (frames gathered before `side` was recorded
+    have features only at 64 px and above)."""
+    side = frame.get("side", 64)
+    return frame["features"] is not None and (32 <= side < 64 if small else side >= 64)
+
+
+def choose(out: Path, small: bool = False) -> int:
     from train_noise_model import fit_arrays  # the same fitting code the shipped model uses
 
-    rows = train_rows()
+    rows = train_rows(small)
     x = np.array([[r["features"][f] for f in FEATURE_NAMES] for r in rows])
     category = np.array([r["category"] if r["label"] == "garbage" else "" for r in rows])
     rules = np.array([any(f != "decoded_noise" for f in r["rules_fired"]) for r in rows])
@@ -70,11 +80,10 @@ def choose(out: Path) -> int:
     folds = fold_of(rows)
     calibration = json.loads((out / "calibration.json").read_text())
     pictures = np.array([[f["features"][n] for n in FEATURE_NAMES] for s in calibration if s["expect"] == "picture"
-                         for f in s["frames"] if f["features"] is not None])
-    names = [s["name"] for s in calibration if s["expect"] == "picture" for f in s["frames"]
-             if f["features"] is not None]
+                         for f in s["frames"] if in_range(f, small)])
+    names = [s["name"] for s in calibration if s["expect"] == "picture" for f in s["frames"] if in_range(f, small)]
     print(f"train half: {len(rows)} images ({int((category == '').sum())} clean), {len(set(folds))} folds; "
-          f"calibration pictures: {len(pictures)} frames >= 64 px")
+          f"calibration pictures: {len(pictures)} frames {'of 32-63' if small else '>= 64'} px")
     results = []
     for envelope, margin, c in itertools.product(candidates(), MARGINS, REGULARISATION):
         caught = np.zeros(len(rows), dtype=bool)
@@ -95,7 +104,8 @@ def choose(out: Path) -> int:
                         "calibration_examples": picture_alarms[:3], "strictness": envelope.strictness()})
     valid = [r for r in results if r["cv_false_alarms"] == 0 and r["calibration_false_alarms"] == 0]
     ranked = sorted(valid, key=lambda r: (-r["worst"], -r["mean"], r["strictness"], -r["margin"]))
-    (out / "choice.json").write_text(json.dumps({"results": results, "ranked": ranked[:20]}, indent=1) + "\n")
+    record = {"results": results, "ranked": ranked[:20]}
+    (out / f"choice{'_small' if small else ''}.json").write_text(json.dumps(record, indent=1) + "\n")
     print("candidate | margin | pure half pack wrong | CV false alarms | calibration false alarms")
     for r in sorted(results, key=lambda r: (r["cv_false_alarms"] + r["calibration_false_alarms"] > 0,
                                             -r["worst"], -r["mean"]))[:40]:
@@ -105,8 +115,9 @@ def choose(out: Path) -> int:
     if ranked:
         print(f"chosen: {ranked[0]['envelope']}, margin {ranked[0]['margin']}, C {ranked[0]['c']}: "
               f"{ranked[0]['recall']}")
-    ink_report(out, rows)
-    rule_check(out, INK_THRESHOLD)
+    if not small:
+        ink_report(out, rows)
+        rule_check(out, INK_THRESHOLD)
     return 0
 
 

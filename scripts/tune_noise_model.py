@@ -5,6 +5,7 @@ connectivity a plain-ground frame needs for `pixel_noise` to call it a drawing.
 
     .venv/bin/python scripts/tune_noise_model.py gather     # measure once: out/noise-tune/*.json (~5 min)
     .venv/bin/python scripts/tune_noise_model.py choose     # cross-validate every candidate, print the choice
+    .venv/bin/python scripts/tune_noise_model.py choose --small   # the same for the small-frame model
 
 `gather` measures, with the rule checks alone, every frame of the calibration set (scripts/calibrate_noise_detector.py)
 and of Canny tracings of the train half's photographs (references/common/line_art.py's `edge_drawing`, several
@@ -54,7 +55,7 @@ def frame_records(frames: Any, video: bool) -> list[dict[str, Any]]:
         planes = unit_planes(raw, resolved)
         verdict = judge_frame(index, planes, nonfinite, RULES_ONLY)
         stats = verdict.statistics
-        out.append({"fired": [c.name for c in verdict.checks if c.fired],
+        out.append({"fired": [c.name for c in verdict.checks if c.fired], "side": int(min(planes.shape[1:])),
                     "noise_fraction": stats.get("noise_fraction"), "flat_share": stats.get("flat_share"),
                     "ink": image_stats.ink_connectivity(planes) if nonfinite == 0 else None,
                     "features": stats.get("features")})
@@ -112,13 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("gather", help="measure the calibration set and train-half tracings once")
-    sub.add_parser("choose", help="cross-validate the candidates on what gather measured")
+    choose_parser = sub.add_parser("choose", help="cross-validate the candidates on what gather measured")
+    choose_parser.add_argument("--small", action="store_true", help="for the small-frame model (32-63 px): the "
+                               "small corpus's train half (train_noise_model.py --small) and calibration frames "
+                               "of that size")
     args = parser.parse_args(argv)
     if args.command == "gather":
         return gather(args)
     from tune_noise_choice import choose
 
-    return choose(OUT)
+    return choose(OUT, small=args.small)
 
 
 if __name__ == "__main__":
