@@ -51,6 +51,8 @@ MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
 REGULARISATION_C = 3.0  # inverse L2 strength on standardised features (chosen by scripts/tune_noise_model.py)
 MARGIN = 2.5  # logits between the most garbage-like clean training picture and each head's threshold (ditto)
 ENVELOPE = Envelope("count", 0.5, 1.0)  # a head abstains when 2+ statistics lie over half a range outside (ditto)
+SMALL_CHOICE = {"c": 0.3, "margin": 2.0, "envelope": Envelope("total", 0.0, 0.25)}  # the small-frame heads' own
+#  choice by `tune_noise_model.py choose --small` (abstain when the excesses sum over 0.25 widths)
 CLIP = 2.0  # standardised features are clipped to +-CLIP: no single outlandish statistic carries a verdict
 CATCH_GOAL = 0.95
 RULES_ONLY = Thresholds(learned_model=False)
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "features.json").write_text(json.dumps(
             [{"name": r.name, "label": r.label, "category": r.category, "variant": r.variant, "half": r.half,
               "rules_fired": r.rules_fired, "features": r.features} for r in records]) + "\n")
-        model = fit(records, manifest=manifest, small=args.small)
+        model = fit(records, manifest=manifest, small=args.small, **(SMALL_CHOICE if args.small else {}))
         model_file.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
         load_model.cache_clear()
         thresholds = ", ".join(f"{h.name} {h.threshold:+.2f}" for h in model.heads)

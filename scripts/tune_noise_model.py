@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -38,7 +39,8 @@ for path in (ROOT, ROOT / "scripts"):
 from harness.noise import image_stats  # noqa: E402
 from harness.noise.detector import Thresholds, as_frame_stack, judge_frame, resolve_range, unit_planes  # noqa: E402
 
-RULES_ONLY = Thresholds(learned_model=False)
+RULES_ONLY = Thresholds(learned_model=False, drawing_ink_connectivity=math.inf)  # pixel_noise as before the ink
+#  exemption, whose threshold is chosen from what this measures
 OUT = Path("out/noise-tune")
 TRACING_SIZES = ((128, 128), (256, 256), (384, 512), (512, 512), (512, 384))
 TRACING_SEEDS = 3
@@ -46,7 +48,7 @@ TRACING_SEEDS = 3
 
 def frame_records(frames: Any, video: bool) -> list[dict[str, Any]]:
     """Every frame's rule outcome and statistics: fired rules, noise fraction, flat share, ink connectivity and
-    (frames >= 64 px) the learned check's named statistics."""
+    (frames >= 32 px) the learned check's named statistics."""
     stack, _ = as_frame_stack(frames)
     resolved = resolve_range(stack, "auto")
     out = []
