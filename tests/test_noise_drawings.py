@@ -29,6 +29,7 @@ def test_a_tracing_of_a_fine_texture_is_a_drawing() -> None:
     assert not verdict, verdict.reason
     assert verdict.statistics["flat_share"] < DEFAULT_THRESHOLDS.drawing_flat_share
     assert verdict.statistics["ink_connectivity"] >= 0.95
+    assert "(a drawing: ink connectivity" in verdict.reason  # past the noise fraction, and says why it passes
 
 
 def test_the_same_ink_scattered_is_noise() -> None:

@@ -362,6 +362,10 @@ def _verdict(index: int, checks: list[CheckResult], stats: dict[str, Any]) -> Fr
     reason = f"no check fired; closest: {closest.name} {_fmt(closest.value)} vs {_fmt(closest.threshold)}"
     if closest.name == "decoded_noise" and "abstains" in stats.get("model", {}):
         reason += f" ({stats['model']['abstains']})"
+    elif closest.name == "pixel_noise" and closest.value >= closest.threshold:  # past it, but exempt as a drawing
+        ink = stats.get("ink_connectivity")
+        reason += (f" (a drawing: ink connectivity {ink:.3g}, connected strokes on a plain ground)" if ink is not None
+                   else f" (a drawing: {stats['flat_share']:.0%} of its 8x8 blocks are flat)")
     return FrameVerdict(index, False, reason, checks, stats)
 
 
