@@ -40,7 +40,6 @@ from references.flux import noise_corpus  # noqa: E402
 from references.flux.photo_vae import PHOTO_VAE_CHECKPOINT, PhotoVaeError, load_photo_vae  # noqa: E402
 
 MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
-DEFAULT_OUT = Path("out/noise-corpus")
 EXIT_MISMATCH, EXIT_USAGE = 1, 2
 
 
