@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         committed.parent.mkdir(parents=True, exist_ok=True)
         committed.write_text(json.dumps(planned, indent=1) + "\n")
         print(f"wrote {committed.relative_to(ROOT)} ({len(items)} items)")
-    elif not committed.is_file() or json.loads(committed.read_text()) != planned:
+    elif not committed.is_file():
+        print(f"build_noise_corpus.py: no committed plan {committed.relative_to(ROOT)}; a new seed's plan is written "
+              "with --write-manifest (and committed) before it is rendered", file=sys.stderr)
+        return EXIT_MISMATCH
+    elif json.loads(committed.read_text()) != planned:
         print(f"build_noise_corpus.py: the plan differs from {committed.relative_to(ROOT)}; the split must not "
               "change silently (rerun with --write-manifest after a deliberate change)", file=sys.stderr)
         return EXIT_MISMATCH
