@@ -60,6 +60,8 @@ def test_digits_parity_and_prompted_digit(digit: int, classifier: DigitClassifie
     assert result.passed, describe_failure(first) if first else "no records compared"
     native, reference = classifier.predict(result.native_frames), classifier.predict(result.reference_frames)
     assert (int(native[0]), int(reference[0])) == (digit, digit)
+    noise = result.report["noise"]  # the gate's `not noise` line: 32 px frames get the small-frame learned heads
+    assert not noise["fails_run"] and "decoded_noise" in [c["name"] for c in noise["native"]["checks"]], noise
 
 
 def test_digits_bf16_parity_and_prompted_digit(classifier: DigitClassifier) -> None:

@@ -7,7 +7,7 @@ forced parity runs with the fault applied to the native side (`fault.request_for
 needs to show, e.g. a non-square size), and records per run:
 
 - parity: the trace comparison fails (first divergence) or the native pipeline refuses the run;
-- noise: `detect_noise` flags the native output (32 px: the rule checks; the learned check needs 64 px);
+- noise: `detect_noise` flags the native output (32 px: the rule checks and the small-frame learned heads);
 - noise (photo VAE): `detect_noise` flags the same run decoded the realistic way, by a natural-image VAE: the
   native pipeline with the photo VAE (references/flux/photo_vae.py) as its decoder behind a linear bridge from the
   digits latent space (references/flux/digits_bridge.py), the fault applied on top (decode-stage faults then act on
@@ -496,7 +496,8 @@ def noise_table(digits: tuple[int, ...], seeds: tuple[int, ...], faults: list[Fa
 
 def noise_markdown(rows: list[dict[str, Any]], digits: tuple[int, ...], seeds: tuple[int, ...]) -> str:
     lines = [f"flux-digits native outputs, {DTYPE}, digits {', '.join(map(str, digits))} x seeds "
-             f"{', '.join(map(str, seeds))}: flagged by detect_noise as decoded by the digits VAE (32 px: rule checks) "
+             f"{', '.join(map(str, seeds))}: flagged by detect_noise as decoded by the digits VAE (32 px: rules + "
+             "small-frame learned check) "
              "and by the photo VAE through the bridge (64 px: rules + learned check).", "",
              "| variant | request | digits VAE | photo VAE | photo VAE reason (first flagged run) |",
              "|---|---|---|---|---|"]

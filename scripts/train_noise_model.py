@@ -5,16 +5,18 @@ Reads the corpus that scripts/build_noise_corpus.py wrote (PNG images, .npy vide
 reads files, measures every image's named statistics (harness/noise/features.py) with the rule checks alone,
 and fits one logistic regression per head (scikit-learn, L2, balanced classes; standardised statistics clipped
 to +-CLIP) of that head's garbage categories against every clean image of the training half. Each head's
-envelope is the range each statistic spans over its training garbage, widened by SLACK of that range each side
-(the head abstains outside it); its threshold is set on the training half only: the largest logit of a clean
-training image inside the envelope plus a safety margin (MARGIN logits). C, CLIP, MARGIN and SLACK were chosen
-by 5-fold cross-validation over the training half's groups; the envelope was added after the first held-out
-evaluation, because the calibration set's colour wheel and fine textures were flagged (see the README). The
+envelope is built on the range each statistic spans over its training garbage (the head abstains on a frame
+too far outside it, ENVELOPE); its threshold is set on the training half only: the largest logit of a clean
+training image it does not abstain on plus a safety margin (MARGIN logits). C, MARGIN and ENVELOPE were chosen
+by scripts/tune_noise_model.py (5-fold grouped cross-validation on the training half, and the calibration
+set's pictures); the envelope was added after the first held-out evaluation, because the calibration set's
+colour wheel and fine textures were flagged (docs/noise-learned-check.md). The
 held-out half is judged only after the model is written, by the detector itself (`detect_noise`, rules +
 learned check), per category and variant:
 
     .venv/bin/python scripts/train_noise_model.py [--corpus out/noise-corpus] [--out out/noise-model]
     .venv/bin/python scripts/train_noise_model.py --evaluate-only     # judge the corpus with the shipped model
+    .venv/bin/python scripts/train_noise_model.py --corpus-seed 26016 # judge a fresh corpus's test half (once)
 
 Writes harness/noise/learned_model.json (unless --evaluate-only) and DIR/report.{json,md}; exit 1 when a held-out clean
 image is flagged or a held-out garbage category is caught under 95% of the time.
@@ -42,13 +44,15 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 from harness.cli.commands.noise import read_frames  # noqa: E402
 from harness.noise.detector import Thresholds, detect_noise  # noqa: E402
 from harness.noise.features import FEATURE_NAMES  # noqa: E402
-from harness.noise.learned import MODEL_FILE, Head, NoiseModel, load_model  # noqa: E402
+from harness.noise.learned import MODEL_FILE, SMALL_MODEL_FILE, Envelope, Head, NoiseModel, load_model  # noqa: E402
 from references.flux.noise_corpus import CorpusItem, item_path  # noqa: E402
 
 MANIFEST = ROOT / "references" / "noise_corpus" / "manifest.json"
-REGULARISATION_C = 0.3  # inverse L2 strength on standardised features (chosen by 5-fold grouped CV on the train half)
-MARGIN = 1.5  # logits between the most garbage-like clean training picture and each head's threshold
-SLACK = 0.25  # each head's envelope: its training garbage's range per statistic, widened by this share each side
+REGULARISATION_C = 3.0  # inverse L2 strength on standardised features (chosen by scripts/tune_noise_model.py)
+MARGIN = 2.5  # logits between the most garbage-like clean training picture and each head's threshold (ditto)
+ENVELOPE = Envelope("count", 0.5, 1.0)  # a head abstains when 2+ statistics lie over half a range outside (ditto)
+SMALL_CHOICE = {"c": 0.3, "margin": 2.0, "envelope": Envelope("total", 0.0, 0.25)}  # the small-frame heads' own
+#  choice by `tune_noise_model.py choose --small` (abstain when the excesses sum over 0.25 widths)
 CLIP = 2.0  # standardised features are clipped to +-CLIP: no single outlandish statistic carries a verdict
 CATCH_GOAL = 0.95
 RULES_ONLY = Thresholds(learned_model=False)
@@ -69,8 +73,9 @@ class Record:
     features: dict[str, float] | None = None
 
 
-def load_items(corpus: Path) -> list[dict[str, Any]]:
-    items = json.loads(MANIFEST.read_text())["items"]
+def load_items(corpus: Path, manifest: Path = MANIFEST, halves: tuple[str, ...] = ("train", "test")
+               ) -> list[dict[str, Any]]:
+    items = [i for i in json.loads(manifest.read_text())["items"] if i["half"] in halves]
     for item in items:
         item["path"] = item_path(corpus, CorpusItem(**item))
     missing = [str(i["path"]) for i in items if not i["path"].is_file()]
@@ -102,15 +107,23 @@ HEADS = (  # name, what its verdict says, the garbage categories it is fitted on
 )
 
 
-def fit(records: list[Record], c: float = REGULARISATION_C, margin: float = MARGIN) -> NoiseModel:
-    """One logistic regression per head on the training half's images (standardised, clipped features);
-    each head's threshold = the largest logit it gives a clean training image + margin."""
-    import sklearn
-    from sklearn.linear_model import LogisticRegression
-
+def fit(records: list[Record], c: float = REGULARISATION_C, margin: float = MARGIN,
+        envelope: Envelope = ENVELOPE, manifest: Path = MANIFEST, small: bool = False) -> NoiseModel:
+    """The model fitted on the training half's images (see `fit_arrays`); `small`: the small-frame model."""
     train = [r for r in records if r.half == "train" and r.features is not None and r.label != "either"]
     x = np.array([[r.features[f] for f in FEATURE_NAMES] for r in train], dtype=np.float64)
     categories = np.array([r.category if r.label == "garbage" else "" for r in train])
+    return fit_arrays(x, categories, c=c, margin=margin, envelope=envelope, manifest=manifest, small=small)
+
+
+def fit_arrays(x: np.ndarray, categories: np.ndarray, *, c: float = REGULARISATION_C, margin: float = MARGIN,
+               envelope: Envelope = ENVELOPE, manifest: Path = MANIFEST, small: bool = False) -> NoiseModel:
+    """One logistic regression per head on standardised, clipped statistics x (N, F) of images whose garbage
+    category is `categories` ("" for clean); each head's envelope core is the range of its garbage, and its
+    threshold the largest logit of a clean image it does not abstain on + margin (at least 0)."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-9] = 1.0
@@ -124,32 +137,37 @@ def fit(records: list[Record], c: float = REGULARISATION_C, margin: float = MARG
         regression.fit(z[rows], garbage[rows].astype(np.int64))
         logits = regression.decision_function(z)
         low, high = x[garbage].min(axis=0), x[garbage].max(axis=0)
-        low, high = low - SLACK * (high - low), high + SLACK * (high - low)
-        inside = np.all((x >= low) & (x <= high), axis=1)
+        width = np.maximum(high - low, 1e-12)
+        excess = np.maximum(np.maximum(low - x, x - high), 0.0) / width  # (N, F) widths outside the garbage's range
+        inside = np.array([envelope.overshoot(list(e)) <= 0 for e in excess])
         clean_inside = clean & inside
         clean_max = float(logits[clean_inside].max()) if clean_inside.any() else 0.0
         threshold = max(0.0, clean_max + margin)
-        heads.append(Head(name, describes, tuple(float(w) for w in regression.coef_[0]),
+        heads.append(Head(name, describes + (" [small-frame model]" if small else ""),
+                          tuple(float(w) for w in regression.coef_[0]),
                           float(regression.intercept_[0]), threshold, tuple(map(float, low)),
                           tuple(map(float, high))))
         notes[name] = {"garbage_categories": list(kinds), "garbage_images": int(garbage.sum()),
                        "clean_images_inside_envelope": int(clean_inside.sum()),
                        "largest_clean_logit_inside_envelope": round(clean_max, 4),
-                       "training_garbage_caught": round(float(np.mean(logits[garbage] >= threshold)), 4)}
+                       "training_garbage_caught": round(float(np.mean((logits[garbage] >= threshold)
+                                                                      & inside[garbage])), 4)}
     trained = {
         "script": "scripts/train_noise_model.py",
-        "corpus_manifest_sha256": hashlib.sha256(MANIFEST.read_bytes()).hexdigest(),
+        "corpus_manifest": manifest.name,
+        "corpus_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
         "training_images": {"clean": int(clean.sum()), "garbage": int((~clean).sum())},
         "regularisation_c": c, "class_weight": "balanced", "clip": CLIP,
-        "threshold_rule": f"per head: largest logit of a clean training image inside its envelope + {margin}, "
+        "threshold_rule": f"per head: largest logit of a clean training image it does not abstain on + {margin}, "
                           "at least 0",
-        "envelope": f"per head and statistic: range over its training garbage, widened by {SLACK} of it each side",
+        "envelope": envelope.describe() + " (widths of the range of the head's training garbage; chosen by "
+                                          "scripts/tune_noise_model.py)",
         "heads": notes,
         "scikit_learn": sklearn.__version__,
     }
     typical = np.median(x[clean], axis=0)
     return NoiseModel(FEATURE_NAMES, tuple(map(float, mean)), tuple(map(float, scale)), CLIP,
-                      tuple(map(float, typical)), tuple(heads), trained)
+                      tuple(map(float, typical)), tuple(heads), trained, envelope)
 
 
 def judge(records: list[Record]) -> list[dict[str, Any]]:
@@ -211,23 +229,43 @@ def problems(summary: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=Path("out/noise-corpus"), help="corpus folder")
-    parser.add_argument("--out", type=Path, default=Path("out/noise-model"), help="report folder")
+    parser.add_argument("--corpus", type=Path, help="corpus folder (default out/noise-corpus, or "
+                        "out/noise-corpus-seed<N> with --corpus-seed N)")
+    parser.add_argument("--out", type=Path, help="report folder (default out/noise-model[-seed<N>])")
     parser.add_argument("--evaluate-only", action="store_true", help="judge with the shipped model; fit nothing")
+    parser.add_argument("--small", action="store_true", help="the small-frame model (32-63 px): fit "
+                        "harness/noise/learned_model_small.json on the small corpus (build_noise_corpus.py --small)")
+    parser.add_argument("--corpus-seed", type=int, help="judge the test half of the fresh corpus of this seed "
+                        "(references/noise_corpus/manifest_seed<N>.json) with the shipped model; fit nothing")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    items = load_items(args.corpus)
+    small = "_small" if args.small else ""
+    model_file = SMALL_MODEL_FILE if args.small else MODEL_FILE
+    if args.corpus_seed is not None:  # a fresh held-out corpus: only its test half is rendered and judged
+        args.evaluate_only = True
+        manifest = MANIFEST.with_name(f"manifest{small}_seed{args.corpus_seed}.json")
+        if not manifest.is_file():
+            raise SystemExit(f"train_noise_model.py: no {manifest.relative_to(ROOT)}; write it with "
+                             f"scripts/build_noise_corpus.py --corpus-seed {args.corpus_seed} --write-manifest")
+        args.corpus = args.corpus or Path(f"out/noise-corpus{small.replace('_', '-')}-seed{args.corpus_seed}")
+        args.out = args.out or Path(f"out/noise-model{small.replace('_', '-')}-seed{args.corpus_seed}")
+        items = load_items(args.corpus, manifest, ("test",))
+    else:
+        manifest = MANIFEST.with_name(f"manifest{small}.json")
+        args.corpus = args.corpus or Path(f"out/noise-corpus{small.replace('_', '-')}")
+        args.out = args.out or Path(f"out/noise-model{small.replace('_', '-')}")
+        items = load_items(args.corpus, manifest)
     if not args.evaluate_only:
         records = measure(items)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "features.json").write_text(json.dumps(
             [{"name": r.name, "label": r.label, "category": r.category, "variant": r.variant, "half": r.half,
               "rules_fired": r.rules_fired, "features": r.features} for r in records]) + "\n")
-        model = fit(records)
-        MODEL_FILE.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
+        model = fit(records, manifest=manifest, small=args.small, **(SMALL_CHOICE if args.small else {}))
+        model_file.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
         load_model.cache_clear()
         thresholds = ", ".join(f"{h.name} {h.threshold:+.2f}" for h in model.heads)
-        print(f"wrote {MODEL_FILE.relative_to(ROOT)}: thresholds {thresholds}; {json.dumps(model.trained['heads'])}")
+        print(f"wrote {model_file.relative_to(ROOT)}: thresholds {thresholds}; {json.dumps(model.trained['heads'])}")
     else:
         records = [Record(i["name"], i["label"], i["category"], i["variant"], i["half"], i["path"], i["frames"] > 1)
                    for i in items]

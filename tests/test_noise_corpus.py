@@ -30,6 +30,28 @@ def test_plan_is_the_committed_manifest(items) -> None:
     assert noise_corpus.plan() == items  # a pure function of the seeds
 
 
+@pytest.mark.parametrize(("seed", "small", "name"), [(26016, False, "manifest_seed26016.json"),
+                                                     (noise_corpus.CORPUS_SEED, True, "manifest_small.json")])
+def test_fresh_and_small_plans_are_committed_and_hold_out_the_same_photographs(items, seed: int, small: bool,
+                                                                               name: str) -> None:
+    """A fresh corpus (another seed) or the small one draws new items, but a test-half item only ever uses the
+    photographs and shipped graphics of the original test half: its held-out set stays held out."""
+    fresh = noise_corpus.plan(seed, small)
+    committed = json.loads(MANIFEST.with_name(name).read_text())
+    assert committed["corpus_seed"] == seed and committed["items"] == [item.to_dict() for item in fresh]
+    test_sources = {i.source for i in items if i.half == "test" and i.source}
+    train_sources = {i.source for i in items if i.half == "train" and i.source}
+    fresh_test = {i.source for i in fresh if i.half == "test" and i.source and not i.source.startswith("sklearn")}
+    assert fresh_test <= test_sources and not fresh_test & train_sources
+    if not small:  # new draws: no test-half item repeats an old one's seed (shipped graphics have none)
+        old = {(i.name, i.seed) for i in items}
+        assert not [i.name for i in fresh if i.half == "test" and i.seed and (i.name, i.seed) in old]
+    else:
+        sides = {s for i in fresh for s in (i.height, i.width) if i.category != "shipped_graphic"}
+        assert min(sides) == 32 and max(sides) == 64 and all(i.frames == 1 for i in fresh)
+        assert all(i.seed % noise_corpus.CALIBRATION_DIGIT_STEP for i in fresh if i.category == "digit")
+
+
 def test_no_group_and_no_photograph_in_both_halves(items) -> None:
     halves_of_group: dict[str, set[str]] = {}
     for item in items:

@@ -117,8 +117,11 @@ def test_the_rules_alone_skip_the_learned_check_but_keep_its_statistics(renderer
     rules_only = detect_noise(frames, thresholds=replace(DEFAULT_THRESHOLDS, learned_model=False))
     assert "decoded_noise" not in [c.name for c in rules_only.checks]
     assert set(rules_only.statistics["features"]) == set(FEATURE_NAMES)
-    small = detect_noise(frames[:48, :48])  # under 64 px: the learned check does not run
-    assert "decoded_noise" not in [c.name for c in small.checks] and "features" not in small.statistics
+    tiny = detect_noise(frames[:24, :24])  # under 32 px: the learned check does not run
+    assert "decoded_noise" not in [c.name for c in tiny.checks] and "features" not in tiny.statistics
+    small = detect_noise(frames[:48, :48])  # 32-63 px: the small-frame heads judge it
+    assert "decoded_noise" in [c.name for c in small.checks]
+    assert "small-frame model" in small.statistics["model"]["explanation"]
 
 
 def test_a_video_of_decoded_noise_is_flagged_per_frame(renderer) -> None:
@@ -167,11 +170,15 @@ def test_a_head_past_its_threshold_but_outside_its_envelope_says_it_abstains(mon
     shipped = load_model()
     head = shipped.heads[0]
     n = len(shipped.features)
-    eager = replace(head, weights=(0.0,) * n, bias=9.0, threshold=1.0,
-                    low=(-1e9,) * (n - 1) + (1e8,), high=(1e9,) * n)  # the last statistic is always below its range
-    monkeypatch.setattr(detector, "load_model", lambda: replace(shipped, heads=(eager,)))
     photo = shipped_images.random_crop(shipped_images.photo("astronaut"), 128, 128, np.random.default_rng(0))
+    values = detect_noise(photo, thresholds=replace(DEFAULT_THRESHOLDS, learned_model=False)).statistics["features"]
+    last = [values[f] for f in shipped.features[-2:]]  # these two lie 0.6 of their range's width below it
+    eager = replace(head, weights=(0.0,) * n, bias=9.0, threshold=1.0,
+                    low=(-1e9,) * (n - 2) + tuple(v + 0.6 for v in last),
+                    high=(1e9,) * (n - 2) + tuple(v + 1.6 for v in last))
+    monkeypatch.setattr(detector, "load_model", lambda *path: replace(shipped, heads=(eager,)))
     verdict = detect_noise(photo)
     assert not verdict
     assert verdict.reason.startswith("no check fired; closest: decoded_noise 9 vs 1")
-    assert f"head {head.name} abstains: {shipped.features[-1]}" in verdict.reason
+    assert any(f"head {head.name} abstains: {name}" in verdict.reason for name in shipped.features[-2:])
+    assert "2 statistic(s) out" in verdict.reason

@@ -3,5 +3,7 @@
 - detector.py: `detect_noise`, `NoiseVerdict`, `Thresholds`, `noise_section` (report.json's "noise");
 - image_stats.py: the statistics it judges by (spectral slope, kurtosis, neighbour correlation...);
 - features.py: the named statistics of the learned decoded_noise check (block contrast, colour, saturation...);
-- learned.py + learned_model.json: that check's logistic heads, fitted by scripts/train_noise_model.py.
+- learned.py + learned_model.json: that check's logistic heads and their envelope (when a head abstains),
+  fitted by scripts/train_noise_model.py;
+- formatting.py: numbers in reasons and JSON.
 """

@@ -10,16 +10,17 @@ measured margins in `Thresholds`, `scripts/calibrate_noise_detector.py` and docs
 - checkerboard: autocorrelation +1 along the diagonals and -1 along the axes at one lag;
 - pixel_noise: 35% or more of the variance (colour channels pooled) is uncorrelated from pixel to pixel
   (white, uniform or salt-and-pepper noise, scrambled pixels, a picture drowned in noise), unless a fifth or
-  more of the frame's 8x8 blocks are exactly flat: noise leaves no flat block, while thin lines and small text
-  on a plain ground are uncorrelated across the stroke and are drawings;
+  more of the frame's 8x8 blocks are exactly flat (noise leaves no flat block, while thin lines and small text
+  on a plain ground are uncorrelated across the stroke) or the ink on a plain ground forms connected curves,
+  not scattered pixels (a tracing of a fine texture): drawings;
 - smooth_noise: a Gaussian random field with a 1/f-family spectrum: pixel differences with kurtosis 2.6-3.5 at
   every pyramid level (sparse edges make pictures' heavier-tailed, mostly 5 and up) and a spectral slope
   between -3.5 and -1.25 (interpolated content is steeper, white-ish noise is left to pixel_noise);
 - decoded_noise: what a VAE draws from broken latents (smeared noise, saturated blobs, scrambled colour and
   texture): one of the logistic regressions ("heads") over the named statistics of `harness/noise/features.py`
   (`harness/noise/learned.py`, fitted by scripts/train_noise_model.py on the noise corpus) passes its threshold;
-  the reason names the head and the statistics that contributed most. Frames under 64 pixels a side are left
-  to the rules above.
+  the reason names the head and the statistics that contributed most. Frames of 32-63 pixels a side have their
+  own heads, fitted on a corpus of small frames; frames under 32 px are left to the rules above.
 Binary and few-colour pictures (silhouettes, line art, text, QR codes) are pictures: no check fires on having
 few values alone.
 Video (`video=True`) adds flicker: consecutive frames that no longer correlate under a small shift, or a mean
@@ -38,7 +39,10 @@ from typing import Any
 import numpy as np
 
 from harness.noise import features, image_stats
-from harness.noise.learned import NoiseModel, decisive, explain, load_model, probability
+from harness.noise.formatting import fmt as _fmt
+from harness.noise.formatting import json_safe as _json_safe
+from harness.noise.formatting import round6 as _round
+from harness.noise.learned import MODEL_FILE, SMALL_MODEL_FILE, NoiseModel, decisive, explain, load_model, probability
 
 VALUE_RANGES = ("auto", "0,1", "-1,1", "0,255")
 CHANNEL_COUNTS = (1, 2, 3, 4)
@@ -58,6 +62,9 @@ class Thresholds:
     pixel_noise_fraction: float = 0.35  # pictures <= 0.254 (brick@64px); drowned (noise std = picture std) >= 0.455
     drawing_flat_share: float = 0.2  # pixel_noise needs fewer flat 8x8 blocks: drawings with thin lines >= 0.27,
     #  salt-and-pepper over 5% of a flat frame 0.04, every other calibrated noise 0
+    drawing_ink_connectivity: float = 0.75  # ... and, on a plain ground, less connected ink (image_stats): Canny
+    #  tracings of the corpus's train-half photos >= 0.990; calibrated noise <= 0.526 (a 1-px checkerboard: 1.0,
+    #  the checkerboard check's); chosen in the gap by scripts/tune_noise_model.py
     gaussian_kurtosis: tuple[float, float] = (2.6, 3.5)  # Gaussian fields 2.9-3.1; pictures >= 5 (at their sharpest
     #  level) except fine textures at 64 px (gravel 3.0, grass 3.44) and smooth graphics (colorwheel@64px 2.78)
     noise_slope: tuple[float, float] = (-3.5, -1.25)  # 1/f noise -1.44 to -2.53; those textures -0.99 and above,
@@ -71,7 +78,8 @@ class Thresholds:
     flicker_max_side: int = 128  # the temporal correlation is taken on a pyramid level no larger than this
     flicker_max_shift: float = 1 / 16  # largest shift searched, as a share of that level's smaller side
     learned_model: bool = True  # run the decoded_noise check (harness/noise/learned_model.json); False: the rules alone
-    learned_min_side: int = 64  # smaller frames get no learned statistics: too few pixels for block statistics
+    learned_min_side: int = 64  # smaller frames are judged by the small-frame model (learned_model_small.json),
+    small_learned_min_side: int = 32  # fitted on a corpus of 32-48 px frames; under 32 px: the rules alone
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -312,12 +320,19 @@ def judge_frame(index: int, planes: np.ndarray, nonfinite: float, thresholds: Th
     if flat >= t.drawing_flat_share:  # a drawing: strokes, not noise, make its pixel-scale variance
         pixel_noise.fired = False
         pixel_noise.margin = min(pixel_noise.margin, (t.drawing_flat_share - flat) / t.drawing_flat_share)
+    elif pixel_noise.fired:  # few flat blocks: a drawing still, if its ink on a plain ground forms curves
+        ink = stats["ink_connectivity"] = image_stats.ink_connectivity(planes)
+        if ink is not None and ink >= t.drawing_ink_connectivity:
+            pixel_noise.fired = False
+            pixel_noise.margin = (t.drawing_ink_connectivity - ink) / t.drawing_ink_connectivity
     checks.append(pixel_noise)
     checks.append(_smooth_noise(stats["gradient_kurtosis_max"], slope, t))
-    if min(planes.shape[1:]) >= t.learned_min_side:
+    side = min(planes.shape[1:])
+    if side >= t.small_learned_min_side:
         stats["features"] = features.frame_features(planes, y, kurtoses, fraction, midtones, contrast)
         if t.learned_model:
-            checks.append(_decoded_noise(load_model(), stats))
+            checks.append(_decoded_noise(load_model(MODEL_FILE if side >= t.learned_min_side else SMALL_MODEL_FILE),
+                                         stats))
     return _verdict(index, checks, stats)
 
 
@@ -331,10 +346,11 @@ def _decoded_noise(model: NoiseModel, stats: dict[str, Any]) -> CheckResult:
                       "contributions": [asdict(c) for c in score.contributions[:5]],
                       "heads": {s.head: {"logit": s.logit, "threshold": s.threshold, "fired": s.fired,
                                          "out_of_range": [o.feature for o in s.out_of_range]} for s in scores}}
-    if score.out_of_range:  # a high logit that cannot fire: say so, or "closest: 3.6 vs 1.5" reads as a bug
+    if score.abstains:  # a high logit that cannot fire: say so, or "closest: 3.6 vs 1.5" reads as a bug
         o = score.out_of_range[0]
         stats["model"]["abstains"] = (f"head {score.head} abstains: {o.feature} {o.value:.3g} outside "
-                                      f"[{o.low:.3g}, {o.high:.3g}], the range of its training garbage")
+                                      f"[{o.low:.3g}, {o.high:.3g}] ({o.excess:.2g} widths), the range of its "
+                                      f"training garbage, {len(score.out_of_range)} statistic(s) out")
     return CheckResult("decoded_noise", score.fired, score.logit, score.threshold, score.margin)
 
 
@@ -346,6 +362,10 @@ def _verdict(index: int, checks: list[CheckResult], stats: dict[str, Any]) -> Fr
     reason = f"no check fired; closest: {closest.name} {_fmt(closest.value)} vs {_fmt(closest.threshold)}"
     if closest.name == "decoded_noise" and "abstains" in stats.get("model", {}):
         reason += f" ({stats['model']['abstains']})"
+    elif closest.name == "pixel_noise" and closest.value >= closest.threshold:  # past it, but exempt as a drawing
+        ink = stats.get("ink_connectivity")
+        reason += (f" (a drawing: ink connectivity {ink:.3g}, connected strokes on a plain ground)" if ink is not None
+                   else f" (a drawing: {stats['flat_share']:.0%} of its 8x8 blocks are flat)")
     return FrameVerdict(index, False, reason, checks, stats)
 
 
@@ -471,28 +491,3 @@ def _judge_output(frames: Any, video: bool) -> dict[str, Any]:
     flagged = [i for i, v in enumerate(verdicts) if v]
     index = flagged[0] if flagged else max(range(len(verdicts)), key=lambda i: verdicts[i].margin)
     return {**verdicts[index].to_dict(), "batch_item": index, "batch_flagged": flagged}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def _round(value: float) -> float:
-    return float(f"{value:.6g}")
-
-
-def _json_safe(value: Any) -> Any:
-    """Floats rounded to 6 significant digits, NaN/inf as None, numpy scalars as Python numbers."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return _round(value) if math.isfinite(value) else None
-    return value

@@ -10,8 +10,10 @@ head, fitted against all the clean pictures, and the check fires when any head d
 Why an envelope: a linear head extrapolates, so a picture more extreme than any garbage in one statistic (a
 fine texture shrunk to 64 px has less edge coherence than decoded noise; a colour wheel is more saturated than
 any runaway sampler) would score as "very garbage". Each head therefore also keeps the range every statistic
-spans over its training garbage (widened by a quarter of that range on each side) and only fires inside it: out
-of its domain it abstains and says which statistic is out of range; the rule checks still apply.
+spans over its training garbage, and abstains on a frame too far outside it (`Envelope`: how far a statistic
+may lie out, in widths of that range, and on how many statistics, chosen by cross-validation in
+scripts/tune_noise_model.py); an abstaining head says which statistics are out of range; the rule checks
+still apply.
 
 Why this form: every verdict reads back as a sum. A head's logit is bias + sum_i w_i z_i, where z_i is statistic
 i standardised over the training images ((x_i - mean_i) / scale_i) and clipped to +-`clip` (no single
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_FILE = Path(__file__).resolve().with_name("learned_model.json")
+SMALL_MODEL_FILE = MODEL_FILE.with_name("learned_model_small.json")  # frames of 32-63 px a side
 MARGIN_LOGITS = 5.0  # a check margin of 1 is a logit this far past the threshold (odds about 150:1)
 
 
@@ -47,6 +50,62 @@ class Contribution:
     logit: float
 
 
+ENVELOPE_RULES = ("box", "count", "total")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """When a head abstains, from each statistic's excess: how far it lies outside the range of the head's training
+    garbage, in widths of that range (0 inside).
+
+    - box: any excess above `slack` (a hard box widened by `slack` each side);
+    - count: more than `allowance` statistics with an excess above `slack`;
+    - total: the excesses add up to more than `allowance`.
+    Why not only a box: 21 statistics fitted on a few dozen garbage images leave unseen garbage just outside the
+    box in one or two statistics, while a picture the head must not judge (a colour wheel, a fine texture) lies
+    far outside in several."""
+
+    rule: str = "box"
+    slack: float = 0.0
+    allowance: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rule not in ENVELOPE_RULES or self.slack < 0 or self.allowance < 0:
+            raise NoiseModelError(f"noise model: envelope {self.rule!r} slack {self.slack} allowance "
+                                  f"{self.allowance}; rules are {ENVELOPE_RULES}, both numbers >= 0")
+
+    def overshoot(self, excess: list[float]) -> float:
+        """How far past the envelope a frame with these excesses lies: > 0 means the head abstains."""
+        if not excess:
+            return -self.slack - self.allowance
+        if self.rule == "box":
+            return max(excess) - self.slack
+        if self.rule == "count":
+            ranked = sorted(excess, reverse=True)
+            k = int(self.allowance)
+            return ranked[k] - self.slack if k < len(ranked) else -self.slack
+        return sum(excess) - self.allowance
+
+    def counts_out(self, excess: float) -> bool:
+        """Whether a statistic with this excess is reported as out of range."""
+        return excess > (0.0 if self.rule == "total" else self.slack)
+
+    def describe(self) -> str:
+        if self.rule == "box":
+            return f"box: abstain when a statistic lies over {self.slack:g} widths outside"
+        if self.rule == "count":
+            return (f"count: abstain when more than {self.allowance:g} statistics lie over {self.slack:g} widths "
+                    "outside")
+        return f"total: abstain when the statistics lie over {self.allowance:g} widths outside in sum"
+
+    def strictness(self) -> float:
+        """Orders candidates from the strictest (abstains soonest) up, for ties in the choice."""
+        return {"box": self.slack, "count": self.slack + self.allowance, "total": self.allowance}[self.rule]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "slack": self.slack, "allowance": self.allowance}
+
+
 @dataclass(frozen=True)
 class Head:
     """One kind of garbage: a logistic regression against clean pictures, and its decision threshold."""
@@ -56,18 +115,20 @@ class Head:
     weights: tuple[float, ...]
     bias: float
     threshold: float
-    low: tuple[float, ...]  # the envelope: each statistic's range over the head's training garbage, widened
+    low: tuple[float, ...]  # each statistic's range over the head's training garbage (the envelope's core)
     high: tuple[float, ...]
 
 
 @dataclass(frozen=True)
 class OutOfRange:
-    """A statistic outside a head's envelope: its value and the range the head's garbage spans."""
+    """A statistic outside a head's envelope: its value, the range the head's garbage spans, and how far out
+    (in widths of that range)."""
 
     feature: str
     value: float
     low: float
     high: float
+    excess: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,20 +138,24 @@ class HeadScore:
     logit: float
     threshold: float
     contributions: list[Contribution] = field(default_factory=list)  # largest first
-    out_of_range: list[OutOfRange] = field(default_factory=list)  # empty: inside the envelope
+    out_of_range: list[OutOfRange] = field(default_factory=list)  # furthest out first
+    overshoot: float = -1.0  # > 0: past the envelope (Envelope.overshoot), the head abstains
+
+    @property
+    def abstains(self) -> bool:
+        return self.overshoot > 0
 
     @property
     def fired(self) -> bool:
-        return self.logit >= self.threshold and not self.out_of_range
+        return self.logit >= self.threshold and not self.abstains
 
     @property
     def margin(self) -> float:
-        """(logit - threshold) / MARGIN_LOGITS inside the envelope; outside, minus how far the furthest statistic
-        lies outside it, as a share of the envelope's width (the head cannot fire however high its logit)."""
-        if not self.out_of_range:
-            return (self.logit - self.threshold) / MARGIN_LOGITS
-        excess = max(max(o.low - o.value, o.value - o.high) / max(o.high - o.low, 1e-12) for o in self.out_of_range)
-        return -max(excess, 1e-6)
+        """(logit - threshold) / MARGIN_LOGITS; for an abstaining head the smaller of that and minus its overshoot
+        past the envelope, in widths of the garbage's range (it cannot fire however high its logit, and one far
+        below its threshold is far from firing however near the envelope's edge)."""
+        logit_margin = (self.logit - self.threshold) / MARGIN_LOGITS
+        return min(logit_margin, -max(self.overshoot, 1e-6)) if self.abstains else logit_margin
 
 
 @dataclass(frozen=True)
@@ -104,6 +169,7 @@ class NoiseModel:
     typical_picture: tuple[float, ...]
     heads: tuple[Head, ...]
     trained: dict[str, Any] = field(default_factory=dict)
+    envelope: Envelope = Envelope()
 
     def __post_init__(self) -> None:
         n = len(self.features)
@@ -132,12 +198,20 @@ class NoiseModel:
             contributions = [Contribution(f, float(values[f]), t, term)
                              for f, t, term in zip(self.features, self.typical_picture, terms, strict=True)]
             contributions.sort(key=lambda c: -c.logit)
-            outside = [OutOfRange(f, float(values[f]), lo, hi)
-                       for f, lo, hi in zip(self.features, head.low, head.high, strict=True)
-                       if not lo <= float(values[f]) <= hi]
+            excess = [max(lo - float(values[f]), float(values[f]) - hi, 0.0) / max(hi - lo, 1e-12)
+                      for f, lo, hi in zip(self.features, head.low, head.high, strict=True)]
+            outside = sorted((OutOfRange(f, float(values[f]), lo, hi, e) for f, lo, hi, e
+                              in zip(self.features, head.low, head.high, excess, strict=True)
+                              if self.envelope.counts_out(e)), key=lambda o: -o.excess)
             scores.append(HeadScore(head.name, head.describes, head.bias + sum(terms), head.threshold,
-                                    contributions, outside))
+                                    contributions, outside, self.envelope.overshoot(excess)))
         return scores
+
+    def fires(self, values: dict[str, float] | list[float]) -> bool:
+        """Whether any head fires on these statistics (a dict, or a list in `features` order)."""
+        if not isinstance(values, dict):
+            values = dict(zip(self.features, values, strict=True))
+        return any(s.fired for s in self.score(values))
 
     def decisive(self, values: dict[str, float]) -> HeadScore:
         """The head nearest to firing (or furthest past its threshold): the one a verdict reports."""
@@ -148,7 +222,7 @@ class NoiseModel:
                 "clip": self.clip, "typical_picture": list(self.typical_picture),
                 "heads": [{"name": h.name, "describes": h.describes, "weights": list(h.weights), "bias": h.bias,
                            "threshold": h.threshold, "low": list(h.low), "high": list(h.high)} for h in self.heads],
-                "trained": self.trained}
+                "envelope": self.envelope.to_dict(), "trained": self.trained}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NoiseModel:
@@ -156,9 +230,12 @@ class NoiseModel:
             heads = tuple(Head(str(h["name"]), str(h["describes"]), tuple(map(float, h["weights"])),
                                float(h["bias"]), float(h["threshold"]), tuple(map(float, h["low"])),
                                tuple(map(float, h["high"]))) for h in data["heads"])
+            envelope = data.get("envelope", {})  # absent: a hard box around the stored (already widened) ranges
             return cls(tuple(data["features"]), tuple(map(float, data["mean"])), tuple(map(float, data["scale"])),
                        float(data["clip"]), tuple(map(float, data["typical_picture"])), heads,
-                       dict(data.get("trained", {})))
+                       dict(data.get("trained", {})),
+                       Envelope(str(envelope.get("rule", "box")), float(envelope.get("slack", 0.0)),
+                                float(envelope.get("allowance", 0.0))))
         except (KeyError, TypeError, ValueError) as exc:
             raise NoiseModelError(f"noise model: malformed ({type(exc).__name__}: {exc})") from None
 
@@ -182,10 +259,11 @@ def explain(score: HeadScore, top: int = 3) -> str:
     relation = ">=" if score.logit >= score.threshold else "<"
     text = (f"{score.describes} (head {score.head}): logit {score.logit:+.1f} {relation} {score.threshold:+.1f}; "
             + ", ".join(parts))
-    if score.out_of_range:
+    if score.abstains:
         first = score.out_of_range[0]
         text += (f"; abstains: {len(score.out_of_range)} statistic(s) outside the range of its training garbage, "
-                 f"e.g. {first.feature} {first.value:.3g} not in [{first.low:.3g}, {first.high:.3g}]")
+                 f"e.g. {first.feature} {first.value:.3g} not in [{first.low:.3g}, {first.high:.3g}] "
+                 f"({first.excess:.2g} widths out)")
     return text
 
 

@@ -99,8 +99,8 @@ def text_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 def qr_like(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A QR-code-like symbol: random modules, three finder squares, timing lines, a quiet zone; square modules of
     at least 2 px where the size allows."""
-    modules = int(rng.choice([21, 25, 29, 33, 37]))
     side = min(height, width)
+    modules = int(rng.choice([m for m in (21, 25, 29, 33, 37) if m + 8 <= side] or [21]))  # a small frame: fewer
     pixel = max(1, side // (modules + 8))
     grid = rng.random((modules, modules)) < 0.5
     grid[6, :] = np.arange(modules) % 2 == 0  # timing patterns

@@ -32,6 +32,10 @@ latents per frame, one noise latent drifting slowly, unrelated reconstructions p
 Split: photograph scenes (VAE-held-out and VAE-training ones separately) and every other item's group are
 permuted by CORPUS_SEED within their category and alternately given to the halves; a garbage item draws its
 photographs only from its own half's scenes.
+
+Fresh corpora: `plan(corpus_seed)` with another seed draws new items (new noise, crops, drawings, sizes) while
+the photographs' and shipped graphics' halves stay those of CORPUS_SEED, so the test half of a fresh plan
+holds only photographs and graphics the model's training half never showed (FRESH_SEEDS lists the seeds used).
 """
 
 from __future__ import annotations
@@ -47,7 +51,12 @@ import torch
 
 from references.common import line_art, shipped_images
 
-CORPUS_SEED = 16016  # fixed before any detector tuning
+CORPUS_SEED = 16016  # fixed before any detector tuning; also fixes the halves of photographs and shipped graphics
+FRESH_SEEDS = (26016,)  # fresh held-out corpora (their test halves), each judged once with a final model
+SMALL_SIZES = ((32, 32), (32, 48), (48, 48), (48, 64), (32, 64))  # the small corpus: frames under 64 px a side
+SMALL_GRAPHIC_SIDES = (32, 48)
+SMALL_DIGITS = 28  # clean upsampled scikit-learn digits in the small corpus (none the calibration set uses)
+CALIBRATION_DIGIT_STEP = 18  # scripts/calibrate_noise_detector.py judges digits 0, 18, 36, ...: never drawn here
 HALVES = ("train", "test")
 SIZES = ((64, 64), (96, 128), (128, 128), (192, 256), (256, 256), (384, 512), (512, 512))  # (H, W), multiples of 16
 STEPS = 20  # FLUX.1-dev's default
@@ -100,9 +109,9 @@ def item_path(folder: Path, item: CorpusItem) -> Path:
     return folder / item.half / item.category / f"{stem}.{'npy' if item.frames > 1 else 'png'}"
 
 
-def _halves(keys: list[str], salt: int) -> dict[str, str]:
-    """Keys permuted by (CORPUS_SEED, salt) and alternately assigned to train/test: balanced halves."""
-    order = np.random.default_rng([CORPUS_SEED, salt]).permutation(len(keys))
+def _halves(keys: list[str], salt: int, corpus_seed: int = CORPUS_SEED) -> dict[str, str]:
+    """Keys permuted by (corpus_seed, salt) and alternately assigned to train/test: balanced halves."""
+    order = np.random.default_rng([corpus_seed, salt]).permutation(len(keys))
     return {keys[i]: HALVES[rank % 2] for rank, i in enumerate(order)}
 
 
@@ -118,8 +127,12 @@ def photo_halves() -> dict[str, str]:
     return halves
 
 
-def plan() -> list[CorpusItem]:
-    """Every item of the corpus, in a fixed order; a pure function of the constants above and the shipped data."""
+def plan(corpus_seed: int = CORPUS_SEED, small: bool = False) -> list[CorpusItem]:
+    """Every item of the corpus, in a fixed order; a pure function of the seed, the constants above and the shipped
+    data. Photographs and shipped graphics keep CORPUS_SEED's halves whatever the seed. `small`: the same
+    categories at SMALL_SIZES (32-48 px a side, for the learned check of small frames such as flux-digits'), no
+    videos, plus clean upsampled digits."""
+    sizes = SMALL_SIZES if small else SIZES
     items: list[CorpusItem] = []
     photos = photo_halves()
     held_out = shipped_images.photo_split().held_out
@@ -129,15 +142,15 @@ def plan() -> list[CorpusItem]:
     def add(label: str, category: str, count: int, variants: tuple[str, ...], pool: dict[str, list[str]] | None,
             *, by_source: bool = False, frames: int = 1) -> None:
         keys = [f"{category}/{i:03d}" for i in range(count)]
-        halves = _halves(keys, len(items) + count)
-        rng = np.random.default_rng([CORPUS_SEED, len(items), count])
+        halves = _halves(keys, len(items) + count, corpus_seed)
+        rng = np.random.default_rng([corpus_seed, len(items), count])
         for i, key in enumerate(keys):
             half = halves[key]
             source = ""
             if pool is not None:
                 choices = pool[half]
                 source = choices[int(rng.integers(len(choices)))]
-            height, width = (VIDEO_SIZE, VIDEO_SIZE) if frames > 1 else SIZES[i % len(SIZES)]
+            height, width = (VIDEO_SIZE, VIDEO_SIZE) if frames > 1 else sizes[i % len(sizes)]
             if rng.random() < 0.5 and frames == 1:
                 height, width = width, height
             group = f"photo:{source}" if by_source else key
@@ -159,12 +172,23 @@ def plan() -> list[CorpusItem]:
     graphics = list(shipped_images.graphic_names())
     graphic_halves = _halves(graphics, 999)
     for name in graphics:
-        for side in SHIPPED_GRAPHIC_SIDES:
+        for side in SMALL_GRAPHIC_SIDES if small else SHIPPED_GRAPHIC_SIDES:
             h, w = shipped_images.graphic(name).shape[:2]
             height, width = (side, round(w * side / h)) if h <= w else (round(h * side / w), side)
             items.append(CorpusItem(f"shipped_graphic/{name.split('/')[-1].removesuffix('.png')}@{side}", "clean",
                                     "shipped_graphic", "shipped", f"graphic:{name}", graphic_halves[name], height,
                                     width, 0, name))
+    if small:
+        keys = [f"digit/{i:03d}" for i in range(SMALL_DIGITS)]
+        halves = _halves(keys, 777, corpus_seed)
+        rng = np.random.default_rng([corpus_seed, 777])
+        usable = [i for i in range(1797) if i % CALIBRATION_DIGIT_STEP]  # load_digits has 1,797 images
+        for i, key in enumerate(keys):
+            side = SMALL_GRAPHIC_SIDES[i % len(SMALL_GRAPHIC_SIDES)]
+            index = usable[int(rng.integers(len(usable)))]
+            items.append(CorpusItem(key, "clean", "digit", "upsampled", key, halves[key], side, side, index,
+                                    f"sklearn_digit#{index}"))
+        return items
     add("clean", "video_clean", COUNTS["video_clean"], ("pan", "zoom"), held_pools, frames=VIDEO_FRAMES)
     add("garbage", "video_garbage", COUNTS["video_garbage"], ("fresh_noise_per_frame", "drifting_noise",
                                                               "unrelated_frames"), held_pools, frames=VIDEO_FRAMES)
@@ -247,10 +271,11 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
 class Renderer:
     """Draws corpus items with one loaded VAE; caches the exact denoisers' latent sets per (half, size)."""
 
-    def __init__(self, vae: Any) -> None:
+    def __init__(self, vae: Any, corpus_seed: int = CORPUS_SEED) -> None:
         from references.flux.photo_vae import vae_factors
 
         self.vae = vae
+        self.corpus_seed = corpus_seed
         self.shift, self.scale = vae_factors(vae)
         self.photos = photo_halves()
 
@@ -272,7 +297,7 @@ class Renderer:
 
     @lru_cache(maxsize=64)  # noqa: B019 - one renderer per corpus build
     def denoiser(self, half: str, height: int, width: int) -> ExactDenoiser:
-        rng = np.random.default_rng([CORPUS_SEED, height, width, HALVES.index(half)])
+        rng = np.random.default_rng([self.corpus_seed, height, width, HALVES.index(half)])
         pool = sorted(n for n, h in self.photos.items() if h == half)
         latents = [self.encode(shipped_images.random_crop(shipped_images.photo(pool[i % len(pool)]), height, width,
                                                           rng)) for i in range(DENOISER_SET)]
@@ -280,7 +305,7 @@ class Renderer:
 
     def render(self, item: CorpusItem) -> np.ndarray:
         """(H, W, 3) uint8 for an image, (T, H, W, 3) uint8 for a video."""
-        rng = np.random.default_rng([CORPUS_SEED, item.seed])
+        rng = np.random.default_rng([self.corpus_seed, item.seed])
         generator = torch.Generator().manual_seed(item.seed)
         h, w = item.height, item.width
         latent_shape = (1, 16, h // 8, w // 8)
@@ -311,6 +336,12 @@ class Renderer:
         if category == "graphic_reconstruction":
             drawing = line_art.DRAWERS[variant](rng, h, w)
             return self.decode_normalised(self.encode(drawing))[0]
+        if category == "digit":  # bicubic from 8x8 as the digits model's training data (references/flux/digits.py)
+            from sklearn.datasets import load_digits
+
+            small = torch.from_numpy(load_digits().images[item.seed].astype(np.float32) / 16.0)[None, None]
+            big = torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+            return _to_uint8(big.clamp(0, 1).expand(1, 3, h, w))[0]
         if category == "shipped_graphic":
             from PIL import Image
 

@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Judge each PATH (an image, a .npy array, or a folder of frames) from image statistics: non-finite "
             "values, near-constant, checkerboard, pixel-scale noise, smooth Gaussian noise, decoded noise (small "
-            "logistic regressions over named statistics, harness/noise/learned_model.json, frames of 64 px or "
-            "more), and flicker between consecutive video frames. Binary and few-colour pictures are pictures. "
+            "logistic regressions over named statistics, harness/noise/learned_model.json, and for frames of "
+            "32-63 px learned_model_small.json), and flicker between consecutive video frames. Binary and "
+            "few-colour pictures are pictures. "
             "One line per input, or one JSON object per line with --json."
         ),
         epilog="Exit codes: 0 nothing flagged, 1 an input flagged, 2 unreadable input or usage.",
