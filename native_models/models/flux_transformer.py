@@ -16,7 +16,8 @@ from torch import nn
 
 from native_models.attention import attention
 from native_models.config_dict import known_config_values
-from native_models.models.rope import apply_rotary, rotary_cos_sin, timestep_embedding
+from native_models.models.fused_linear import FusedLinears, fusable, observed
+from native_models.models.rope import channel_tables, rotary_cos_sin, rotate_channels, timestep_embedding
 
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep/guidance features
 ROPE_THETA = 10000.0
@@ -74,15 +75,25 @@ class FluxConfig:
 
 
 class Rotary(NamedTuple):
-    """Per-pair rotary tables for the joint [text, image] sequence, and the pairing style."""
+    """Per-pair rotary tables for the joint [text, image] sequence, the pairing style, and the per-channel
+    tables the rotation uses (`with_channels` builds them once per forward; left None, each call builds them)."""
 
     cos: torch.Tensor  # (L, D/2) float32
     sin: torch.Tensor  # (L, D/2) float32
     interleaved: bool
+    cos_channels: torch.Tensor | None = None  # (L, 1, D) float32
+    sin_channels: torch.Tensor | None = None  # (L, 1, D) float32, signed per pair (rope.channel_tables)
+
+    def with_channels(self) -> Rotary:
+        cos, sin = channel_tables(self.cos[:, None, :], self.sin[:, None, :], self.interleaved)
+        return self._replace(cos_channels=cos, sin_channels=sin)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate x (B, L, H, D)."""
-        return apply_rotary(x, self.cos[:, None, :], self.sin[:, None, :], self.interleaved)
+        cos, sin = self.cos_channels, self.sin_channels
+        if cos is None or sin is None:
+            cos, sin = channel_tables(self.cos[:, None, :], self.sin[:, None, :], self.interleaved)
+        return rotate_channels(x, cos.to(x.device), sin.to(x.device), self.interleaved)
 
 
 class MLPEmbedder(nn.Module):
@@ -188,13 +199,18 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim)
         self.norm_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
         self.norm_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
+        self.fused_qkv = FusedLinears()  # to_q, to_k, to_v as one GEMM
+
+    def heads(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected (B, L, C) q, k, v -> each (B, L, H, D), q and k normalised."""
+        return self.norm_q(split_heads(q, self.head_dim)), self.norm_k(split_heads(k, self.head_dim)), \
+            split_heads(v, self.head_dim)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, L, C) -> q, k, v each (B, L, H, D), q and k normalised."""
-        q = self.norm_q(split_heads(self.to_q(x), self.head_dim))
-        k = self.norm_k(split_heads(self.to_k(x), self.head_dim))
-        v = split_heads(self.to_v(x), self.head_dim)
-        return q, k, v
+        return self.heads(*self.fused_qkv(x, (self.to_q, self.to_k, self.to_v)))
 
     def forward(self, x: torch.Tensor, rope: Rotary) -> torch.Tensor:
         return joint_attention(*self.qkv(x), rope)  # (B, L, C)
@@ -212,13 +228,14 @@ class JointAttention(SelfAttention):
         self.norm_added_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
         self.norm_added_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
         self.to_add_out = nn.Linear(dim, dim)
+        self.fused_context_qkv = FusedLinears()  # add_q_proj, add_k_proj, add_v_proj as one GEMM
 
     def context_qkv(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Text-stream q, k, v each (B, L_txt, H, D)."""
-        q = self.norm_added_q(split_heads(self.add_q_proj(c), self.head_dim))
-        k = self.norm_added_k(split_heads(self.add_k_proj(c), self.head_dim))
-        v = split_heads(self.add_v_proj(c), self.head_dim)
-        return q, k, v
+        q, k, v = self.fused_context_qkv(c, (self.add_q_proj, self.add_k_proj, self.add_v_proj))
+        q = self.norm_added_q(split_heads(q, self.head_dim))
+        k = self.norm_added_k(split_heads(k, self.head_dim))
+        return q, k, split_heads(v, self.head_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Rotary) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """x (B, L_img, C) and c (B, L_txt, C) -> projected attention outputs of the same shapes."""
@@ -272,13 +289,20 @@ class SingleStreamBlock(nn.Module):
         self.proj_mlp = nn.Linear(dim, mlp_dim)
         self.proj_out = nn.Linear(dim + mlp_dim, dim)
         self.attn = SelfAttention(dim, head_dim)
+        # attn.to_q/k/v and proj_mlp read the same input: one GEMM, as the reference's `linear1`
+        self.fused_qkv_mlp = FusedLinears()
 
     def forward(self, xc: torch.Tensor, vec: torch.Tensor, rope: Rotary) -> torch.Tensor:
         """xc (B, L_txt + L_img, C), vec (B, C) -> xc of the same shape."""
         shift, scale, gate = self.norm(vec)
         h = modulate(xc, shift, scale)
-        mlp = F.gelu(self.proj_mlp(h), approximate="tanh")
-        attn = self.attn(h, rope)
+        parts = (self.attn.to_q, self.attn.to_k, self.attn.to_v, self.proj_mlp)
+        if fusable(parts) and not observed(self.attn):
+            q, k, v, mlp = self.fused_qkv_mlp(h, parts)
+            attn = joint_attention(*self.attn.heads(q, k, v), rope)  # (B, L, C)
+        else:  # the attention module's own call, for whoever observes it (drill, trace hooks)
+            mlp, attn = self.proj_mlp(h), self.attn(h, rope)
+        mlp = F.gelu(mlp, approximate="tanh")
         xc = xc + gate.unsqueeze(1) * self.proj_out(torch.cat((attn, mlp), dim=2))
         if xc.dtype == torch.float16:
             xc = xc.clip(-FP16_MAX, FP16_MAX)
@@ -295,6 +319,11 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         scale, shift = self.linear(F.silu(vec).to(x.dtype)).chunk(2, dim=1)
         return modulate(x, shift, scale)
+
+
+def _same(kept: torch.Tensor, ids: torch.Tensor) -> bool:
+    """The same position ids as a kept copy: shape, dtype, device and values."""
+    return kept.shape == ids.shape and kept.dtype == ids.dtype and kept.device == ids.device and torch.equal(kept, ids)
 
 
 class FluxTransformer2DModel(nn.Module):
@@ -316,6 +345,8 @@ class FluxTransformer2DModel(nn.Module):
         )
         self.norm_out = FinalLayer(dim)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * config.output_channels)
+        # the last rotary tables and the ids they were built for: every denoising step passes the same ids
+        self._rotary_cache: tuple[torch.Tensor, torch.Tensor, Rotary] | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FluxTransformer2DModel:
@@ -327,8 +358,14 @@ class FluxTransformer2DModel(nn.Module):
         for name, ids in (("txt_ids", txt_ids), ("img_ids", img_ids)):
             if ids.ndim != 2 or ids.shape[1] != len(self.config.axes_dims_rope):
                 raise ValueError(f"{name} must be (L, {len(self.config.axes_dims_rope)}), got {tuple(ids.shape)}")
+        cached = self._rotary_cache
+        if cached is not None and cached[2].interleaved == self.rope_interleaved and _same(cached[0], txt_ids) \
+                and _same(cached[1], img_ids):
+            return cached[2]
         cos, sin = rotary_cos_sin(torch.cat((txt_ids, img_ids), dim=0), self.config.axes_dims_rope, ROPE_THETA)
-        return Rotary(cos, sin, self.rope_interleaved)
+        rope = Rotary(cos, sin, self.rope_interleaved).with_channels()
+        self._rotary_cache = (txt_ids.detach().clone(), img_ids.detach().clone(), rope)
+        return rope
 
     def forward(
         self,
