@@ -1,4 +1,5 @@
-"""Fused projections (native_models/models/fused_linear.py) and the per-channel RoPE (native_models/models/rope.py).
+"""Fused projections (native_models/models/fused_linear.py, used by the Wan DiT) and the per-channel RoPE
+(native_models/models/rope.py, used by the FLUX and Wan DiTs).
 
 Both exist only to make the native DiT forward cheaper; each must give the same numbers as the plain code, keep
 the checkpoint's parameter names, and step aside whenever the plain calls matter (hooks, autograd, compile).
@@ -14,7 +15,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import native_models.models.flux_transformer as flux_module
 import native_models.models.fused_linear as fused_module
 from native_models.errors import CheckpointError
 from native_models.loader import load_component
@@ -147,35 +147,7 @@ def wan_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
 
 
 def without_fusion(monkeypatch: pytest.MonkeyPatch) -> None:
-    for module in (fused_module, flux_module):
-        monkeypatch.setattr(module, "fusable", lambda parts: False)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_flux_fused_equals_unfused(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.manual_seed(0)
-    model = FluxTransformer2DModel(FluxConfig.from_dict(FLUX_TINY)).to(dtype)
-    with torch.no_grad():
-        fused = model(*flux_inputs(dtype))
-        block, single = model.transformer_blocks[0], model.single_transformer_blocks[0]
-        assert block.attn.fused_qkv.weight is not None and block.attn.fused_context_qkv.weight is not None
-        fused_single = single.fused_qkv_mlp.weight
-        assert fused_single is not None and tuple(fused_single.shape) == (3 * 32 + 128, 32)
-        without_fusion(monkeypatch)
-        plain = model(*flux_inputs(dtype))
-    assert torch.equal(fused, plain)
-
-
-def test_flux_observed_attention_is_called(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The drill hooks `single_transformer_blocks.N.attn`: the single block must then call it, not bypass it."""
-    torch.manual_seed(0)
-    model = FluxTransformer2DModel(FluxConfig.from_dict(FLUX_TINY))
-    with torch.no_grad():
-        expected = model(*flux_inputs(torch.float32))
-        calls: list[torch.Tensor] = []
-        model.single_transformer_blocks[0].attn.register_forward_hook(lambda _m, _i, out: calls.append(out))
-        assert torch.equal(model(*flux_inputs(torch.float32)), expected)
-    assert len(calls) == 1
+    monkeypatch.setattr(fused_module, "fusable", lambda parts: False)
 
 
 @pytest.mark.parametrize("image", [False, True], ids=["t2v", "i2v"])

@@ -16,7 +16,6 @@ from torch import nn
 
 from native_models.attention import attention
 from native_models.config_dict import known_config_values
-from native_models.models.fused_linear import FusedLinears, fusable, observed
 from native_models.models.rope import channel_tables, rotary_cos_sin, rotate_channels, timestep_embedding
 
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep/guidance features
@@ -199,18 +198,17 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim)
         self.norm_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
         self.norm_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
-        self.fused_qkv = FusedLinears()  # to_q, to_k, to_v as one GEMM
-
-    def heads(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projected (B, L, C) q, k, v -> each (B, L, H, D), q and k normalised."""
-        return self.norm_q(split_heads(q, self.head_dim)), self.norm_k(split_heads(k, self.head_dim)), \
-            split_heads(v, self.head_dim)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, L, C) -> q, k, v each (B, L, H, D), q and k normalised."""
-        return self.heads(*self.fused_qkv(x, (self.to_q, self.to_k, self.to_v)))
+        """(B, L, C) -> q, k, v each (B, L, H, D), q and k normalised.
+
+        Three GEMMs, not one fused q/k/v GEMM: at FLUX's width (3072) the fused one measured no faster on the CPU
+        (docs/speed.md, section 6); Wan's narrower blocks do fuse (native_models/models/fused_linear.py).
+        """
+        q = self.norm_q(split_heads(self.to_q(x), self.head_dim))
+        k = self.norm_k(split_heads(self.to_k(x), self.head_dim))
+        v = split_heads(self.to_v(x), self.head_dim)
+        return q, k, v
 
     def forward(self, x: torch.Tensor, rope: Rotary) -> torch.Tensor:
         return joint_attention(*self.qkv(x), rope)  # (B, L, C)
@@ -228,14 +226,13 @@ class JointAttention(SelfAttention):
         self.norm_added_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
         self.norm_added_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
         self.to_add_out = nn.Linear(dim, dim)
-        self.fused_context_qkv = FusedLinears()  # add_q_proj, add_k_proj, add_v_proj as one GEMM
 
     def context_qkv(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Text-stream q, k, v each (B, L_txt, H, D)."""
-        q, k, v = self.fused_context_qkv(c, (self.add_q_proj, self.add_k_proj, self.add_v_proj))
-        q = self.norm_added_q(split_heads(q, self.head_dim))
-        k = self.norm_added_k(split_heads(k, self.head_dim))
-        return q, k, split_heads(v, self.head_dim)
+        q = self.norm_added_q(split_heads(self.add_q_proj(c), self.head_dim))
+        k = self.norm_added_k(split_heads(self.add_k_proj(c), self.head_dim))
+        v = split_heads(self.add_v_proj(c), self.head_dim)
+        return q, k, v
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Rotary) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """x (B, L_img, C) and c (B, L_txt, C) -> projected attention outputs of the same shapes."""
@@ -289,20 +286,13 @@ class SingleStreamBlock(nn.Module):
         self.proj_mlp = nn.Linear(dim, mlp_dim)
         self.proj_out = nn.Linear(dim + mlp_dim, dim)
         self.attn = SelfAttention(dim, head_dim)
-        # attn.to_q/k/v and proj_mlp read the same input: one GEMM, as the reference's `linear1`
-        self.fused_qkv_mlp = FusedLinears()
 
     def forward(self, xc: torch.Tensor, vec: torch.Tensor, rope: Rotary) -> torch.Tensor:
         """xc (B, L_txt + L_img, C), vec (B, C) -> xc of the same shape."""
         shift, scale, gate = self.norm(vec)
         h = modulate(xc, shift, scale)
-        parts = (self.attn.to_q, self.attn.to_k, self.attn.to_v, self.proj_mlp)
-        if fusable(parts) and not observed(self.attn):
-            q, k, v, mlp = self.fused_qkv_mlp(h, parts)
-            attn = joint_attention(*self.attn.heads(q, k, v), rope)  # (B, L, C)
-        else:  # the attention module's own call, for whoever observes it (drill, trace hooks)
-            mlp, attn = self.proj_mlp(h), self.attn(h, rope)
-        mlp = F.gelu(mlp, approximate="tanh")
+        mlp = F.gelu(self.proj_mlp(h), approximate="tanh")
+        attn = self.attn(h, rope)
         xc = xc + gate.unsqueeze(1) * self.proj_out(torch.cat((attn, mlp), dim=2))
         if xc.dtype == torch.float16:
             xc = xc.clip(-FP16_MAX, FP16_MAX)
