@@ -126,6 +126,10 @@ def worker(rank: int, world: int, port: int, tp: int, sp: int, folder: str, out_
         model = load_parallel_component(WanTransformer3DModel, Path(folder), mesh)
         ctx = parallel_context(model)
         results = run_shapes(model, lambda out: gather_sequence(out, ctx))
+        block = model.blocks[0]
+        groups = {"attn1.fused_qkv": block.attn1.fused_qkv, "attn2.fused_kv": block.attn2.fused_kv}
+        fused = {name: None if group.weight is None else list(group.weight.shape) for name, group in groups.items()}
+        (Path(out_dir) / f"fused{rank}.json").write_text(json.dumps(fused))
         bf16 = load_parallel_component(WanTransformer3DModel, Path(folder), mesh, dtype=torch.bfloat16)
         with torch.no_grad():
             results["odd/output_bf16"] = bf16(**make_inputs(SHAPES["odd"], torch.bfloat16))
@@ -181,7 +185,8 @@ def topology(request: pytest.FixtureRequest, checkpoint: Path, tmp_path_factory:
     mp.start_processes(worker, args=args, nprocs=world, join=True, start_method=START_METHOD)
     ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(world)]
     params = [json.loads((out_dir / f"params{r}.json").read_text()) for r in range(world)]
-    return {"name": request.param, "tp": tp, "sp": sp, "ranks": ranks, "params": params}
+    fused = [json.loads((out_dir / f"fused{r}.json").read_text()) for r in range(world)]
+    return {"name": request.param, "tp": tp, "sp": sp, "ranks": ranks, "params": params, "fused": fused}
 
 
 # --- multi-process parity -----------------------------------------------------------------------------------
@@ -224,6 +229,14 @@ def test_weights_are_sharded(topology: dict) -> None:
         assert shapes["blocks.0.ffn.net.2.weight"] == [inner, ffn // tp]
         assert shapes["blocks.0.ffn.net.2.bias"] == [inner]
         assert shapes["proj_out.weight"] == [TINY["out_channels"] * 4, inner]
+
+
+def test_projections_are_fused_per_rank(topology: dict) -> None:
+    """Each rank fuses its own shards (q/k/v of self-attention, k/v of cross-attention) into one GEMM, so the parity
+    checks above ran the fused path under TP."""
+    tp, inner = topology["tp"], TINY["num_attention_heads"] * TINY["attention_head_dim"]
+    for fused in topology["fused"]:
+        assert fused == {"attn1.fused_qkv": [3 * inner // tp, inner], "attn2.fused_kv": [2 * inner // tp, inner]}
 
 
 def test_broken_shard_is_caught(topology: dict, single_rank: dict[str, torch.Tensor]) -> None:

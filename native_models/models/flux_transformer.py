@@ -16,7 +16,7 @@ from torch import nn
 
 from native_models.attention import attention
 from native_models.config_dict import known_config_values
-from native_models.models.rope import apply_rotary, rotary_cos_sin, timestep_embedding
+from native_models.models.rope import channel_tables, rotary_cos_sin, rotate_channels, timestep_embedding
 
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep/guidance features
 ROPE_THETA = 10000.0
@@ -74,15 +74,25 @@ class FluxConfig:
 
 
 class Rotary(NamedTuple):
-    """Per-pair rotary tables for the joint [text, image] sequence, and the pairing style."""
+    """Per-pair rotary tables for the joint [text, image] sequence, the pairing style, and the per-channel
+    tables the rotation uses (`with_channels` builds them once per forward; left None, each call builds them)."""
 
     cos: torch.Tensor  # (L, D/2) float32
     sin: torch.Tensor  # (L, D/2) float32
     interleaved: bool
+    cos_channels: torch.Tensor | None = None  # (L, 1, D) float32
+    sin_channels: torch.Tensor | None = None  # (L, 1, D) float32, signed per pair (rope.channel_tables)
+
+    def with_channels(self) -> Rotary:
+        cos, sin = channel_tables(self.cos[:, None, :], self.sin[:, None, :], self.interleaved)
+        return self._replace(cos_channels=cos, sin_channels=sin)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate x (B, L, H, D)."""
-        return apply_rotary(x, self.cos[:, None, :], self.sin[:, None, :], self.interleaved)
+        cos, sin = self.cos_channels, self.sin_channels
+        if cos is None or sin is None:
+            cos, sin = channel_tables(self.cos[:, None, :], self.sin[:, None, :], self.interleaved)
+        return rotate_channels(x, cos.to(x.device), sin.to(x.device), self.interleaved)
 
 
 class MLPEmbedder(nn.Module):
@@ -190,7 +200,11 @@ class SelfAttention(nn.Module):
         self.norm_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, L, C) -> q, k, v each (B, L, H, D), q and k normalised."""
+        """(B, L, C) -> q, k, v each (B, L, H, D), q and k normalised.
+
+        Three GEMMs, not one fused q/k/v GEMM: at FLUX's width (3072) the fused one measured no faster on the CPU
+        (docs/speed.md, section 6); Wan's narrower blocks do fuse (native_models/models/fused_linear.py).
+        """
         q = self.norm_q(split_heads(self.to_q(x), self.head_dim))
         k = self.norm_k(split_heads(self.to_k(x), self.head_dim))
         v = split_heads(self.to_v(x), self.head_dim)
@@ -297,6 +311,11 @@ class FinalLayer(nn.Module):
         return modulate(x, shift, scale)
 
 
+def _same(kept: torch.Tensor, ids: torch.Tensor) -> bool:
+    """The same position ids as a kept copy: shape, dtype, device and values."""
+    return kept.shape == ids.shape and kept.dtype == ids.dtype and kept.device == ids.device and torch.equal(kept, ids)
+
+
 class FluxTransformer2DModel(nn.Module):
     """The FLUX.1 denoiser on packed latent tokens; parameter names equal Diffusers' state-dict keys."""
 
@@ -316,6 +335,8 @@ class FluxTransformer2DModel(nn.Module):
         )
         self.norm_out = FinalLayer(dim)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * config.output_channels)
+        # the last rotary tables and the ids they were built for: every denoising step passes the same ids
+        self._rotary_cache: tuple[torch.Tensor, torch.Tensor, Rotary] | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FluxTransformer2DModel:
@@ -327,8 +348,14 @@ class FluxTransformer2DModel(nn.Module):
         for name, ids in (("txt_ids", txt_ids), ("img_ids", img_ids)):
             if ids.ndim != 2 or ids.shape[1] != len(self.config.axes_dims_rope):
                 raise ValueError(f"{name} must be (L, {len(self.config.axes_dims_rope)}), got {tuple(ids.shape)}")
+        cached = self._rotary_cache
+        if cached is not None and cached[2].interleaved == self.rope_interleaved and _same(cached[0], txt_ids) \
+                and _same(cached[1], img_ids):
+            return cached[2]
         cos, sin = rotary_cos_sin(torch.cat((txt_ids, img_ids), dim=0), self.config.axes_dims_rope, ROPE_THETA)
-        return Rotary(cos, sin, self.rope_interleaved)
+        rope = Rotary(cos, sin, self.rope_interleaved).with_channels()
+        self._rotary_cache = (txt_ids.detach().clone(), img_ids.detach().clone(), rope)
+        return rope
 
     def forward(
         self,

@@ -51,20 +51,43 @@ def rotary_cos_sin(
     return torch.cat(cos_parts, dim=-1), torch.cat(sin_parts, dim=-1)
 
 
-def _rotate_pairs(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """The 90-degree rotation of every channel pair: (a, b) -> (-b, a)."""
+def channel_tables(cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair cos/sin (..., D/2) -> per-channel (..., D): cos repeated, sin repeated with the pair's first channel
+    negated ((-s, s) per pair). Built once per forward, they turn every rotation into one swap and two products
+    (`rotate_channels`) instead of a negation, a stack and two table expansions per call."""
+    if sin.shape != cos.shape:
+        raise ValueError(f"rotary tables {tuple(cos.shape)}/{tuple(sin.shape)} differ in shape")
     if interleaved:
-        a, b = x.unflatten(-1, (-1, 2)).unbind(-1)  # (..., D/2) each
-        return torch.stack((-b, a), dim=-1).flatten(-2)
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
+        return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
-def _expand_to_channels(table: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """Per-pair table (..., D/2) laid out per channel (..., D) for the pairing style."""
+def _swap_pairs(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Each channel pair (a, b) -> (b, a), in a new tensor."""
     if interleaved:
-        return table.repeat_interleave(2, dim=-1)
-    return torch.cat((table, table), dim=-1)
+        a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack((b, a), dim=-1).flatten(-2)  # one copy kernel; ~2x faster than flip(-1) here
+    return x.roll(x.shape[-1] // 2, dims=-1)
+
+
+def rotate_channels(
+    x: torch.Tensor, cos_channels: torch.Tensor, sin_channels: torch.Tensor, interleaved: bool = True
+) -> torch.Tensor:
+    """Rotate the channel pairs of x (..., D) by per-channel tables from `channel_tables` (broadcast to x).
+
+    The reference computes x*cos + (-b, a)*sin in float32 and casts back; here (b, a)*(-s, s) gives the same
+    products exactly (negation is exact), added in the same order, so the result is bit-identical.
+    """
+    if cos_channels.shape[-1] != x.shape[-1] or sin_channels.shape != cos_channels.shape:
+        raise ValueError(
+            f"rotary tables {tuple(cos_channels.shape)}/{tuple(sin_channels.shape)} do not fit a head dim of "
+            f"{x.shape[-1]}"
+        )
+    xf = x.float()
+    out = xf * cos_channels  # a new tensor: the in-place ops below never touch x
+    swapped = _swap_pairs(xf, interleaved)
+    swapped.mul_(sin_channels)
+    return out.add_(swapped).to(x.dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = True) -> torch.Tensor:
@@ -74,10 +97,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     """
     if cos.shape[-1] * 2 != x.shape[-1] or sin.shape != cos.shape:
         raise ValueError(f"rotary tables {tuple(cos.shape)}/{tuple(sin.shape)} do not fit a head dim of {x.shape[-1]}")
-    cos = _expand_to_channels(cos, interleaved).to(x.device)
-    sin = _expand_to_channels(sin, interleaved).to(x.device)
-    rotated = _rotate_pairs(x, interleaved)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return rotate_channels(x, *channel_tables(cos.to(x.device), sin.to(x.device), interleaved), interleaved)
 
 
 def timestep_embedding(

@@ -38,7 +38,8 @@ from torch import nn
 
 from native_models.attention import attention
 from native_models.config_dict import known_config_values
-from native_models.models.rope import apply_rotary, axis_frequencies, timestep_embedding
+from native_models.models.fused_linear import FusedLinears
+from native_models.models.rope import axis_frequencies, channel_tables, rotate_channels, timestep_embedding
 from native_models.parallel.sequence_parallel import GatherOutput, SplitInput, SplitOutput, Ulysses
 from native_models.parallel.tensor_parallel import Colwise, HeadShardedRMSNorm, Rowwise
 
@@ -127,14 +128,21 @@ class WanConfig:
 
 
 class WanRotary(NamedTuple):
-    """Per-pair rotary tables for the image tokens, (L, 1, D/2) float32 each; adjacent channels are paired."""
+    """Per-pair rotary tables for the image tokens, (L, 1, D/2) float32 each; adjacent channels are paired. The
+    model also passes the per-channel tables the rotation uses ((L, 1, D), `rope.channel_tables`), built from
+    its stored per-channel buffers; given per-pair tables only, each call builds them."""
 
     cos: torch.Tensor
     sin: torch.Tensor
+    cos_channels: torch.Tensor | None = None
+    sin_channels: torch.Tensor | None = None
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate x (B, L, H, D), in float32, cast back to x's dtype (as Diffusers' Wan processor does)."""
-        return apply_rotary(x, self.cos, self.sin, interleaved=True)
+        cos, sin = self.cos_channels, self.sin_channels
+        if cos is None or sin is None:
+            cos, sin = channel_tables(self.cos, self.sin, interleaved=True)
+        return rotate_channels(x, cos, sin, interleaved=True)
 
 
 class WanRotaryPosEmbed(nn.Module):
@@ -152,11 +160,16 @@ class WanRotaryPosEmbed(nn.Module):
         angles = [torch.outer(positions, axis_frequencies(dim, theta, torch.float64, positions.device)) for dim in axes]
         self.register_buffer("freqs_cos", torch.cat([a.cos().float() for a in angles], dim=1), persistent=False)
         self.register_buffer("freqs_sin", torch.cat([a.sin().float() for a in angles], dim=1), persistent=False)
+        cos_channels, sin_channels = channel_tables(self.freqs_cos, self.freqs_sin, interleaved=True)  # (S, D) each
+        self.register_buffer("freqs_cos_channels", cos_channels, persistent=False)
+        self.register_buffer("freqs_sin_channels", sin_channels, persistent=False)
+        self._cache: tuple[tuple[int, int, int], tuple[torch.Tensor, ...], WanRotary] | None = None  # the last grid
 
-    def table(self, full: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """(max_seq_len, D/2) per-axis table -> (f*h*w, 1, D/2) for tokens in (frame, row, column) order."""
+    def table(self, full: torch.Tensor, grid: tuple[int, int, int], per_channel: bool = False) -> torch.Tensor:
+        """(max_seq_len, D/2) per-axis table -> (f*h*w, 1, D/2) for tokens in (frame, row, column) order; with
+        `per_channel`, a (max_seq_len, D) per-channel table -> (f*h*w, 1, D)."""
         f, h, w = grid
-        t_part, h_part, w_part = full.split(self.pairs, dim=1)
+        t_part, h_part, w_part = full.split(tuple(2 * p for p in self.pairs) if per_channel else self.pairs, dim=1)
         parts = (
             t_part[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
             h_part[:h].view(1, h, 1, -1).expand(f, h, w, -1),
@@ -167,7 +180,15 @@ class WanRotaryPosEmbed(nn.Module):
     def forward(self, grid: tuple[int, int, int]) -> WanRotary:
         if max(grid) > self.max_seq_len:
             raise ValueError(f"token grid {grid} exceeds rope_max_seq_len={self.max_seq_len}")
-        return WanRotary(self.table(self.freqs_cos, grid), self.table(self.freqs_sin, grid))
+        buffers = tuple(self.buffers())  # a cast or a move of the module replaces them: the cache no longer applies
+        cached = self._cache
+        if cached is not None and cached[0] == grid and all(a is b for a, b in zip(cached[1], buffers, strict=True)):
+            return cached[2]  # every denoising step asks for the same grid
+        rope = WanRotary(self.table(self.freqs_cos, grid), self.table(self.freqs_sin, grid),
+                         self.table(self.freqs_cos_channels, grid, per_channel=True),
+                         self.table(self.freqs_sin_channels, grid, per_channel=True))
+        self._cache = (grid, buffers, rope)
+        return rope
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -263,6 +284,8 @@ class WanAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
         self.core = Attend()
+        self.fused_qkv = FusedLinears()  # self-attention: to_q, to_k, to_v of x as one GEMM (per rank under TP)
+        self.fused_kv = FusedLinears()  # cross-attention: to_k, to_v of the context as one GEMM
 
     def attend(self, core: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (B, L, H, D), k and v (B, Lk, H, D) -> (B, L, H*D) in q's dtype, through the attention `core`."""
@@ -273,10 +296,13 @@ class WanAttention(nn.Module):
         self, x: torch.Tensor, context: torch.Tensor | None = None, rope: WanRotary | None = None
     ) -> torch.Tensor:
         """x (B, L, C), context (B, L_txt, C) or None -> (B, L, C)."""
-        source = x if context is None else context
-        q = self.norm_q(self.to_q(x)).unflatten(2, (-1, self.head_dim))  # (B, L, H, D)
-        k = self.norm_k(self.to_k(source)).unflatten(2, (-1, self.head_dim))  # (B, Lk, H, D)
-        v = self.to_v(source).unflatten(2, (-1, self.head_dim))
+        if context is None:
+            q, k, v = self.fused_qkv(x, (self.to_q, self.to_k, self.to_v))
+        else:
+            q, (k, v) = self.to_q(x), self.fused_kv(context, (self.to_k, self.to_v))
+        q = self.norm_q(q).unflatten(2, (-1, self.head_dim))  # (B, L, H, D)
+        k = self.norm_k(k).unflatten(2, (-1, self.head_dim))  # (B, Lk, H, D)
+        v = v.unflatten(2, (-1, self.head_dim))
         if rope is not None:
             q, k = rope.apply(q), rope.apply(k)
         return self.to_out[0](self.attend(self.core, q, k, v))
@@ -297,16 +323,19 @@ class WanImageCrossAttention(WanAttention):
         self.add_v_proj = nn.Linear(added_kv_dim, dim)
         self.norm_added_k = nn.RMSNorm(dim, eps=eps)
         self.image_core = Attend()
+        self.fused_added_kv = FusedLinears()  # add_k_proj, add_v_proj of the image tokens as one GEMM
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, context: torch.Tensor, image_context: torch.Tensor
     ) -> torch.Tensor:
         """x (B, L, C), context (B, L_txt, C), image_context (B, L_img, C) -> (B, L, C)."""
         q = self.norm_q(self.to_q(x)).unflatten(2, (-1, self.head_dim))  # (B, L, H, D)
-        k = self.norm_k(self.to_k(context)).unflatten(2, (-1, self.head_dim))  # (B, L_txt, H, D)
-        v = self.to_v(context).unflatten(2, (-1, self.head_dim))
-        k_img = self.norm_added_k(self.add_k_proj(image_context)).unflatten(2, (-1, self.head_dim))  # (B, L_img, H, D)
-        v_img = self.add_v_proj(image_context).unflatten(2, (-1, self.head_dim))
+        k, v = self.fused_kv(context, (self.to_k, self.to_v))
+        k = self.norm_k(k).unflatten(2, (-1, self.head_dim))  # (B, L_txt, H, D)
+        v = v.unflatten(2, (-1, self.head_dim))
+        k_img, v_img = self.fused_added_kv(image_context, (self.add_k_proj, self.add_v_proj))
+        k_img = self.norm_added_k(k_img).unflatten(2, (-1, self.head_dim))  # (B, L_img, H, D)
+        v_img = v_img.unflatten(2, (-1, self.head_dim))
         image_out = self.attend(self.image_core, q, k_img, v_img)  # (B, L, H*D)
         return self.to_out[0](self.attend(self.core, q, k, v) + image_out)
 
