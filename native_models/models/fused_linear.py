@@ -3,9 +3,9 @@
 A DiT computes q, k, v as separate `nn.Linear`s of the same input. One GEMM of width sum(N_i) is bit-identical
 (each output column is the same dot product) and, at Wan 1.3B's width (1536) on two CPU threads, faster: fewer
 calls and parallel regions (docs/speed.md, sections 3 and 6; at FLUX's width 3072 it measured no faster, so the
-FLUX DiT does not use it). The parts
-stay ordinary `nn.Linear`s under Diffusers' names, so strict loading, state dicts and tensor-parallel plans
-(which shard by parameter name) see no difference; their weights become row-slices of one fused tensor
+FLUX DiT does not use it). The parts stay ordinary `nn.Linear`s under Diffusers' names, so strict loading, state
+dicts and tensor-parallel plans (which shard by parameter name) see no difference; their weights become
+row-slices of one fused tensor
 (`param.data` re-pointed, the Parameter objects kept), so an in-place write to a part (a loader, a fault) is a
 write to the fused tensor.
 
