@@ -5,9 +5,8 @@ A DiT computes q, k, v as separate `nn.Linear`s of the same input. One GEMM of w
 calls and parallel regions (docs/speed.md, sections 3 and 6; at FLUX's width 3072 it measured no faster, so the
 FLUX DiT does not use it). The parts stay ordinary `nn.Linear`s under Diffusers' names, so strict loading, state
 dicts and tensor-parallel plans (which shard by parameter name) see no difference; their weights become
-row-slices of one fused tensor
-(`param.data` re-pointed, the Parameter objects kept), so an in-place write to a part (a loader, a fault) is a
-write to the fused tensor.
+row-slices of one fused tensor (`param.data` re-pointed, the Parameter objects kept), so an in-place write to a
+part (a loader, a fault) is a write to the fused tensor.
 
 Fusing happens lazily, on the first call that can use it, and again whenever a part's weight no longer lives in
 the fused tensor (a dtype or device cast, a tensor-parallel shard, an assigned state dict): each rank fuses its
