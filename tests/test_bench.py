@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from harness.bench import run_bench
 from harness.bench.calls import CallCapture
+from harness.bench.result import BenchResult
 from harness.cli.main import main
 from harness.run.cases import get_case
 
@@ -40,6 +42,22 @@ def test_flux_tiny_bench_reports_every_stage_with_finite_ratios() -> None:
     table = result.format()
     assert all(name in table for name in STAGES) and "native/Diffusers" in table
     assert data["untimed"] == {} and "not timed" not in table  # every stage was called on both sides
+    load = data["environment"]["load_average"]
+    assert load["cores"] == os.cpu_count() and load["start"] >= 0 and load["end"] >= 0
+
+
+def test_a_bench_started_on_a_busy_machine_says_so() -> None:
+    """Every core already busy when the bench starts: the table warns that its ratios are not to be quoted."""
+    result = BenchResult("flux-tiny", {"height": 64, "width": 64, "steps": 1, "dtype": "fp32"},
+                         {"device": "cpu", "threads": 2, "load_average": {"start": 2.0, "end": 3.5, "cores": 2}},
+                         {"native": None, "reference": None}, repeats=1, warmup=0)
+    assert result.format().splitlines()[-1] == (
+        "busy machine: load average 2.0 on 2 cores when the bench started (3.5 at the end): these ratios are not "
+        "to be quoted; re-run on a quiet machine")
+    result.environment["load_average"]["start"] = 1.9
+    assert "busy machine" not in result.format()
+    result.environment.pop("load_average")  # a bench JSON written before the field existed
+    assert "busy machine" not in result.format()
 
 
 def test_a_stage_one_side_never_calls_is_named_not_dropped() -> None:

@@ -10,6 +10,7 @@ resident, and then ends that run, which records nothing.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import replace
@@ -68,6 +69,7 @@ def run_bench(
     device = torch.device(request.device)
     checkpoint = resolve_checkpoint(model) if model else case.build_checkpoint()
 
+    load_at_start = os.getloadavg()[0]  # before this process adds its own
     say("native: load")
     plan = plan_native_run(checkpoint, request)
     pipeline = plan.pipeline_cls(checkpoint, plan.config, dtype=plan.batch.dtype, device=plan.batch.device)
@@ -86,7 +88,8 @@ def run_bench(
         case.name, request.to_dict(),
         {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
          "cpu": platform.processor() or platform.machine(), "attention_backend": get_attention_backend(),
-         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+         "load_average": {"start": round(load_at_start, 2), "end": None, "cores": os.cpu_count()}},
         {"native": settings.to_dict() if native_compiled else None,
          "reference": settings.to_dict() if reference_compiled else None},
         repeats, warmup)
@@ -135,6 +138,7 @@ def run_bench(
             case.run_reference(checkpoint, request, Trace({"case": case.name, "request": request.to_dict()}), None)
     except _Measured:
         seen = True
+    result.environment["load_average"]["end"] = round(os.getloadavg()[0], 2)
     if not seen:
         raise BenchError(f"case {case.name}: its reference runner loads no pipeline through "
                          "references/common/reference_pipeline.run_reference_pipeline, so there is nothing to time")

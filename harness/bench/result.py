@@ -99,7 +99,19 @@ class BenchResult:
         if weights:
             lines.append("weights MiB, native/Diffusers: " + ", ".join(weights))
         lines += [f"not timed: {name} ({why})" for name, why in self.untimed.items()]
+        busy = busy_machine(self.environment.get("load_average"))
+        if busy:
+            lines.append(busy)
         return "\n".join(lines)
+
+
+def busy_machine(load: dict[str, Any] | None) -> str | None:
+    """A warning line when other work already kept every core busy as the bench started: both sides are then
+    timed on a starved CPU, and a ratio can move by 2x from one run to the next (docs/speed.md, section 6)."""
+    if not load or not load.get("cores") or load.get("start") is None or load["start"] < load["cores"]:
+        return None
+    return (f"busy machine: load average {load['start']:.1f} on {load['cores']} cores when the bench started "
+            f"({load['end']:.1f} at the end): these ratios are not to be quoted; re-run on a quiet machine")
 
 
 def _ms(value: float) -> str:
