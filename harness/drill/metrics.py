@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from harness.compare.metrics import rel_l2_and_cos
+
 CHUNK = 1 << 20
 
 
@@ -43,17 +45,9 @@ def compare(native: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     if nonfinite:
         return {"rel_l2": math.nan, "max_abs": math.nan, "cos": math.nan, "ref_rms": math.nan,
                 "nonfinite": nonfinite}
-    ref_norm, nat_norm, diff_norm = math.sqrt(sums["rr"]), math.sqrt(sums["nn"]), math.sqrt(sums["dd"])
-    if ref_norm == 0.0:
-        rel_l2 = 0.0 if diff_norm == 0.0 else math.inf
-    else:
-        rel_l2 = diff_norm / ref_norm
-    if ref_norm == 0.0 and nat_norm == 0.0:
-        cos = 1.0
-    elif ref_norm == 0.0 or nat_norm == 0.0:
-        cos = 0.0
-    else:
-        cos = max(-1.0, min(1.0, sums["nr"] / (nat_norm * ref_norm)))
+    ref_norm, nat_norm = math.sqrt(sums["rr"]), math.sqrt(sums["nn"])
+    rel_l2, cos = rel_l2_and_cos(ref_norm, nat_norm, math.sqrt(sums["dd"]), lambda: sums["nr"])
+    cos = max(-1.0, min(1.0, cos))  # summed chunk by chunk, the ratio can overshoot 1 by a rounding
     return {"rel_l2": rel_l2, "max_abs": max_abs, "cos": cos,
             "ref_rms": ref_norm / math.sqrt(max(r.numel(), 1)), "nonfinite": 0}
 
