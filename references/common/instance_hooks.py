@@ -158,7 +158,8 @@ class PipelineForcer:
 
     Instance wrappers only, installed after the recorder so that it sees the forced inputs: the VAE decodes the
     baseline's decode input (the same for every family); a subclass forces `encode_prompt`, the DiT's input
-    (`_before_transformer`) and the scheduler step (`_scheduler_step`, which advances `step`).
+    (`_before_transformer`) and says where the latents entering a step come from (`_latents_in`, used by the
+    scheduler step, which advances `step`).
     """
 
     def __init__(self, pipe: Any, baseline: Trace) -> None:
@@ -186,8 +187,20 @@ class PipelineForcer:
     def _before_transformer(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         raise NotImplementedError
 
-    def _scheduler_step(self, original: Any, args: tuple, kwargs: dict) -> Any:
+    def _latents_in(self, like: torch.Tensor) -> torch.Tensor:
+        """The baseline's latents entering step `self.step`, shaped and typed like `like`."""
         raise NotImplementedError
+
+    def _scheduler_step(self, original: Any, args: tuple, kwargs: dict) -> Any:
+        """`scheduler.step` on the baseline's latents of this step (its `sample`, third positional or keyword);
+        advances `step`. A scheduler with history (Wan's UniPC) overrides this."""
+        if len(args) >= 3:
+            args = (*args[:2], self._latents_in(args[2]), *args[3:])
+        else:
+            kwargs["sample"] = self._latents_in(kwargs["sample"])
+        result = original(*args, **kwargs)
+        self.step += 1
+        return result
 
     def _decode(self, original: Any, args: tuple, kwargs: dict) -> Any:
         """`vae.decode` run on the baseline's `decode/latents` instead of the pipeline's own input."""

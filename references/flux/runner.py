@@ -117,15 +117,6 @@ class _FluxForcer(PipelineForcer):
         kwargs["hidden_states"] = self._latents_in(kwargs["hidden_states"])
         return args, kwargs
 
-    def _scheduler_step(self, original: Any, args: tuple, kwargs: dict) -> Any:
-        if len(args) >= 3:
-            args = (*args[:2], self._latents_in(args[2]), *args[3:])
-        else:
-            kwargs["sample"] = self._latents_in(kwargs["sample"])
-        result = original(*args, **kwargs)
-        self.step += 1
-        return result
-
 
 def _fp64_start_latents(pipe: FluxPipeline, request: GenerationRequest) -> torch.Tensor | None:
     """For a float64 run, the fp32 run's packed initial noise upcast (randn draws other numbers in float64)."""

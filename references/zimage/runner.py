@@ -124,15 +124,6 @@ class _ZImageForcer(PipelineForcer):
         doubled = latents.repeat(len(images) // latents.shape[0], 1, 1, 1)
         return (list(doubled.unsqueeze(2).unbind(0)), *args[1:]), kwargs
 
-    def _scheduler_step(self, original: Any, args: tuple, kwargs: dict) -> Any:
-        if len(args) >= 3:
-            args = (*args[:2], self._latents_in(args[2]), *args[3:])
-        else:
-            kwargs["sample"] = self._latents_in(kwargs["sample"])
-        result = original(*args, **kwargs)
-        self.step += 1
-        return result
-
 
 def zimage_pipeline_kwargs(request: GenerationRequest) -> dict[str, Any]:
     """ZImagePipeline's arguments for `request` (output_type and return_dict aside)."""
