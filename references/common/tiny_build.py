@@ -65,6 +65,14 @@ def randomise_constant_parameters(module: torch.nn.Module, seed: int, index: int
     return changed
 
 
+def finish_random_component(module: torch.nn.Module, seed: int, index: int) -> None:
+    """The last step of every tiny builder's components: no all-zero matrix, no constant parameter (seed slot
+    `index`), eval mode."""
+    reinit_zero_weights(module)
+    randomise_constant_parameters(module, seed, index)
+    module.eval()
+
+
 def config_digest(config: dict[str, Any]) -> str:
     """Short stable hash of a builder config, for cache folder names."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
@@ -96,6 +104,13 @@ def checkpoint_folder(family: str, build_version: int, seed: int, digest: str | 
     if digest is not None:
         name += f"-{digest}"
     return cache_root() / "checkpoints" / name
+
+
+def config_checkpoint_dir(family: str, build_version: int, seed: int, config: Any, default: Any) -> Path:
+    """A tiny checkpoint's cache folder for `config` (a dataclass with `digest()`); the default config's name
+    carries no config hash."""
+    is_default = config is None or config == default
+    return checkpoint_folder(family, build_version, seed, None if is_default else config.digest())
 
 
 def build_once(final: Path, build: Callable[[Path], Any]) -> Path:

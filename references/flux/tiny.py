@@ -15,10 +15,9 @@ import torch
 
 from references.common.tiny_build import (
     build_once,
-    checkpoint_folder,
+    config_checkpoint_dir,
     config_digest,
-    randomise_constant_parameters,
-    reinit_zero_weights,
+    finish_random_component,
     save_checkpoint,
 )
 from references.flux.components import FLUX_DEV_SCHEDULER, build_flux_components
@@ -100,9 +99,7 @@ def _build_components(seed: int, config: TinyFluxConfig) -> dict:
         clip_merges=CLIP_MERGES,
     )
     for index, name in enumerate(("text_encoder", "text_encoder_2", "transformer", "vae")):
-        reinit_zero_weights(components[name])  # FLUX in Diffusers 0.42 has none; kept for other versions
-        randomise_constant_parameters(components[name], seed, index)
-        components[name].eval()
+        finish_random_component(components[name], seed, index)  # FLUX in Diffusers 0.42 has no all-zero matrix
     return components
 
 
@@ -121,8 +118,7 @@ def build_tiny_flux(out_dir: Path, seed: int = 0, config: TinyFluxConfig | None 
 
 def checkpoint_dir(seed: int = 0, config: TinyFluxConfig | None = None) -> Path:
     """The cache folder for `seed` and `config` (the default config's name carries no config hash)."""
-    default = config is None or config == TinyFluxConfig()
-    return checkpoint_folder("flux", BUILD_VERSION, seed, None if default else config.digest())
+    return config_checkpoint_dir("flux", BUILD_VERSION, seed, config, TinyFluxConfig())
 
 
 def tiny_flux_checkpoint(seed: int = 0, config: TinyFluxConfig | None = None) -> Path:

@@ -21,10 +21,9 @@ import torch
 
 from references.common.tiny_build import (
     build_once,
-    checkpoint_folder,
+    config_checkpoint_dir,
     config_digest,
-    randomise_constant_parameters,
-    reinit_zero_weights,
+    finish_random_component,
     save_checkpoint,
     seed_component,
 )
@@ -156,9 +155,7 @@ def _build_components(seed: int, config: TinyQwenImageConfig) -> dict:
     )  # Qwen-Image's latents_mean / latents_std are the class defaults (Wan 2.1's statistics)
 
     for index, model in enumerate((text_encoder, transformer, vae)):
-        reinit_zero_weights(model)
-        randomise_constant_parameters(model, seed, index)
-        model.eval()
+        finish_random_component(model, seed, index)
 
     return {
         "tokenizer": tokenizer,
@@ -183,8 +180,7 @@ def build_tiny_qwenimage(out_dir: Path, seed: int = 0, config: TinyQwenImageConf
 
 def checkpoint_dir(seed: int = 0, config: TinyQwenImageConfig | None = None) -> Path:
     """The cache folder for `seed` and `config` (the default config's name carries no config hash)."""
-    default = config is None or config == TinyQwenImageConfig()
-    return checkpoint_folder("qwenimage", BUILD_VERSION, seed, None if default else config.digest())
+    return config_checkpoint_dir("qwenimage", BUILD_VERSION, seed, config, TinyQwenImageConfig())
 
 
 def tiny_qwenimage_checkpoint(seed: int = 0, config: TinyQwenImageConfig | None = None) -> Path:

@@ -28,10 +28,9 @@ import torch
 
 from references.common.tiny_build import (
     build_once,
-    checkpoint_folder,
+    config_checkpoint_dir,
     config_digest,
-    randomise_constant_parameters,
-    reinit_zero_weights,
+    finish_random_component,
     save_checkpoint,
     seed_component,
 )
@@ -239,9 +238,7 @@ def _build_components(seed: int, config: TinyWanConfig) -> dict:
     # a component's index is its seed slot, as before the optional ones existed (the T2V weights are unchanged)
     slots = {"text_encoder": 0, "transformer": 1, "vae": 2, "transformer_2": 3, "image_encoder": 4}
     for name, model in models.items():
-        reinit_zero_weights(model)
-        randomise_constant_parameters(model, seed, slots[name])
-        model.eval()
+        finish_random_component(model, seed, slots[name])
 
     components: dict = {"tokenizer": tokenizer, **models, "scheduler": UniPCMultistepScheduler(**config.scheduler)}
     if config.has_image_path:
@@ -291,8 +288,7 @@ def build_tiny_wan(out_dir: Path, seed: int = 0, config: TinyWanConfig | None = 
 
 def checkpoint_dir(seed: int = 0, config: TinyWanConfig | None = None) -> Path:
     """The cache folder for `seed` and `config` (the default config's name carries no config hash)."""
-    default = config is None or config == TinyWanConfig()
-    return checkpoint_folder("wan", BUILD_VERSION, seed, None if default else config.digest())
+    return config_checkpoint_dir("wan", BUILD_VERSION, seed, config, TinyWanConfig())
 
 
 def tiny_wan_checkpoint(seed: int = 0, config: TinyWanConfig | None = None) -> Path:

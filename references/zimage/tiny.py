@@ -20,10 +20,9 @@ import torch
 
 from references.common.tiny_build import (
     build_once,
-    checkpoint_folder,
+    config_checkpoint_dir,
     config_digest,
-    randomise_constant_parameters,
-    reinit_zero_weights,
+    finish_random_component,
     save_checkpoint,
     seed_component,
 )
@@ -124,9 +123,7 @@ def _build_components(seed: int, config: TinyZImageConfig) -> dict:
     )  # fmt: skip
 
     for index, model in enumerate((text_encoder, transformer, vae)):
-        reinit_zero_weights(model)
-        randomise_constant_parameters(model, seed, index)
-        model.eval()
+        finish_random_component(model, seed, index)
 
     return {
         "tokenizer": tokenizer,
@@ -151,8 +148,7 @@ def build_tiny_zimage(out_dir: Path, seed: int = 0, config: TinyZImageConfig | N
 
 def checkpoint_dir(seed: int = 0, config: TinyZImageConfig | None = None) -> Path:
     """The cache folder for `seed` and `config` (the default config's name carries no config hash)."""
-    default = config is None or config == TinyZImageConfig()
-    return checkpoint_folder("zimage", BUILD_VERSION, seed, None if default else config.digest())
+    return config_checkpoint_dir("zimage", BUILD_VERSION, seed, config, TinyZImageConfig())
 
 
 def tiny_zimage_checkpoint(seed: int = 0, config: TinyZImageConfig | None = None) -> Path:
