@@ -187,9 +187,17 @@ class PipelineForcer:
     def _before_transformer(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         raise NotImplementedError
 
+    def _baseline_latents(self, step: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The baseline's latents entering `step` (its initial latents, else the previous step's output), as
+        recorded (canonical layout); in `like`'s device and dtype when given."""
+        if step == 0:
+            return self._tensor("latents", "initial", like=like)
+        return self._tensor("denoise", "latents", step - 1, like=like)
+
     def _latents_in(self, like: torch.Tensor) -> torch.Tensor:
-        """The baseline's latents entering step `self.step`, shaped and typed like `like`."""
-        raise NotImplementedError
+        """The baseline's latents entering step `self.step`, as the pipeline holds them (a family whose pipeline
+        packs its latents overrides this)."""
+        return self._baseline_latents(self.step, like)
 
     def _scheduler_step(self, original: Any, args: tuple, kwargs: dict) -> Any:
         """`scheduler.step` on the baseline's latents of this step (its `sample`, third positional or keyword);

@@ -101,8 +101,7 @@ class _FluxForcer(PipelineForcer):
 
     def _latents_in(self, like: torch.Tensor) -> torch.Tensor:
         """The baseline's latents entering the current step, packed like the pipeline's."""
-        spatial = (self._tensor("latents", "initial") if self.step == 0
-                   else self._tensor("denoise", "latents", self.step - 1))
+        spatial = self._baseline_latents(self.step)
         b, c, h, w = spatial.shape
         return self.pipe._pack_latents(spatial, b, c, h, w).to(device=like.device, dtype=like.dtype)
 

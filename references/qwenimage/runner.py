@@ -105,8 +105,7 @@ class _QwenImageForcer(PipelineForcer):
         self.encode_calls = 0
 
     def _latents_in(self, like: torch.Tensor) -> torch.Tensor:
-        spatial = (self._tensor("latents", "initial") if self.step == 0
-                   else self._tensor("denoise", "latents", self.step - 1))
+        spatial = self._baseline_latents(self.step)
         b, c, h, w = spatial.shape
         return self.pipe._pack_latents(spatial, b, c, h, w).to(device=like.device, dtype=like.dtype)
 

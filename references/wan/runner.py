@@ -136,9 +136,7 @@ class _WanForcer(PipelineForcer):
 
     def _latents_in(self, step: int, like: torch.Tensor) -> torch.Tensor:
         """The baseline's latents entering `step`, in `like`'s device and dtype."""
-        if step == 0:
-            return self._tensor("latents", "initial", like=like)
-        return self._tensor("denoise", "latents", step - 1, like=like)
+        return self._baseline_latents(step, like)
 
     def _encode(self, original: Any, args: tuple, kwargs: dict) -> Any:
         prompt_embeds, negative = original(*args, **kwargs)

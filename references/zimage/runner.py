@@ -102,11 +102,6 @@ class _ZImageForcer(PipelineForcer):
         super().__init__(pipe, baseline)
         self.repeats = repeats  # images per prompt: the baseline's rows i * repeats are the prompts' own
 
-    def _latents_in(self, like: torch.Tensor) -> torch.Tensor:
-        if self.step == 0:
-            return self._tensor("latents", "initial", like=like)
-        return self._tensor("denoise", "latents", self.step - 1, like=like)
-
     def _prompt_list(self, prefix: str, like: list[torch.Tensor]) -> list[torch.Tensor]:
         padded = self._tensor("encode", f"{prefix}prompt_embeds", like=like[0])
         mask = self._tensor("encode", f"{prefix}prompt_embeds_mask").bool()
