@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from native_models.attention import attention
 from native_models.models.clip_text import ACTIVATIONS, config_float, config_int
+from native_models.models.t5_encoder import check_token_inputs
 
 SUPPORTED_ACTIVATIONS = ("silu",)  # every Qwen LLM; anything else is refused rather than approximated
 
@@ -349,16 +350,7 @@ class QwenTextModel(nn.Module):
         return self
 
     def check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None) -> None:
-        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got {shape}")
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-        if attention_mask is not None and (
-            not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape
-        ):
-            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
-            raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, got {shape}")
+        check_token_inputs(input_ids, attention_mask)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False,

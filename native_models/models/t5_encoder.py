@@ -41,6 +41,21 @@ _MT5_DEFAULTS = {**_T5_DEFAULTS, "vocab_size": 250112, "d_ff": 1024, "num_layers
 CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {"t5": _T5_DEFAULTS, "mt5": _MT5_DEFAULTS, "umt5": _MT5_DEFAULTS}
 
 
+def check_token_inputs(input_ids: Tensor, attention_mask: Tensor | None) -> None:
+    """One-line ValueErrors for what a text encoder cannot take: input_ids not a non-empty (batch, length)
+    integer tensor, or a mask of another shape (shared by the T5/UMT5 and Qwen text encoders)."""
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got {shape}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if attention_mask is not None and (
+        not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape
+    ):
+        shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
+        raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, got {shape}")
+
+
 @dataclass(frozen=True)
 class T5EncoderHParams:
     """Hyper-parameters read from a transformers `T5Config` config.json (defaults are transformers')."""
@@ -313,16 +328,7 @@ class T5EncoderModel(nn.Module):
         return {key: value for key, value in state.items() if not key.startswith(("decoder.", "lm_head."))}
 
     def check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None) -> None:
-        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got {shape}")
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-        if attention_mask is not None and (
-            not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape
-        ):
-            shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
-            raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, got {shape}")
+        check_token_inputs(input_ids, attention_mask)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
