@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from native_models.build_memo import BoundedMemo, config_key
 from native_models.checkpoint_files import (
     TensorSource,
     check_weight_map,
@@ -38,6 +39,9 @@ from native_models.meta_build import ConfigTooLarge, SkipInitOnMeta, build_empty
 from native_models.safetensors_header import FLOAT_WEIGHT_DTYPES
 
 JSON_FILE_LIMIT = 64 * 1024 * 1024  # config, index and model_index files are kilobytes; a shard index ~1 MB
+# (class, config.json, every header entry and its file) of components whose names, shapes and dtypes were found
+# to fit the model: checked again only when one of those changes (native_models/build_memo.py)
+CHECKED_COMPONENTS: BoundedMemo[bool] = BoundedMemo()
 
 
 class NativeComponent(Protocol):
@@ -186,6 +190,9 @@ def check_component(cls: type, component_dir: Path) -> dict[str, Any]:
     are sound, and every stored tensor has the shape and a dtype the model built from config.json needs (a
     `latent_channels` edited in config.json is named here, before Diffusers loads anything). Returns the config."""
     config, sources = _checked_component(cls, component_dir)
+    key = config_key(cls, config, tuple((name, source.file, source.info) for name, source in sorted(sources.items())))
+    if CHECKED_COMPONENTS.get(key):
+        return config
     model = build_empty(cls, config, component_dir)  # parameters on the meta device: no memory, no data read
     state: dict[str, torch.Tensor] = {}
     files: dict[int, Path] = {}
@@ -197,6 +204,7 @@ def check_component(cls: type, component_dir: Path) -> dict[str, Any]:
     if convert is not None:
         state = convert(state)
     check_state(model, state, component_dir, files)
+    CHECKED_COMPONENTS.put(key, True)
     return config
 
 

@@ -19,12 +19,16 @@ import torch
 from torch.nn.modules import module as torch_module
 from torch.overrides import TorchFunctionMode
 
+from native_models.build_memo import BoundedMemo, config_key
 from native_models.errors import CheckpointError
 
 # A model built from config.json may hold at most this many elements more than its checkpoint's tensors:
 # tied weights are counted twice, and non-persistent buffers (rotary tables...) are not in the file.
 BUILD_SLACK_NUMEL = 2**20
 BUILD_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, OverflowError)
+# (class, config.json) -> elements of its complete meta build: the size check of a config already built once in
+# this process compares that count with the budget instead of building again (native_models/build_memo.py)
+BUILT_NUMEL: BoundedMemo[int] = BoundedMemo()
 
 
 class SkipInitOnMeta(TorchFunctionMode):
@@ -79,17 +83,26 @@ def _registration_hooks(on_parameter: Callable[..., Any], on_buffer: Callable[..
 def check_build_size(cls: type, config: dict[str, Any], component_dir: Path, checkpoint_numel: int) -> None:
     """Build `cls` from `config` on the meta device (no memory allocated) and raise CheckpointError when it
     would hold far more elements than the checkpoint's tensors, or cannot be built at all."""
-    budget = _BuildBudget(2 * checkpoint_numel + BUILD_SLACK_NUMEL)
-    try:
-        with _registration_hooks(budget, budget), torch.device("meta"), SkipInitOnMeta():
-            cls.from_config(config)  # type: ignore[attr-defined]
-    except _OverBudget as exc:
+    limit = 2 * checkpoint_numel + BUILD_SLACK_NUMEL
+    key = config_key(cls, config)
+    numel = BUILT_NUMEL.get(key)
+    if numel is None:
+        budget = _BuildBudget(limit)
+        try:
+            with _registration_hooks(budget, budget), torch.device("meta"), SkipInitOnMeta():
+                cls.from_config(config)  # type: ignore[attr-defined]
+        except _OverBudget as exc:
+            numel = exc.numel  # a partial count: the build stopped as soon as it passed the budget
+        except BUILD_ERRORS as exc:
+            raise _cannot_build(cls, component_dir, exc) from None
+        else:
+            numel = budget.numel
+            BUILT_NUMEL.put(key, numel)
+    if numel > limit:
         raise ConfigTooLarge(
-            f"{component_dir / 'config.json'}: {cls.__name__} built from it would hold over {exc.numel} elements, "
+            f"{component_dir / 'config.json'}: {cls.__name__} built from it would hold over {numel} elements, "
             f"its weights hold {checkpoint_numel} (a config value far too large?)"
-        ) from None
-    except BUILD_ERRORS as exc:
-        raise _cannot_build(cls, component_dir, exc) from None
+        )
 
 
 def _parameter_on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> Any:

@@ -13,6 +13,7 @@ transformers tokenizer. DIFFPARITY_TOKENIZER_CACHE=off turns the cache off.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,7 +40,10 @@ def cache_enabled() -> bool:
     return os.environ.get("DIFFPARITY_TOKENIZER_CACHE", "on").strip().lower() not in ("off", "0", "no", "false")
 
 
+@functools.cache
 def _version(package: str) -> str:
+    """The installed version (read once per process: each read parses the package's METADATA, ~1.4 ms, twice per
+    tokenizer load)."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import gc
 import importlib
 import os
@@ -29,7 +30,10 @@ COMMANDS = ("run", "drill", "compare", "calibrate", "faults", "noise", "list_cas
             "bench")
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, built once per process (~15 ms: a session calling `main()` many times, the test
+    suite, builds it once). Nothing parsing does changes it: handlers and defaults are set at registration."""
     parser = OneLineParser(
         prog="diffparity",
         description="Check a native diffusion pipeline against the HuggingFace Diffusers reference, stage by stage.",

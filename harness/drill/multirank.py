@@ -103,7 +103,8 @@ def _drill_rank_main(rank: int, job: _DrillRankJob) -> None:
     torch.set_num_threads(job.threads)
     mesh = init_parallel(tp=job.topology.tp, sp=job.topology.sp, device=job.request.device)
     try:
-        plan = plan_native_run(job.checkpoint, job.request, model_name=job.model)
+        # the launcher checked every component of this folder before starting the ranks
+        plan = plan_native_run(job.checkpoint, job.request, model_name=job.model, check_weights=False)
         pipeline = plan.pipeline_cls(job.checkpoint, plan.config, dtype=plan.batch.dtype, device=plan.batch.device,
                                      mesh=mesh)
         if job.mutate is not None:

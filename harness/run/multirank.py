@@ -152,7 +152,8 @@ def _rank_main(rank: int, job: _RankJob) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     mesh = init_parallel(tp=job.topology.tp, sp=job.topology.sp, device=job.request.device)
     try:
-        plan = plan_native_run(job.checkpoint, job.request, model_name=job.model)
+        # the launcher checked every component of this folder before starting the ranks
+        plan = plan_native_run(job.checkpoint, job.request, model_name=job.model, check_weights=False)
         meta = {**job.meta, "ranks": job.topology.to_dict(job.request.device)}
         keep = rank == 0
         trace = open_trace(meta, spool_dir=job.work_dir) if keep else _Discard(meta)

@@ -54,14 +54,18 @@ class NativePlan:
     stored_dtypes: dict[str, list[str]] = field(default_factory=dict)  # component -> float dtypes of its weights
 
 
-def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: str | None = None) -> NativePlan:
+def plan_native_run(checkpoint: Path, request: GenerationRequest, model_name: str | None = None,
+                    check_weights: bool = True) -> NativePlan:
     """Resolve pipeline class and config, and validate the request against the model's static facts.
 
     Raises CheckpointError / RequestError with one-line messages; reads only JSON and safetensors headers.
+    `check_weights=False` skips checking every component's config and headers before anything loads (and leaves
+    `stored_dtypes` empty): for a rank, whose launcher planned the same folder with the check a moment earlier;
+    the loader still checks each component as it loads it.
     """
     check_attention_selection()  # DIFFPARITY_ATTENTION names a backend that can run here, or exit 2
     pipeline_cls = pipeline_class_for(checkpoint)
-    stored_dtypes = check_components(checkpoint, pipeline_cls)
+    stored_dtypes = check_components(checkpoint, pipeline_cls) if check_weights else {}
     entry = get_configs(model_name or str(checkpoint), pipeline_cls.pipeline_name)
     config = entry.pipeline_config_cls()
     pipeline_cls.configure(config, checkpoint)

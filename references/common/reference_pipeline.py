@@ -8,8 +8,10 @@ Only the family's hook classes and pipeline arguments differ; they are passed in
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,6 +124,20 @@ def compile_pipeline_transformer(pipe: Any, settings: Any) -> None:
         compile_repeated_blocks(transformer, settings)
 
 
+def _release_cycles(pipe: Any) -> list[weakref.ref]:
+    """Drop the reference cycle Diffusers leaves on each model (`cache_context` stores a HookRegistry on the
+    module that points back at it) and return weak references to the pipeline and its models: whether deleting
+    the pipeline then freed them, or a full collection is still needed."""
+    models = [c for c in getattr(pipe, "components", {}).values() if isinstance(c, torch.nn.Module)]
+    for model in models:
+        for module in model.modules():
+            module.__dict__.pop("_diffusers_hook", None)
+    refs = [weakref.ref(model) for model in models]
+    with contextlib.suppress(TypeError):
+        refs.append(weakref.ref(pipe))
+    return refs
+
+
 def run_reference_pipeline(
     pipeline_cls: Any,
     checkpoint: Path,
@@ -180,8 +196,10 @@ def run_reference_pipeline(
     finally:
         while hooks:  # the forcer first: it wraps the recorder's wrappers. Popped, so no loop variable keeps the
             hooks.pop().remove()  # last recorder (and through it the whole pipeline) alive past the collection
+        still_alive = _release_cycles(pipe)
         del pipe, hooks
-        gc.collect()
+        if any(ref() is not None for ref in still_alive):  # held by a reference cycle: free it before the native
+            gc.collect()  # side loads (a full collection walks every object: 0.1-0.5 s, so only when it frees one)
         release_freed_memory()
         if device.type == "cuda":
             torch.cuda.empty_cache()
