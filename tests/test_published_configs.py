@@ -5,6 +5,9 @@ DIR --dtype fp32`, at the family's own token length (512, 256, 512) and a small 
 
 Slow (about 1 GB of bf16 weights per folder, 4 GiB per side in fp32): marked `slow`, run in the CPU suite. Each
 folder is built once into the checkpoint cache ($DIFFPARITY_CACHE/published/) and reused by later runs.
+Each command is a process of its own, forked from a launcher that has torch, transformers and diffusers imported
+but none of this project's code (tests/warm_commands.py; it runs `harness.cli.main` as the console script does):
+three fresh interpreters would import them three times (~5 s each).
 Larger builds (more layers, the real shard sizes): scripts/published_configs.py.
 """
 
@@ -12,16 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from warm_commands import WarmCommands
 
 from native_models.safetensors_header import read_safetensors_header
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = ["--height", "32", "--width", "32", "--steps", "1"]
 
@@ -52,8 +55,14 @@ FOLDERS = {
 }
 
 
+@pytest.fixture(scope="module")
+def warm() -> Iterator[WarmCommands]:
+    with WarmCommands(ROOT, dict(os.environ, HF_HUB_OFFLINE="1")) as launcher:
+        yield launcher
+
+
 @pytest.mark.parametrize("name", list(FOLDERS))
-def test_published_config_folder_passes_the_users_command(name: str, tmp_path: Path) -> None:
+def test_published_config_folder_passes_the_users_command(name: str, tmp_path: Path, warm: WarmCommands) -> None:
     build, flags, sharded, tokens, guidance = FOLDERS[name]
     folder = build()  # built once into the checkpoint cache
     index = next((folder / sharded).glob("*.safetensors.index.json"))  # sharded as the public repositories are
@@ -62,10 +71,8 @@ def test_published_config_folder_passes_the_users_command(name: str, tmp_path: P
     assert {info.dtype for info in read_safetensors_header(shards[0]).values()} == {"BF16"}
 
     out = tmp_path / "run"
-    script = Path(sys.executable).with_name("diffparity")
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([str(script), "run", "--model", str(folder), "--dtype", "fp32", *flags, "--out", str(out),
-                           "--no-progress"], capture_output=True, text=True, env=env, timeout=1800)
+    proc = warm.run("harness.cli.main", ["run", "--model", str(folder), "--dtype", "fp32", *flags, "--out", str(out),
+                                         "--no-progress"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["verdict"] == "pass" and report["first_divergence"] is None

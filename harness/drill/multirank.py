@@ -38,7 +38,7 @@ from harness.drill.session import Mutate, capture_reference, native_components, 
 from harness.drill.store import OutputStore
 from harness.drill.target import DrillError, resolve_target
 from harness.run.cases import Case
-from harness.run.multirank import Topology, free_port, launch_ranks
+from harness.run.multirank import Topology, launch_ranks, launcher_store, rank_environment
 from harness.run.native_runner import plan_native_run
 from harness.run.request import GenerationRequest
 
@@ -98,8 +98,7 @@ def _drill_rank_main(rank: int, job: _DrillRankJob) -> None:
     inputs with every module's output gathered; rank 0 keeps them."""
     from native_models.parallel import destroy_parallel, init_parallel, parallel_context
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job.port), RANK=str(rank),
-                      WORLD_SIZE=str(job.topology.world), LOCAL_RANK=str(rank))
+    os.environ.update(rank_environment(rank, job.topology.world, job.port))
     torch.set_num_threads(job.threads)
     mesh = init_parallel(tp=job.topology.tp, sp=job.topology.sp, device=job.request.device)
     try:
@@ -194,9 +193,10 @@ def drill_ranks(case: Case, request: GenerationRequest, checkpoint: Path, first:
         _save_inputs(captured, work_dir)
         (work_dir / "shapes.json").write_text(json.dumps({json.dumps(list(k)): list(v)
                                                           for k, v in single_run.shapes.items()}))
-        job = _DrillRankJob(Path(checkpoint), request, topology, target.component, target.method, target.stage,
-                            work_dir, free_port(), max(1, torch.get_num_threads() // topology.world), model, mutate)
-        launch_ranks(job, _drill_rank_main)
+        with launcher_store(topology.world) as port:
+            job = _DrillRankJob(Path(checkpoint), request, topology, target.component, target.method, target.stage,
+                                work_dir, port, max(1, torch.get_num_threads() // topology.world), model, mutate)
+            launch_ranks(job, _drill_rank_main)
         rank_run, rank_store = _rank_run(work_dir)
         timings["ranks"] = time.perf_counter() - start
         reference_modules = dict(captured.module.named_modules())

@@ -16,12 +16,13 @@ fp32 bar rel_l2 <= 1e-5): outputs that change with the number of ranks at a fixe
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def launcher_store(world: int) -> Iterator[int]:
+    """A rendezvous store served by the launcher while its ranks run (as torchrun's agent serves one; the ranks
+    connect with TORCHELASTIC_USE_AGENT_STORE=True, see RANK_ENVIRONMENT): every rank meets a store that is
+    already listening. When rank 0 served it, a rank that started first waited out TCPStore's reconnect delay
+    (~0.5 s of every 4-rank launch here). Yields the port; the OS picks it, so no other process can take it."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, world_size=world, is_master=True, wait_for_workers=False)
+    try:
+        yield store.port
+    finally:
+        del store
+
+
+def rank_environment(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun sets for a rank whose launcher serves the rendezvous store (`launcher_store`)."""
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+
+
 @dataclass(frozen=True)
 class _RankJob:
     """Everything a rank needs (picklable: it crosses into the rank's process)."""
@@ -144,8 +166,7 @@ class _RankJob:
 
 def _rank_main(rank: int, job: _RankJob) -> None:
     """One rank: join the mesh as torchrun would, run the pipeline free (and forced), rank 0 saves the traces."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job.port), RANK=str(rank),
-                      WORLD_SIZE=str(job.topology.world), LOCAL_RANK=str(rank))
+    os.environ.update(rank_environment(rank, job.topology.world, job.port))
     torch.set_num_threads(job.threads)
     # Ctrl-C reaches the whole process group: the harness process owns the stop (harness/lifetime.py stops the
     # ranks), a rank does not die on its own with a traceback of its own
@@ -283,10 +304,11 @@ def run_native_ranks(
     with temporary_folder("ranks", spool_dir) as work_dir:
         if reference is not None:
             reference.save(work_dir / "reference.safetensors")
-        job = _RankJob(Path(checkpoint), request, topology, work_dir, free_port(), threads, model, dict(meta),
-                       reference is not None, mutate)
         start = time.perf_counter()
-        launch_ranks(job)
+        with launcher_store(topology.world) as port:
+            job = _RankJob(Path(checkpoint), request, topology, work_dir, port, threads, model, dict(meta),
+                           reference is not None, mutate)
+            launch_ranks(job)
         elapsed = time.perf_counter() - start
         trace = TraceReader(work_dir / "native.safetensors")  # opened now: readable after the folder is gone
         forced_file = work_dir / "native_forced.safetensors"
