@@ -12,11 +12,9 @@ difference, on one frame given as (C, H, W) colour planes in [0, 1]:
   noise fields have Gaussian, isotropic gradients;
 - spectrum (`spectral_slope_256`, `spectral_curvature`): photographs follow a power law; decoded noise has a
   knee at the latent's scale;
-- colour (`chroma_ratio`, `saturation`, `channel_detail_correlation`, `partial_clip_share`,
-  `coarse_detail_correlation`): a photograph's channels share their detail (shading and texture change all three
-  together); noise latents decode to colour that varies on its own, often clipped in one channel, and latents
-  with scrambled channels keep the layout but draw colour detail that no longer follows the luma at the
-  latent's own scale (one latent cell = 8 pixels);
+- colour (`chroma_ratio`, `saturation`, `channel_detail_correlation`, `partial_clip_share`): a photograph's
+  channels share their detail; noise latents decode to colour that varies on its own, often clipped in one
+  channel;
 - palette (`palette_share`, `clipped_share`, `midtone_share`): drawings use a few exact colours;
 - latent grid (`grid_8`, `grid_16`): excess pixel differences on an 8- or 16-pixel grid.
 """
@@ -27,7 +25,6 @@ import math
 
 import numpy as np
 import scipy.fft
-import scipy.ndimage
 
 from harness.noise import image_stats
 
@@ -42,7 +39,7 @@ FEATURE_NAMES = (
     "spectral_slope_256", "spectral_curvature", "local_contrast_spread", "flat_share", "edge_concentration",
     "edge_coherence", "chroma_ratio", "saturation", "channel_detail_correlation", "partial_clip_share",
     "palette_share", "clipped_share", "midtone_share", "grid_8", "grid_16", "coarse_noise_fraction",
-    "chroma_detail_ratio", "coarse_detail_correlation",
+    "chroma_detail_ratio",
 )
 
 
@@ -60,20 +57,14 @@ def frame_features(planes: np.ndarray, y: np.ndarray, kurtoses: list[float], noi
     features.update(colour_statistics(planes))
     features.update(palette_statistics(planes))
     features.update(grid_statistics(y))
-    features.update(coarse_statistics(planes))
+    features["coarse_noise_fraction"] = coarse_noise_fraction(planes)
     return features
 
 
-def coarse_statistics(planes: np.ndarray) -> dict[str, float]:
-    """The statistics of the colour planes shrunk 2x, 4x and 8x (levels at least 16 pixels a side), one pyramid:
-
-    - coarse_noise_fraction: the largest noise fraction (harness/noise/image_stats.py) over the levels. A latent
-      drawn at random is uncorrelated from one latent cell to the next, so its decode, shrunk to about the
-      latent's grid, is noise; a picture stays smooth at every scale.
-    - coarse_detail_correlation: `detail_correlation` of the last (coarsest) level, where a pixel is about one
-      latent cell. Scrambled or half-denoised latents leave the decoder free to draw colour detail per cell that
-      does not follow the luma (train half: clean photographs and reconstructions 0.70 or more, channel-permuted
-      and half-denoised decodes down to 0.24-0.31)."""
+def coarse_noise_fraction(planes: np.ndarray) -> float:
+    """The largest noise fraction (harness/image_stats.py) of the colour planes shrunk 2x, 4x and 8x (levels at
+    least 16 pixels a side): a latent drawn at random is uncorrelated from one latent cell to the next, so its
+    decode, shrunk to about the latent's grid, is noise; a picture stays smooth at every scale."""
     fractions = []
     level = planes
     for _ in range(3):
@@ -85,23 +76,7 @@ def coarse_statistics(planes: np.ndarray) -> dict[str, float]:
             break
         rho1, rho2 = image_stats.pooled_correlations(per_plane)
         fractions.append(image_stats.noise_fraction(rho1, rho2))
-    return {"coarse_noise_fraction": max(fractions, default=0.0), "coarse_detail_correlation":
-            detail_correlation(level)}
-
-
-def detail_correlation(planes: np.ndarray) -> float:
-    """Mean correlation, over the three pairs of colour channels, of their fine detail (each plane minus its 3x3
-    box mean): 1 when every channel carries the same detail (grey, or shading of one colour), about 0.3-0.5 for
-    colour detail drawn per channel. A grey frame or a flat one: 1."""
-    if planes.shape[0] < 3:
-        return 1.0
-    details = [(p - scipy.ndimage.uniform_filter(p, 3, mode="reflect")).ravel() for p in planes]
-    correlations = []
-    for i, j in ((0, 1), (1, 2), (0, 2)):
-        a, c = details[i], details[j]
-        norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(c, c)))
-        correlations.append(float(np.dot(a, c)) / norm if norm > 1e-12 else 1.0)
-    return float(np.mean(correlations))
+    return max(fractions, default=0.0)
 
 
 def spectral_shape(y: np.ndarray) -> dict[str, float]:
@@ -237,4 +212,3 @@ def grid_statistics(y: np.ndarray) -> dict[str, float]:
             scores.append(float(phases.max() / phases.mean()) - 1.0)
         out[f"grid_{period}"] = math.log1p(float(np.mean(scores)))
     return out
-
