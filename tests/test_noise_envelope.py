@@ -99,3 +99,34 @@ def test_the_gate_line_names_the_check_that_judged_a_case(size: int, how: str) -
     _check_noise([case], {"flux-digits": result}, checks)
     assert checks[0].status == OK, checks[0]
     assert checks[0].detail == f"flux-digits: native output is a picture ({how})"
+
+
+def test_a_garbage_range_is_widened_to_the_minimum_width_about_its_centre() -> None:
+    """train_noise_model.widened: a range narrower than the floor grows about its centre to exactly the floor; a wider
+    one is left alone (a head whose garbage never clipped would otherwise see any clipping as infinitely far out)."""
+    from script_loader import load_script
+
+    widened = load_script("train_noise_model").widened
+    low, high = widened(np.array([0.0, 0.2, -1.0]), np.array([0.0, 0.4, 1.0]), np.array([0.5, 0.5, 0.5]))
+    assert low == pytest.approx([-0.25, 0.05, -1.0]) and high == pytest.approx([0.25, 0.55, 1.0])
+
+
+def test_fitting_with_a_minimum_width_keeps_garbage_that_lies_just_off_a_degenerate_range() -> None:
+    """Two statistics; the garbage's second statistic is always 0 (like clipped_share): with no floor, garbage with
+    a little of it lies out by ~1e11 widths and the head abstains; with a floor of 0.25 sd it is judged."""
+    from script_loader import load_script
+
+    script = load_script("train_noise_model")
+    rng = np.random.default_rng(0)
+    clean = np.column_stack([rng.normal(0, 1, 60), rng.uniform(0, 0.2, 60)])
+    garbage = np.column_stack([rng.normal(4, 0.5, 30), np.zeros(30)])
+    x = np.vstack([clean, garbage])
+    categories = np.array([""] * 60 + ["pure_noise", "wrong_denoiser", "packing"] * 10)  # every head has garbage
+    names = ("a", "b")
+    script.FEATURE_NAMES = names
+    probe = {"a": 4.0, "b": 0.005}  # within the floored range (+-0.25 sd / 2 about 0), far outside [0, 0]
+    strict = script.fit_arrays(x, categories, envelope=Envelope("box", 0.0, 0.0), margin=0.5, c=1.0)
+    floored = script.fit_arrays(x, categories, envelope=Envelope("box", 0.0, 0.0), margin=0.5, c=1.0,
+                                min_width=0.25)
+    assert all(s.abstains for s in strict.score(probe)) and not strict.fires(probe)
+    assert floored.fires(probe) and not any(s.abstains for s in floored.score(probe))
