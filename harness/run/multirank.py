@@ -130,7 +130,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def launcher_store(world: int) -> Iterator[int]:
     """A rendezvous store served by the launcher while its ranks run (as torchrun's agent serves one; the ranks
-    connect with TORCHELASTIC_USE_AGENT_STORE=True, see RANK_ENVIRONMENT): every rank meets a store that is
+    connect with TORCHELASTIC_USE_AGENT_STORE=True, see `rank_environment`): every rank meets a store that is
     already listening. When rank 0 served it, a rank that started first waited out TCPStore's reconnect delay
     (~0.5 s of every 4-rank launch here). Yields the port; the OS picks it, so no other process can take it."""
     import torch.distributed as dist
