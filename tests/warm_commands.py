@@ -9,17 +9,22 @@ docs/adding-a-model.md while the files between them change.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+# imported once by the launcher, inherited by every command: the libraries, and the lazy diffusers modules a FLUX
+# reference run imports
+PRELOAD = "import torch, transformers, pytest\nfrom diffusers import FluxPipeline\n"
 LAUNCHER = r"""
 import json, os, sys, traceback
-import torch, transformers, pytest  # noqa: F401 - imported once, inherited by every command
-from diffusers import FluxPipeline  # noqa: F401 - the lazy diffusers modules a FLUX reference run imports
 
 for line in sys.stdin:
     job = json.loads(line)
@@ -47,6 +52,7 @@ for line in sys.stdin:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    print(json.dumps({"pid": pid}), flush=True)
     _, status = os.waitpid(pid, 0)
     print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
 """
@@ -65,29 +71,47 @@ class Completed:
 class WarmCommands:
     """`with WarmCommands(folder, env) as warm: warm.run("harness.cli.main", [...])`; commands run one at a time."""
 
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, cwd: Path, env: dict[str, str], preload: str = PRELOAD) -> None:
         self.cwd = Path(cwd)
         self.env = env
+        self.preload = preload  # Python source the launcher runs before its first command
         self.scratch = Path(tempfile.mkdtemp(prefix="warm-commands-"))
 
     def __enter__(self) -> WarmCommands:
         # the same environment as every command: variables read at import (HF_HUB_OFFLINE) must already hold
-        self.launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], cwd=self.cwd, env=self.env,
+        self.launcher = subprocess.Popen([sys.executable, "-c", self.preload + LAUNCHER], cwd=self.cwd, env=self.env,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         return self
 
-    def run(self, module: str, args: list[str]) -> Completed:
+    def run(self, module: str, args: list[str], timeout_s: float = 1800.0) -> Completed:
+        """Run one command; past `timeout_s` its whole session is killed and TimeoutError raised (as
+        subprocess.run's timeout would), so a hung command fails its test instead of hanging the suite."""
         assert self.launcher.stdin is not None and self.launcher.stdout is not None
         out, err = self.scratch / "stdout", self.scratch / "stderr"
         job = {"module": module, "args": args, "cwd": str(self.cwd), "stdout": str(out), "stderr": str(err)}
         self.launcher.stdin.write(json.dumps(job) + "\n")
         self.launcher.stdin.flush()
-        line = self.launcher.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the warm launcher died running {module} {' '.join(args)}")
-        code = json.loads(line)["returncode"]
+        command = " ".join([module, *args])
+        pid = json.loads(self._line(command))["pid"]
+        finished: list[str] = []
+        reader = threading.Thread(target=lambda: finished.append(self._line(command)), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        if reader.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the command called setsid: its session is its process group
+            reader.join(30)
+            raise TimeoutError(f"{command} ran past {timeout_s:.0f} s and was killed")
+        code = json.loads(finished[0])["returncode"]
         return Completed(["python", "-m", module, *args], code, out.read_text(errors="replace"),
                          err.read_text(errors="replace"))
+
+    def _line(self, command: str) -> str:
+        assert self.launcher.stdout is not None
+        line = self.launcher.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the warm launcher died running {command}")
+        return line
 
     def __exit__(self, *_: object) -> None:
         if self.launcher.stdin is not None:
