@@ -15,5 +15,6 @@ beside them:
              grid, the model-addition gate;
 - cli/       the `diffparity` command, one module per subcommand.
 Shared leaves: files.py (atomic writes, file modes), environment.py (the environment fingerprint), families.py
-(where family code comes in: the harness holds no model knowledge; each family registers its cases and faults).
+(where family code comes in: the harness holds no model knowledge; each family registers its cases and faults),
+release.py (freeing one side's models before the other side loads).
 """

@@ -183,7 +183,7 @@ def harness_package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 # - progress and scaffold at the bottom: they import nothing from the harness (scaffold's templates are text).
 HARNESS_LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.files", "harness.environment", "harness.families", "harness.progress", "harness.scaffold",
-     "harness.lifetime"),
+     "harness.lifetime", "harness.release"),
     ("harness.outcome",),
     ("harness.trace",),
     ("harness.compare",),

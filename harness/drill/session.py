@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import resource
 import sys
 import time
@@ -31,6 +30,7 @@ from harness.drill.floors import ModuleFloors, load_module_floors
 from harness.drill.result import DrillResult, build_result
 from harness.drill.store import FULL_BYTES, OutputStore
 from harness.drill.target import DrillError, DrillTarget, resolve_target
+from harness.release import collect_if_held
 from harness.run.cases import Case
 from harness.run.native_runner import plan_native_run
 from harness.run.request import GenerationRequest
@@ -73,8 +73,7 @@ def native_components(checkpoint: Path, request: GenerationRequest, names: set[s
     components = {name: pipeline.get_module(name) for name in names}
     still_alive = weakref.ref(pipeline)
     del pipeline  # the other components go; a fault's instance attributes live on the kept ones
-    if still_alive() is not None:  # held by a reference cycle (a full collection costs 0.1-0.5 s: only then)
-        gc.collect()
+    collect_if_held([still_alive])
     return components
 
 

@@ -8,7 +8,6 @@ before the reference side, which runs first, touches it.
 
 from __future__ import annotations
 
-import gc
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from harness.release import collect_if_held
 from harness.run.forcing import run_forced, unsupported_reason
 from harness.run.request import GenerationRequest
 from harness.trace.memory import Trace
@@ -225,7 +225,6 @@ def run_native(
     finally:
         still_alive = weakref.ref(pipeline)
         del pipeline, batch
-        if still_alive() is not None:  # held by a reference cycle: collect it before the reference side loads
-            gc.collect()  # (a full collection walks every torch object: ~80 ms, so only when it frees something)
+        collect_if_held([still_alive])  # freed before the reference side loads
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

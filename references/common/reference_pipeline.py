@@ -9,7 +9,6 @@ Only the family's hook classes and pipeline arguments differ; they are passed in
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import weakref
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import diffusers
 import torch
 import transformers
 
+from harness.release import collect_if_held, release_freed_memory
 from harness.run.request import GenerationRequest
 from harness.trace.memory import Trace
 from references.common.instance_hooks import PipelineForcer, PipelineRecorder
@@ -75,23 +75,6 @@ def load_pipeline(pipeline_cls: Any, checkpoint: Path, dtype: torch.dtype) -> An
     pipe = pipeline_cls.from_pretrained(str(checkpoint), dtype=dtype, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc's malloc_trim), so the native side, which loads next, does not
-    stack on top of the reference's freed-but-kept arenas (measured on a FLUX.1-dev-config fp32 run: 2.37 GiB left
-    by the reference -> 0.23 GiB with the collection and the trim). A no-op where glibc is absent."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 # Callbacks that see each reference pipeline once it is loaded and its arguments drawn, before any hook is
@@ -198,8 +181,7 @@ def run_reference_pipeline(
             hooks.pop().remove()  # last recorder (and through it the whole pipeline) alive past the collection
         still_alive = _release_cycles(pipe)
         del pipe, hooks
-        if any(ref() is not None for ref in still_alive):  # held by a reference cycle: free it before the native
-            gc.collect()  # side loads (a full collection walks every object: 0.1-0.5 s, so only when it frees one)
+        collect_if_held(still_alive)  # freed before the native side loads
         release_freed_memory()
         if device.type == "cuda":
             torch.cuda.empty_cache()
