@@ -184,15 +184,16 @@ def _checked_component(cls: type, component_dir: Path) -> tuple[dict[str, Any], 
     return config, sources
 
 
-def check_component(cls: type, component_dir: Path) -> dict[str, Any]:
+def check_component(cls: type, component_dir: Path) -> dict[str, TensorSource]:
     """Everything about a model component that can be checked without reading weights: config.json parses and
     builds `cls` within the size of the checkpoint, the safetensors headers (every shard) and the shard index
     are sound, and every stored tensor has the shape and a dtype the model built from config.json needs (a
-    `latent_channels` edited in config.json is named here, before Diffusers loads anything). Returns the config."""
+    `latent_channels` edited in config.json is named here, before Diffusers loads anything). Returns where each
+    stored tensor lives (name -> TensorSource: file and header entry), read once for the check."""
     config, sources = _checked_component(cls, component_dir)
     key = config_key(cls, config, tuple((name, source.file, source.info) for name, source in sorted(sources.items())))
     if CHECKED_COMPONENTS.get(key):
-        return config
+        return sources
     model = build_empty(cls, config, component_dir)  # parameters on the meta device: no memory, no data read
     state: dict[str, torch.Tensor] = {}
     files: dict[int, Path] = {}
@@ -205,7 +206,7 @@ def check_component(cls: type, component_dir: Path) -> dict[str, Any]:
         state = convert(state)
     check_state(model, state, component_dir, files)
     CHECKED_COMPONENTS.put(key, True)
-    return config
+    return sources
 
 
 def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path,

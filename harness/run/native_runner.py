@@ -33,7 +33,7 @@ from native_models.components import (
 )
 from native_models.configs import PipelineConfig
 from native_models.errors import CheckpointError, RequestError
-from native_models.loader import check_component, checkpoint_tensors, read_json, read_model_index
+from native_models.loader import check_component, read_json, read_model_index
 from native_models.parallel.mesh import SINGLE, ParallelMesh
 from native_models.pipeline import ComposedPipeline, pipeline_class_for
 from native_models.registry import get_configs
@@ -136,9 +136,9 @@ def check_components(checkpoint: Path, pipeline_cls: type[ComposedPipeline]) -> 
     for name in (*pipeline_cls._required_config_modules, *optional):
         class_name = components[name][1]
         if class_name in MODEL_CLASSES:
-            check_component(model_class(class_name), checkpoint / name)
-            stored[name] = sorted({info.dtype for info in checkpoint_tensors(checkpoint / name).values()
-                                   if info.dtype in FLOAT_WEIGHT_DTYPES})
+            sources = check_component(model_class(class_name), checkpoint / name)
+            stored[name] = sorted({source.info.dtype for source in sources.values()
+                                   if source.info.dtype in FLOAT_WEIGHT_DTYPES})
         elif class_name in SCHEDULER_CLASSES:
             load_scheduler(class_name, checkpoint / name)
         elif class_name in PROCESSOR_CLASSES:
