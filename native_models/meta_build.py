@@ -10,6 +10,7 @@ the constructor, with the code that defines them, is the one way that needs no h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,15 +33,59 @@ BUILT_NUMEL: BoundedMemo[int] = BoundedMemo()
 
 
 class SkipInitOnMeta(TorchFunctionMode):
-    """`torch.nn.init` on a meta tensor has nothing to fill: skip it. That also keeps torch off its meta path
-    for in-place random fills, which imports torch._dynamo (about 1.5 s in every native process)."""
+    """`torch.nn.init` on a meta tensor has nothing to fill: skip it.
+
+    Under the meta device (the size check), a small tensor factory (at most SMALL_FACTORY elements: biases,
+    norms, modulation tables, rotary ranges) makes its tensor on the CPU instead, so what a constructor computes
+    from it (`torch.randn(1, 6, dim) / dim**0.5`, a rotary table from an arange) runs on CPU kernels. On the meta
+    device many of those ops run torch's Python reference kernels, whose first call imports torch._dynamo and
+    sympy: about 1.4 s in every process that checked a wan, qwenimage or zimage model. The build counts the same
+    elements either way, and a large factory (a weight matrix; a config asking for 10**9 of something) stays on
+    the meta device and allocates nothing."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        kwargs = kwargs or {}
         if getattr(func, "__module__", "") == "torch.nn.init":
-            target = args[0] if args else (kwargs or {}).get("tensor")
+            target = args[0] if args else kwargs.get("tensor")
             if isinstance(target, torch.Tensor) and target.is_meta:
                 return target
-        return func(*args, **(kwargs or {}))
+        if func in _FACTORIES and _lands_on_meta(kwargs) and _small(_factory_numel(func, args, kwargs)):
+            return func(*args, **{**kwargs, "device": "cpu"})
+        return func(*args, **kwargs)
+
+
+SMALL_FACTORY = 2**16
+_SHAPED = (torch.empty, torch.zeros, torch.ones, torch.randn, torch.rand)
+_FACTORIES = (*_SHAPED, torch.full, torch.arange, torch.linspace, torch.logspace, torch.tensor)
+
+
+def _lands_on_meta(kwargs: dict[str, Any]) -> bool:
+    """No device asked for (an explicit one, meta included, is kept) and the ambient device is meta."""
+    return kwargs.get("device") is None and "out" not in kwargs and torch.get_default_device().type == "meta"
+
+
+def _small(numel: int | None) -> bool:
+    return numel is not None and numel <= SMALL_FACTORY
+
+
+def _factory_numel(func: Callable[..., torch.Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    """Elements of the tensor `func(*args, **kwargs)` makes; None when the arguments are not plain (the factory
+    then runs as called)."""
+    try:
+        if func is torch.tensor:
+            return None if isinstance(args[0] if args else kwargs.get("data"), torch.Tensor) else 0  # data in memory
+        if func in _SHAPED or func is torch.full:
+            size = kwargs.get("size", args[0] if func is torch.full or (args and not isinstance(args[0], int))
+                              else args)
+            return math.prod(int(n) for n in size)
+        if func is torch.arange:
+            values = [float(v) for v in (*args, *(kwargs[k] for k in ("start", "end", "step") if k in kwargs))]
+            start, end, step = (0.0, values[0], 1.0) if len(values) == 1 else (
+                values[0], values[1], values[2] if len(values) > 2 else 1.0)
+            return max(0, math.ceil((end - start) / step))
+        return int(args[2] if len(args) > 2 else kwargs["steps"])  # linspace, logspace
+    except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError, RuntimeError):
+        return None
 
 
 class _BuildBudget:

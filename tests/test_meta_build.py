@@ -1,0 +1,57 @@
+"""The size check's meta build (native_models/meta_build.py): small factories on the CPU, large ones on meta, and
+no process that plans a native run imports torch._dynamo (about 1.4 s of CPU in each, forkservers included)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from native_models.meta_build import SMALL_FACTORY, SkipInitOnMeta
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_small_factories_land_on_the_cpu_and_large_ones_stay_on_meta() -> None:
+    with torch.device("meta"), SkipInitOnMeta():
+        small = torch.randn(1, 6, 8) / 8**0.5
+        table = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
+        steps = torch.linspace(0, 1, 5)
+        large = torch.empty(SMALL_FACTORY + 1)
+        long_range = torch.arange(SMALL_FACTORY + 1)
+        weight = torch.nn.Linear(512, 512).weight  # 262,144 elements: meta, and its init skipped
+    assert (small.device.type, small.shape) == ("cpu", (1, 6, 8))
+    assert table.device.type == "cpu" and table.dtype == torch.float64 and table.shape == (8,)
+    assert steps.device.type == "cpu" and steps.shape == (5,)
+    assert large.is_meta and long_range.is_meta and weight.is_meta
+    assert long_range.dtype == torch.int64 and long_range.shape == (SMALL_FACTORY + 1,)
+
+
+def test_an_explicit_device_and_plain_cpu_builds_are_left_alone() -> None:
+    with torch.device("meta"), SkipInitOnMeta():
+        on_meta = torch.zeros(4, device="meta")
+    with SkipInitOnMeta():
+        on_cpu = torch.arange(4)
+    assert on_meta.is_meta and on_cpu.device.type == "cpu" and on_cpu.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("case", ["wan-tiny", "qwenimage-tiny", "zimage-tiny"])
+def test_planning_a_native_run_imports_no_torch_dynamo(case: str) -> None:
+    """The plan checks every component with a meta build (as each rank's loader does). Before small factories
+    moved to the CPU, wan's `torch.randn(1, 6, dim) / dim**0.5` and the rotary tables imported torch._dynamo."""
+    from harness.run.cases import get_case
+
+    get_case(case).build_checkpoint()  # built (or found) here: the child only reads it
+    code = ("import sys\nfrom harness.families import import_family_modules\nimport_family_modules('cases')\n"
+            "from harness.run.cases import get_case\nfrom harness.run.memory_budget import check_memory\n"
+            "from harness.run.native_runner import plan_native_run\n"
+            f"case = get_case({case!r})\ncheckpoint = case.build_checkpoint()\n"
+            "plan_native_run(checkpoint, case.request())\ncheck_memory(checkpoint, case.request())\n"
+            "print('DYNAMO', 'torch._dynamo' in sys.modules, 'DIFFUSERS', 'diffusers' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.strip().splitlines()[-1:] == ["DYNAMO False DIFFUSERS False"], proc.stdout + proc.stderr
