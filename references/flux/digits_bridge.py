@@ -11,12 +11,20 @@ structured garbage. This module puts the photo VAE (references/flux/photo_vae.py
   AutoencoderKL, loaded from references/checkpoints/photo-vae) and the bridge after the unpacking, and then any
   fault is applied on top, so decode-stage faults (scale/shift, bf16, norm eps) act on the photo VAE and its
   factors, as they would in a real port.
+
+The fit encodes all 1,797 digits with both VAEs (~11 s of CPU); its result is stored under
+$DIFFPARITY_CACHE/digits_bridge/, keyed by both VAEs' files and the fitting code, so a later process reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import inspect
+import json
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +35,36 @@ PHOTO_SIZE = 64  # the digits upsampled to this size give the photo VAE the digi
 
 @lru_cache(maxsize=1)
 def fit_bridge() -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(W (16, 16), b (16,), R^2) of `fit_bridge_uncached`, read from the cache when its key matches."""
+    from harness.files import write_json_atomic
+    from native_models.tokenizer_cache import cache_root
+
+    path = cache_root() / "digits_bridge" / f"{bridge_key()}.json"
+    try:
+        stored = json.loads(path.read_text())
+        return torch.tensor(stored["weight"]), torch.tensor(stored["bias"]), float(stored["r2"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not stored yet, or unreadable: fit again and store
+    weight, bias, r2 = fit_bridge_uncached()
+    with contextlib.suppress(OSError):  # a read-only cache: the fit stands for this process
+        write_json_atomic(path, {"weight": weight.tolist(), "bias": bias.tolist(), "r2": r2})
+    return weight, bias, r2
+
+
+def bridge_key() -> str:
+    """A digest of what the fit reads (both VAE folders' files) and of the fitting code itself."""
+    from references.flux.digits import DIGITS_CHECKPOINT
+    from references.flux.photo_vae import PHOTO_VAE_CHECKPOINT
+
+    digest = hashlib.sha256(inspect.getsource(fit_bridge_uncached).encode())
+    digest.update(f"{PHOTO_SIZE}".encode())
+    for folder in (DIGITS_CHECKPOINT / "vae", PHOTO_VAE_CHECKPOINT):
+        for file in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+            digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def fit_bridge_uncached() -> tuple[torch.Tensor, torch.Tensor, float]:
     """(W (16, 16), b (16,), R^2): photo latent ~= W @ digits latent + b per latent pixel, fitted on all 1,797
     digits (posterior means, each VAE's own normalisation); R^2 is the share of the photo latents' variance
     explained."""
