@@ -69,7 +69,8 @@ def table(rows: list[dict[str, Any]], latent_only: bool) -> str:
         groups[(row["label"], row["category"])].append(row)
         if row["label"] != "clean":
             groups[(row["label"], f"{row['category']}/{row['variant']}")].append(row)
-    lines = ["| label | category | n | image | latent (of those with latents) | combined |", "|---|---|---|---|---|---|"]
+    lines = ["| label | category | n | image | latent (of those with latents) | combined |",
+             "|---|---|---|---|---|---|"]
     for (label, category), group in sorted(groups.items()):
         with_latent = [r for r in group if r["latent"] is not None]
         image = "-" if latent_only else sum(r["image"] for r in group)

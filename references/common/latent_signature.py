@@ -5,7 +5,8 @@ the VAE itself: fixed crops of shipped photographs (references/common/shipped_im
 encoded with the VAE's encoder (Diffusers' AutoencoderKL: the native side has a decoder only), posterior means
 normalised with the VAE's own shift and scaling factors. Deterministic (fixed crops, one thread, no sampling)
 and cached under $DIFFPARITY_CACHE/latent-signatures/ by the sha256 of the VAE's weights, so a second run reads
-a small JSON.
+a small JSON; the project's own VAEs have theirs shipped in references/latent_signatures/ (scripts/
+ship_latent_signatures.py writes them).
 
 Photographs: the noise corpus's training-half photographs (references/flux/noise_corpus.py, corpus seed 16016),
 listed here, so that its held-out half judges photographs the signature never saw.
@@ -30,6 +31,7 @@ SIGNATURE_PHOTOS = ("brick", "cell", "chelsea", "coffee", "coins", "hubble_deep_
 LATENT_SIDES = (8, 16, 32)  # crops whose latents are 8x8, 16x16 and 32x32 positions
 CROPS_PER_SIZE = 2  # per photograph
 SIGNATURE_SEED = 17016
+SHIPPED = Path(__file__).resolve().parents[1] / "latent_signatures"
 
 
 class SignatureError(ValueError):
@@ -98,11 +100,20 @@ def measure_signature(vae_folder: Path, crops: Callable[[int], list[tuple[str, n
     return build_signature(latents, labels, identity)
 
 
+def shipped_signature_path(sha256: str) -> Path:
+    """references/latent_signatures/<sha256[:32]>.json: signatures shipped for the project's own VAEs (the photo
+    VAE, flux-digits'), so a native-only run (golden verify) never imports Diffusers to measure one."""
+    return SHIPPED / f"{sha256[:32]}.json"
+
+
 def latent_signature(vae_folder: Path, refresh: bool = False) -> LatentSignature:
-    """The VAE's signature, read from the cache when its weights were measured before, else measured and cached."""
-    path = signature_path(vae_weights_sha256(Path(vae_folder)))
-    if path.is_file() and not refresh:
-        return LatentSignature.from_dict(json.loads(path.read_text()))
+    """The VAE's signature: shipped, or read from the cache when its weights were measured before, else measured
+    (Diffusers' encoder) and cached."""
+    sha256 = vae_weights_sha256(Path(vae_folder))
+    path = signature_path(sha256)
+    for known in (shipped_signature_path(sha256), path):
+        if known.is_file() and not refresh:
+            return LatentSignature.from_dict(json.loads(known.read_text()))
     signature = measure_signature(vae_folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
