@@ -174,3 +174,29 @@ def test_the_project_vaes_have_their_signatures_shipped() -> None:
         assert path.is_file(), f"{folder}: run scripts/ship_latent_signatures.py"
         signature = LatentSignature.from_dict(json.loads(path.read_text()))
         assert signature.channels == 16 and len(signature.photos) == len(signature_module.SIGNATURE_PHOTOS) * 6
+
+
+# ------------------------------------------------------------------------------------ in the product (verify)
+def test_flux_digits_verify_judges_its_latents_and_fails_reversed_channels() -> None:
+    """`golden verify flux-digits`: the correct run's decode/latents carry its VAE's pattern (latent check ok); the
+    same run with the channels reversed before decoding fails on the latent check, which names the statistic."""
+    from harness.golden.verify import verify_golden
+    from harness.run.cases import get_case
+    from harness.run.forcing import find_stage
+    from harness.verdicts.faults import wrap_after
+    from native_models.stages.decoding import DecodingStage
+
+    case = get_case("flux-digits")
+    good = verify_golden(case, write_obtained=False)
+    latent = good.report["noise"]["native"]["latent"]
+    assert latent["verdict"] == "ok" and latent["statistics"]["pattern_alignment"] > 0.55, latent
+
+    def reverse_channels(pipeline) -> None:
+        config = find_stage(pipeline, DecodingStage).config
+        wrap_after(config, "post_denoising_loop", lambda z: z.flip(1))  # (B, C, h, w): channels reversed
+
+    bad = verify_golden(case, write_obtained=False, mutate=reverse_channels)
+    noise = bad.report["noise"]
+    assert noise["fails_run"] and bad.report["verdict"] == "fail"
+    assert noise["native"]["latent"]["verdict"] == "flagged"
+    assert "pattern_alignment" in noise["native"]["latent"]["reason"]
