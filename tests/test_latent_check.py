@@ -200,3 +200,18 @@ def test_flux_digits_verify_judges_its_latents_and_fails_reversed_channels() -> 
     assert noise["fails_run"] and bad.report["verdict"] == "fail"
     assert noise["native"]["latent"]["verdict"] == "flagged"
     assert "pattern_alignment" in noise["native"]["latent"]["reason"]
+
+
+def test_the_gate_line_and_the_text_report_name_the_latent_check(signature) -> None:
+    from types import SimpleNamespace
+
+    from harness.verdicts.gate import OK, _check_noise
+
+    section = {"native": {"verdict": "ok", "reason": "no check fired", "checks": [{"name": "decoded_noise"}],
+                          "statistics": {"height": 32, "width": 32}},
+               "reference": None, "fails_run": False, "note": "both outputs look like pictures"}
+    combined = combine(section, judge_latents(_picture_latent(111), signature), expects_picture=True)
+    checks: list = []
+    _check_noise([SimpleNamespace(name="flux-digits", expects_picture=True)],
+                 {"flux-digits": SimpleNamespace(report={"noise": combined})}, checks)
+    assert checks[0].status == OK and checks[0].detail.endswith("; latent check ok)"), checks[0].detail
