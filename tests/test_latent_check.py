@@ -215,3 +215,26 @@ def test_the_gate_line_and_the_text_report_name_the_latent_check(signature) -> N
     _check_noise([SimpleNamespace(name="flux-digits", expects_picture=True)],
                  {"flux-digits": SimpleNamespace(report={"noise": combined})}, checks)
     assert checks[0].status == OK and checks[0].detail.endswith("; latent check ok)"), checks[0].detail
+
+
+def test_a_signature_that_cannot_be_had_is_reported_and_fails_nothing(signature) -> None:
+    from types import SimpleNamespace
+
+    from harness.run.latent_noise import with_latent_check
+    from harness.trace.keys import RecordKey
+    from harness.trace.memory import Trace
+
+    def missing(checkpoint):
+        raise signature_module.SignatureError(f"{checkpoint}/vae: no .safetensors weights")
+
+    trace = Trace({})
+    trace.record("decode", "latents", torch.from_numpy(_picture_latent(112)[None]).float())
+    section = {"native": {"verdict": "ok", "reason": "no check fired"}, "reference": None, "fails_run": False,
+               "note": "both outputs look like pictures"}
+    out = with_latent_check(section, SimpleNamespace(latent_signature=missing), "/x", trace, True)
+    assert not out["fails_run"] and out["native"]["latent"]["verdict"] == "unavailable"
+    assert "no .safetensors" in out["native"]["latent"]["reason"]
+    assert trace.get(RecordKey("decode", "latents")) is not None
+    assert with_latent_check(section, SimpleNamespace(latent_signature=None), "/x", trace, True) is section
+    found = with_latent_check(section, SimpleNamespace(latent_signature=lambda _: signature), "/x", trace, True)
+    assert found["native"]["latent"]["verdict"] == "ok", found["native"]["latent"]["reason"]

@@ -36,7 +36,7 @@ def with_latent_check(section: dict[str, Any], case: Case, checkpoint: Path | st
         if latents.ndim == 5:  # (B, C, F, h, w) video latents: frames of the first item
             latents = latents[0].transpose(1, 0, 2, 3)
         verdict = judge_latents(latents, signature)
-    except (LatentError, OSError, ValueError) as exc:
+    except (LatentError, OSError, ValueError, ImportError, RuntimeError) as exc:  # SignatureError is a ValueError
         native = dict(section["native"], latent={"verdict": "unavailable", "reason": f"latent check: {exc}"})
         return dict(section, native=native)
     return combine(section, verdict, expects_picture)
