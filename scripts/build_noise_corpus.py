@@ -4,7 +4,8 @@ The items, their seeds and their half (train / test) come from references/flux/n
 function of fixed seeds, so the split is decided before anything is rendered or measured; the plan is committed
 as references/noise_corpus/manifest.json and this script refuses to render a corpus whose plan differs from
 it (pass --write-manifest after a deliberate change). Images are written as PNG (what a user would judge),
-videos as uint8 .npy stacks (T, H, W, 3):
+videos as uint8 .npy stacks (T, H, W, 3); beside every item a VAE drew, the normalised latents it decoded as
+<name>.latent.npy (float32 (C, h, w), a video's (T, C, h, w)), for the latent check (harness/noise/latent_check.py):
 
     .venv/bin/python scripts/build_noise_corpus.py [--out out/noise-corpus] [--half train|test] [--limit N]
                                                    [--category NAME ...] [--corpus-seed N]
@@ -144,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             chosen.append(item)
     start = time.perf_counter()
     for number, item in enumerate(chosen, 1):
-        write_item(noise_corpus.item_path(out, item), renderer.render(item))
+        pixels, latents = renderer.render_with_latents(item)
+        write_item(noise_corpus.item_path(out, item), pixels)
+        if latents is not None:  # what the VAE decoded: the latent check judges it beside the image
+            write_item(noise_corpus.latent_path(out, item), latents)
         if number % 25 == 0 or number == len(chosen):
             print(f"{number}/{len(chosen)} items ({time.perf_counter() - start:.0f} s)", flush=True)
     record = {"manifest": str(committed.relative_to(ROOT)), "vae_sha256": _vae_sha256(), "items": len(chosen),

@@ -54,10 +54,12 @@ import torch  # noqa: E402
 
 from harness.compare.records import threshold_multiple  # noqa: E402
 from harness.noise.detector import detect_noise  # noqa: E402
+from harness.noise.latent_check import judge_latents, normalise  # noqa: E402
 from harness.run.cases import Case, CaseError, get_case  # noqa: E402
 from harness.run.native_runner import run_native  # noqa: E402
 from harness.run.parity import run_parity  # noqa: E402
 from harness.run.request import GenerationRequest  # noqa: E402
+from harness.trace.keys import RecordKey  # noqa: E402
 from harness.trace.streaming import open_trace  # noqa: E402
 from harness.verdicts.faults import Fault, faults_for  # noqa: E402
 from native_models.errors import StageFieldError  # noqa: E402
@@ -455,12 +457,14 @@ def noise_table(digits: tuple[int, ...], seeds: tuple[int, ...], faults: list[Fa
     decodes the same latents (64 px). Returns the rows and the photo-VAE frames per variant (for a grid)."""
     case = get_case(CASE)
     checkpoint = case.build_checkpoint()
+    signature = case.latent_signature(checkpoint)  # the digits VAE's (harness/run/latent_noise.py judges the same)
     variants: list[Fault | None] = [None, *(f for f in faults if f.applies_to(DTYPE) and f.topology == (1, 1))]
     rows, grid = [], {}
     for fault in variants:
         name = CONTROL if fault is None else fault.name
         row: dict[str, Any] = {"variant": name, "runs": 0, "refused": 0, "digits_vae_flagged": 0,
                                "photo_vae_flagged": 0, "digits_vae_reason": None, "photo_vae_reason": None,
+                               "latent_flagged": 0, "latent_reason": None, "digits_vae_or_latent_flagged": 0,
                                "request": ""}
         frames_out = []
         start = time.perf_counter()
@@ -471,25 +475,34 @@ def noise_table(digits: tuple[int, ...], seeds: tuple[int, ...], faults: list[Fa
                 row["request"] = request_note(request, base)
                 row["runs"] += 1
                 try:
-                    small = run_native(checkpoint, request, open_trace({"case": CASE}),
-                                       mutate=None if fault is None else fault.apply)
+                    trace = open_trace({"case": CASE})
+                    small = run_native(checkpoint, request, trace, mutate=None if fault is None else fault.apply)
                     photo = run_native(checkpoint, request, open_trace({"case": CASE}),
                                        mutate=photo_vae_mutate(None if fault is None else fault.apply))
                 except StageFieldError:
                     row["refused"] += 1
                     frames_out.append(None)
                     continue
+                image_flagged = False
                 for key, frames in (("digits_vae", small), ("photo_vae", photo)):
                     verdict = detect_noise(frames)
                     if verdict:
                         row[f"{key}_flagged"] += 1
                         row[f"{key}_reason"] = row[f"{key}_reason"] or verdict.reason
+                        image_flagged |= key == "digits_vae"
+                raw = trace.get(RecordKey("decode", "latents"))  # what the digits VAE was handed, its own space
+                latent = judge_latents(normalise(raw, signature), signature) if raw is not None else None
+                if latent:
+                    row["latent_flagged"] += 1
+                    row["latent_reason"] = row["latent_reason"] or latent.reason
+                row["digits_vae_or_latent_flagged"] += bool(image_flagged or latent)
                 frames_out.append(photo)
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         grid[name] = frames_out
         if progress:
-            progress(f"{name}: digits VAE {row['digits_vae_flagged']}/{row['runs']}, photo VAE "
+            progress(f"{name}: digits VAE {row['digits_vae_flagged']}/{row['runs']}, latent check "
+                     f"{row['latent_flagged']}/{row['runs']}, photo VAE "
                      f"{row['photo_vae_flagged']}/{row['runs']}, refused {row['refused']} ({row['seconds']:.0f} s)")
     return rows, grid
 
@@ -498,16 +511,21 @@ def noise_markdown(rows: list[dict[str, Any]], digits: tuple[int, ...], seeds: t
     lines = [f"flux-digits native outputs, {DTYPE}, digits {', '.join(map(str, digits))} x seeds "
              f"{', '.join(map(str, seeds))}: flagged by detect_noise as decoded by the digits VAE (32 px: rules + "
              "small-frame learned check) "
-             "and by the photo VAE through the bridge (64 px: rules + learned check).", "",
-             "| variant | request | digits VAE | photo VAE | photo VAE reason (first flagged run) |",
-             "|---|---|---|---|---|"]
+             "and by the photo VAE through the bridge (64 px: rules + learned check); the latent check: the "
+             "native decode/latents against the digits VAE's signature (harness/noise/latent_check.py).", "",
+             "| variant | request | digits VAE | latent check | digits VAE or latent | photo VAE | latent reason "
+             "(first flagged run) | photo VAE reason (first flagged run) |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["refused"] == row["runs"]:
-            lines.append(f"| `{row['variant']}` | {row['request'] or 'case'} | refused | refused | - |")
+            lines.append(f"| `{row['variant']}` | {row['request'] or 'case'} | refused | refused | refused | refused "
+                         "| - | - |")
             continue
         reason = (row["photo_vae_reason"] or "-").split(";")[0]
-        lines.append(f"| `{row['variant']}` | {row['request'] or 'case'} | {row['digits_vae_flagged']}/{row['runs']} "
-                     f"| {row['photo_vae_flagged']}/{row['runs']} | {reason} |")
+        runs = row["runs"]
+        lines.append(f"| `{row['variant']}` | {row['request'] or 'case'} | {row['digits_vae_flagged']}/{runs} "
+                     f"| {row['latent_flagged']}/{runs} | {row['digits_vae_or_latent_flagged']}/{runs} "
+                     f"| {row['photo_vae_flagged']}/{runs} | {row['latent_reason'] or '-'} | {reason} |")
     return "\n".join(lines) + "\n"
 
 

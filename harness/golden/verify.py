@@ -199,7 +199,10 @@ def verify_golden(case: Case, dtype: str = "fp32", device: str = "cpu", root: Pa
         report["forcing_skipped"] = forcing_skipped
     noise_fails = False
     if case.expects_picture:  # a trained or real-weight checkpoint must draw a picture, not noise
-        report["noise"] = golden_noise_section(golden, frames, case.video)
+        from harness.run.latent_noise import with_latent_check
+
+        report["noise"] = with_latent_check(golden_noise_section(golden, frames, case.video), case, checkpoint,
+                                            native_trace, True)
         noise_fails = bool(report["noise"]["fails_run"])
         if noise_fails:
             report["verdict"] = "fail"

@@ -5,5 +5,7 @@
 - features.py: the named statistics of the learned decoded_noise check (block contrast, colour, saturation...);
 - learned.py + learned_model.json: that check's logistic heads and their envelope (when a head abstains),
   fitted by scripts/train_noise_model.py;
+- latent_stats.py + latent_check.py: the latent check, the latents a pipeline hands its VAE read against the
+  VAE's signature (`judge_latents`, `LatentSignature`, `combine` into a report's noise section);
 - formatting.py: numbers in reasons and JSON.
 """

@@ -173,6 +173,9 @@ def format_stage_table(comparison: Comparison, noise: dict[str, Any] | None = No
     noise_fails = bool(noise and noise.get("fails_run"))
     if noise:
         lines.append(f"noise: {noise['note']}")
+        latent = (noise.get("native") or {}).get("latent")
+        if isinstance(latent, dict):  # harness/run/latent_noise.py: the native decode/latents judged too
+            lines.append(f"latent check: {latent.get('verdict')}: {latent.get('reason')}")
     lines.append(f"verdict: {'PASS' if comparison.passed and not noise_fails else 'FAIL'}")
     detail = describe_first_divergence(comparison)
     if detail is not None:

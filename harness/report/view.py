@@ -398,5 +398,9 @@ def noise(report: dict[str, Any]) -> NoiseView | None:
                                  _noise_value((sides.get("reference") or {}).get("value")),
                                  _noise_value(any_side.get("threshold")),
                                  "both" if len(fired) == 2 else (fired[0] if fired else "")))
+    latent = native.get("latent") if isinstance(native, dict) else None
+    for check in (latent.get("checks") or []) if isinstance(latent, dict) else []:  # the native latents' checks
+        checks.append(NoiseCheck(f"latent {check.get('name')}", _noise_value(check.get("value")), "—",
+                                 _noise_value(check.get("threshold")), "native" if check.get("fired") else ""))
     return NoiseView(_side_verdict(native), _side_verdict(reference), bool(section.get("fails_run")),
                      str(section.get("note") or ""), checks)

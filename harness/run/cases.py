@@ -56,6 +56,10 @@ class Case:
     # Diffusers pipeline before it runs (and `probe.remove()` after), so a drill (harness/drill/) can capture a
     # component call's inputs; it may stop the run early by raising. None: the case cannot be drilled
     run_reference_probe: Callable[[Path, GenerationRequest, Trace, Any], None] | None = None
+    # (checkpoint) -> its VAE's latent signature (harness/noise/latent_stats.py LatentSignature): a case that
+    # expects a picture then has its native decode/latents judged by the latent check too (harness/run/
+    # latent_noise.py). None: the decoded image alone is judged
+    latent_signature: Callable[[Path], Any] | None = None
 
     def request(self, **overrides: object) -> GenerationRequest:
         """The default request with the given non-None fields replaced. A case's own synthetic conditioning

@@ -26,6 +26,7 @@ from harness.report.build import build_report
 from harness.run.cases import Case
 from harness.run.expectation import Expectation, resolve_expectation
 from harness.run.forcing import FORCED_STAGES
+from harness.run.latent_noise import with_latent_check
 from harness.run.memory_budget import check_memory
 from harness.run.multirank import RankRun, Topology, check_topology
 from harness.run.native_runner import plan_native_run
@@ -260,7 +261,8 @@ def parity_report(case: Case, request: GenerationRequest, model: str | None, che
     if native.forcing_skipped is not None:
         report["forcing_skipped"] = native.forcing_skipped
     report["expect"] = expect.to_dict()
-    report["noise"] = noise_section(native.frames, reference.frames, expect.picture, video=case.video)
+    images = noise_section(native.frames, reference.frames, expect.picture, video=case.video)
+    report["noise"] = with_latent_check(images, case, checkpoint, native.trace, expect.picture)
     if report["noise"]["fails_run"]:
         report["verdict"] = "fail"
     if native.ranks is not None:

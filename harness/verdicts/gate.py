@@ -10,7 +10,8 @@ Per registry entry (its `family`, native_models/registry.py) the gate checks, an
 4. golden (cpu)  every case has a readable, uncorrupted fp32 golden for the `cpu` device class;
 5. parity        every CPU golden of every case verifies (`verify_golden`: the native side against the golden);
 6. not noise     the native output of every case that expects a picture (trained or real weights,
-                 `Case.expects_picture`) is not flagged by harness/noise/detector.py; n/a when the family has none;
+                 `Case.expects_picture`) is not flagged by harness/noise/detector.py, nor its decode/latents by the
+                 latent check where the case names a signature (harness/run/latent_noise.py); n/a when none;
 7. multi-rank    when the family's DiT class declares parallel plans (`_tp_plan` / `_sp_plan`), a test marked
                  `@pytest.mark.covers("<family>", "<topology of more than one rank>")` exists, and the first case's
                  fp32 golden verifies on ranks (tp2 x sp2, or the plans' own topology; harness/golden/
@@ -348,6 +349,9 @@ def _check_noise(cases: list[Case], results: dict[str, VerifyResult], checks: li
             small = min(stats.get("height", 0), stats.get("width", 0)) < 64  # judged by the small-frame heads
             how = ("rule checks; the learned check needs 32 px or more" if "decoded_noise" not in checks_run
                    else "rules and learned check" + (" (small-frame model)" if small else ""))
+            latent = noise["native"].get("latent")
+            if latent is not None:
+                how += f"; latent check {latent['verdict']}"
             parts.append(f"{case.name}: native output is a picture ({how})")
     checks.append(Check("not noise", FAILED if failed else OK, "; ".join(parts)))
 

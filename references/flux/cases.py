@@ -29,6 +29,13 @@ def _flux_digits_checkpoint() -> Path:
         raise CaseError(str(exc)) from None
 
 
+def _flux_latent_signature(checkpoint: Path) -> Any:
+    """The signature of the checkpoint's VAE for the latent check (shipped, cached, or measured: ~2 s here)."""
+    from references.common.latent_signature import latent_signature
+
+    return latent_signature(checkpoint / "vae")
+
+
 def _run_flux_reference(
     checkpoint: Path, request: GenerationRequest, trace: Trace, progress: ProgressCallback | None = None
 ) -> None:
@@ -79,6 +86,7 @@ register_case(Case(
     run_reference_forced=_run_flux_reference_forced,
     run_reference_probe=_run_flux_reference_probe,
     expects_picture=True,
+    latent_signature=_flux_latent_signature,
     # Trained at 32 px with T5 length 16 (FluxPipeline gives T5 no mask: another length changes every
     # token's embedding); no guidance embedding, so guidance_scale is unused; true CFG on the empty prompt.
     default_request=GenerationRequest(

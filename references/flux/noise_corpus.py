@@ -52,7 +52,7 @@ import torch
 from references.common import line_art, shipped_images
 
 CORPUS_SEED = 16016  # fixed before any detector tuning; also fixes the halves of photographs and shipped graphics
-FRESH_SEEDS = (26016, 36016)  # fresh held-out corpora (their test halves), each judged once with a final model
+FRESH_SEEDS = (26016, 36016, 66016)  # fresh held-out corpora (their test halves), each judged once with a final model
 SMALL_SIZES = ((32, 32), (32, 48), (48, 48), (48, 64), (32, 64))  # the small corpus: frames under 64 px a side
 SMALL_GRAPHIC_SIDES = (32, 48)
 SMALL_DIGITS = 28  # clean upsampled scikit-learn digits in the small corpus (none the calibration set uses)
@@ -107,6 +107,13 @@ def item_path(folder: Path, item: CorpusItem) -> Path:
     """Where the corpus builder writes an item: folder/<half>/<category>/<name>.png (a video: .npy)."""
     stem = item.name.split("/", 1)[1].replace("/", "_")
     return folder / item.half / item.category / f"{stem}.{'npy' if item.frames > 1 else 'png'}"
+
+
+def latent_path(folder: Path, item: CorpusItem) -> Path:
+    """Beside the item, the normalised latents the VAE decoded to draw it: <name>.latent.npy (written only for
+    items a VAE drew)."""
+    path = item_path(folder, item)
+    return path.with_name(f"{path.stem}.latent.npy")
 
 
 def _halves(keys: list[str], salt: int, corpus_seed: int = CORPUS_SEED) -> dict[str, str]:
@@ -278,6 +285,7 @@ class Renderer:
         self.corpus_seed = corpus_seed
         self.shift, self.scale = vae_factors(vae)
         self.photos = photo_halves()
+        self.decoded: list[torch.Tensor] = []  # normalised latents decoded since the last render_with_latents
 
     # the three latent <-> pixel steps a pipeline takes
     def encode(self, image: np.ndarray) -> torch.Tensor:
@@ -288,11 +296,15 @@ class Renderer:
     def decode_normalised(self, latents: torch.Tensor) -> np.ndarray:
         from references.flux.photo_vae import decode_raw
 
+        self.decoded.append(latents.float())
         return _to_uint8(decode_raw(self.vae, latents / self.scale + self.shift))
 
     def decode_raw(self, latents: torch.Tensor) -> np.ndarray:
+        """Decode latents in the VAE's own space; recorded as the normalised latent a correct denormalisation
+        would have turned into them (what a pipeline's decode stage hands this VAE, in normalised units)."""
         from references.flux.photo_vae import decode_raw
 
+        self.decoded.append(((latents - self.shift) * self.scale).float())
         return _to_uint8(decode_raw(self.vae, latents))
 
     @lru_cache(maxsize=64)  # noqa: B019 - one renderer per corpus build
@@ -302,6 +314,16 @@ class Renderer:
         latents = [self.encode(shipped_images.random_crop(shipped_images.photo(pool[i % len(pool)]), height, width,
                                                           rng)) for i in range(DENOISER_SET)]
         return ExactDenoiser(torch.cat(latents))
+
+    def render_with_latents(self, item: CorpusItem) -> tuple[np.ndarray, np.ndarray | None]:
+        """The item's pixels and the normalised latents its VAE decoded to draw them: (C, h, w) for an image,
+        (T, C, h, w) for a video, float32; None for an item no VAE drew (photographs, drawings, digits)."""
+        self.decoded = []
+        pixels = self.render(item)
+        if not self.decoded:
+            return pixels, None
+        latents = torch.cat(self.decoded).numpy()  # (T, C, h, w)
+        return pixels, latents if item.frames > 1 else latents[0]
 
     def render(self, item: CorpusItem) -> np.ndarray:
         """(H, W, 3) uint8 for an image, (T, H, W, 3) uint8 for a video."""
