@@ -49,8 +49,8 @@ class LatentThresholds:
     relabelled_alignment: float = 0.45  # channels permuted/reversed <= 0.42; the flat graphic 0.47 (its gain 0.89)
     relabelling_gain: float = 0.4  # permuted/reversed >= 0.68; pictures <= 0.17 (the flat graphic aside)
     min_scale_ratio: float = 0.05  # a latent this flat (RMS channel std vs the signature's) is a flat picture
-    few_colour_share: float = 0.4  # flat graphics the two checks below called garbage >= 0.51; garbage the
-    #  two caught with leading_direction_fit >= 0.45: share <= 0.29 (noise-like latents)
+    few_colour_share: float = 0.4  # flat graphics no_pattern/channels_relabelled called garbage >= 0.51; garbage
+    #  latents (six halves) caught with leading_direction_fit >= 0.45: share <= 0.29 (noise-like)
     few_colour_fit: float = 0.45  # packing faults (channels permuted/reversed, pack order) <= 0.32 train halves,
     #  <= 0.40 seen halves; flat graphics >= 0.68 train halves, >= 0.48 of 200 drawn outside the corpus
 
