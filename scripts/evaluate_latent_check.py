@@ -54,6 +54,7 @@ def judge_item(item: CorpusItem, corpus: Path, signature: Any, latent_only: bool
     if path.is_file():
         verdict = judge_latents(np.load(path), signature)
         row.update(latent=verdict.flagged, latent_reason=verdict.reason, latent_fired=verdict.fired,
+                   latent_abstained=verdict.abstained is not None,
                    latent_statistics={k: round(v, 4) for k, v in verdict.statistics.items()})
     else:
         row["latent"] = None
@@ -69,14 +70,15 @@ def table(rows: list[dict[str, Any]], latent_only: bool) -> str:
         groups[(row["label"], row["category"])].append(row)
         if row["label"] != "clean":
             groups[(row["label"], f"{row['category']}/{row['variant']}")].append(row)
-    lines = ["| label | category | n | image | latent (of those with latents) | combined |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| label | category | n | image | latent (of those with latents) | latent abstained | combined |",
+             "|---|---|---|---|---|---|---|"]
     for (label, category), group in sorted(groups.items()):
         with_latent = [r for r in group if r["latent"] is not None]
         image = "-" if latent_only else sum(r["image"] for r in group)
         combined = "-" if latent_only else sum(r["combined"] for r in group)
         latent = f"{sum(r['latent'] for r in with_latent)}/{len(with_latent)}" if with_latent else "-"
-        lines.append(f"| {label} | {category} | {len(group)} | {image} | {latent} | {combined} |")
+        abstained = sum(bool(r.get("latent_abstained")) for r in with_latent) if with_latent else "-"
+        lines.append(f"| {label} | {category} | {len(group)} | {image} | {latent} | {abstained} | {combined} |")
     alarms = [r for r in rows if r["label"] == "clean" and (r.get("combined") or r["latent"])]
     lines.append(f"\nfalse alarms on clean items: {len(alarms)}")
     lines += [f"- {r['name']} ({r['height']}x{r['width']} {r['source']}): "

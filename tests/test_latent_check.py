@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.noise.latent_check import combine, judge_latents, normalise
+from harness.noise.latent_check import LatentThresholds, combine, judge_latents, normalise
 from harness.noise.latent_stats import LatentError, LatentSignature, build_signature, latent_statistics
 from references.common import latent_signature as signature_module
 from references.common import shipped_images
@@ -164,6 +164,39 @@ def test_photo_vae_latents_of_a_held_out_photograph(photo_vae_folder) -> None:
     assert judge_latents(z[np.random.default_rng(2).permutation(16)], signature)
     noise = np.random.default_rng(3).normal(size=z.shape)
     assert judge_latents(0.48 * z + 0.52 * noise, signature)
+
+
+# Flat-colour graphics (references/common/line_art.py, seeds outside every corpus) whose latents the check called
+# garbage before the few-colour guard: (seed, height, width, the checks that fired then).
+FEW_COLOUR_GRAPHICS = ((910011, 96, 128, ("channels_relabelled",)), (910035, 64, 64, ("channels_relabelled",)),
+                       (910052, 128, 128, ("no_pattern", "channels_relabelled")))
+
+
+@pytest.mark.parametrize("seed, height, width, fired_before", FEW_COLOUR_GRAPHICS)
+def test_a_flat_graphics_latent_is_not_flagged_and_says_why(photo_vae_folder, seed, height, width,
+                                                             fired_before) -> None:
+    """A few-colour picture's latent is one colour direction: too thin a pattern to read the channels' labels from.
+    The check abstains (naming the check that stood down); the same latent with its channels permuted or reversed
+    is still flagged, as the guard asks the leading component to lie in the VAE's picture directions."""
+    from references.common import line_art
+    from references.flux.photo_vae import encode_normalised, load_photo_vae
+
+    signature = signature_module.latent_signature(photo_vae_folder)
+    drawing = line_art.flat_graphic(np.random.default_rng(seed), height, width)
+    with torch.no_grad():
+        z = encode_normalised(load_photo_vae(), noise_corpus._image_tensor(drawing))[0].double().numpy()
+    verdict = judge_latents(z, signature)
+    assert not verdict.flagged, verdict.reason
+    assert verdict.abstained and "few-colour picture" in verdict.abstained
+    assert f"{', '.join(fired_before)} not judged" in verdict.abstained
+    assert verdict.statistics["leading_share"] >= 0.4 and verdict.statistics["leading_direction_fit"] >= 0.45
+    assert tuple(c.name for c in verdict.checks if c.stood_down) == fired_before
+    unguarded = judge_latents(z, signature, LatentThresholds(few_colour_share=1.01))  # the check before the guard
+    assert tuple(unguarded.fired) == fired_before, unguarded.reason
+    for order in (np.random.default_rng(seed).permutation(16), np.arange(16)[::-1]):
+        relabelled = judge_latents(z[order], signature)
+        assert relabelled.flagged, relabelled.reason
+        assert relabelled.statistics["leading_direction_fit"] < 0.45
 
 
 def test_the_project_vaes_have_their_signatures_shipped() -> None:

@@ -13,7 +13,11 @@ signature and fires, like the image detector, with the statistic and its distanc
 Thresholds were chosen on the train halves of the noise corpus (seeds 16016, 46016, 56016: 291 clean and 462
 garbage latents of the photo VAE, docs/noise-learned-check.md); the figures beside each are in `LatentThresholds`.
 A latent under 8x8 positions, or one with almost no variance (a flat picture), is not judged (the check
-abstains and says why). `combine` adds the verdict to a report's noise section: the output is flagged when the
+abstains and says why). Nor are no_pattern and channels_relabelled on a few-colour picture's latent (flat-colour
+graphics: one correlation component carrying 40% or more of the correlations, lying in the directions this VAE's
+pictures vary along): its pattern is too thin to read labels from (through the photo VAE, 26 of 200 flat graphics
+were called relabelled or patternless before this guard, 0 after); noise_left is still judged.
+`combine` adds the verdict to a report's noise section: the output is flagged when the
 image detector or the latent check flags it.
 """
 
@@ -45,6 +49,13 @@ class LatentThresholds:
     relabelled_alignment: float = 0.45  # channels permuted/reversed <= 0.42; the flat graphic 0.47 (its gain 0.89)
     relabelling_gain: float = 0.4  # permuted/reversed >= 0.68; pictures <= 0.17 (the flat graphic aside)
     min_scale_ratio: float = 0.05  # a latent this flat (RMS channel std vs the signature's) is a flat picture
+    few_colour_share: float = 0.4  # flat graphics no_pattern/channels_relabelled called garbage >= 0.51; garbage
+    #  latents (six halves) caught with leading_direction_fit >= 0.45: share <= 0.29 (noise-like)
+    few_colour_fit: float = 0.45  # packing faults (channels permuted/reversed, pack order) <= 0.32 train halves,
+    #  <= 0.40 seen halves; flat graphics >= 0.68 train halves, >= 0.48 of 200 drawn outside the corpus
+
+
+GUARDED_CHECKS = ("no_pattern", "channels_relabelled")  # what a few-colour picture's latent is not judged by
 
 
 DEFAULT_LATENT_THRESHOLDS = LatentThresholds()
@@ -60,6 +71,7 @@ class LatentCheck:
     value: float | list[float]
     threshold: float | list[float]
     margin: float
+    stood_down: bool = False  # it would have fired, but the latent is a few-colour picture's (not judged by it)
 
 
 @dataclass
@@ -93,18 +105,30 @@ def _above(value: float, threshold: float) -> float:
     return (value - threshold) / max(abs(threshold), 1e-6)
 
 
+def few_colour(stats: dict[str, float], t: LatentThresholds = DEFAULT_LATENT_THRESHOLDS) -> bool:
+    """A few-colour picture's latent: one correlation component carries much of it and lies in the directions
+    this VAE's pictures vary along (relabelled or mis-packed channels move it out of them)."""
+    return stats["leading_share"] >= t.few_colour_share and stats["leading_direction_fit"] >= t.few_colour_fit
+
+
 def latent_checks(stats: dict[str, float], t: LatentThresholds = DEFAULT_LATENT_THRESHOLDS) -> list[LatentCheck]:
-    """The three checks on one latent's statistics."""
+    """The three checks on one latent's statistics (no_pattern and channels_relabelled stand down on a few-colour
+    picture's latent)."""
     a, r, g = stats["pattern_alignment"], stats["pattern_residual"], stats["relabelling_gain"]
     no_pattern = _below(a, t.no_pattern_alignment)
     noise = min(_below(a, t.noise_alignment), _below(r, t.noise_residual))
     relabelled = min(_below(a, t.relabelled_alignment), _above(g, t.relabelling_gain))
-    return [
+    checks = [
         LatentCheck("no_pattern", no_pattern > 0, a, t.no_pattern_alignment, no_pattern),
         LatentCheck("noise_left", noise > 0, [a, r], [t.noise_alignment, t.noise_residual], noise),
         LatentCheck("channels_relabelled", relabelled > 0, [a, g], [t.relabelled_alignment, t.relabelling_gain],
                     relabelled),
     ]
+    if few_colour(stats, t):
+        for check in checks:
+            if check.name in GUARDED_CHECKS and check.fired:
+                check.fired, check.stood_down = False, True
+    return checks
 
 
 def describe(check: LatentCheck, stats: dict[str, float]) -> str:
@@ -147,6 +171,10 @@ def judge_latents(latents: Any, signature: LatentSignature,
                         f"{thresholds.min_scale_ratio}): a flat picture, left to the image detector", len(stack),
                         signature)
     flagged = [i for i, _, checks in live if any(c.fired for c in checks)]
+    if not flagged:
+        guarded = [j for j in live if any(c.stood_down for c in j[2])]
+        if guarded:
+            return _few_colour_abstain(guarded[0], len(stack), signature, thresholds)
     index, stats, checks = (next(j for j in live if j[0] == flagged[0]) if flagged
                             else max(live, key=lambda j: max(c.margin for c in j[2])))
     fired = [c.name for c in checks if c.fired]
@@ -162,6 +190,21 @@ def judge_latents(latents: Any, signature: LatentSignature,
                    else f" (closest latent {index} of {len(stack)})")
     return LatentVerdict(bool(flagged), reason, fired, stats, checks, len(stack), index, flagged,
                          vae=dict(signature.vae))
+
+
+def _few_colour_abstain(judged: tuple[int, dict[str, float], list[LatentCheck]], count: int,
+                        signature: LatentSignature, t: LatentThresholds) -> LatentVerdict:
+    """Nothing fired but a check stood down on a few-colour picture's latent: the check abstains, naming both."""
+    index, stats, checks = judged
+    names = ", ".join(c.name for c in checks if c.stood_down)
+    why = (f"a few-colour picture's latents (leading component {stats['leading_share']:.2f} >= "
+           f"{t.few_colour_share} of the correlations, {stats['leading_direction_fit']:.2f} >= {t.few_colour_fit} "
+           f"of it in this VAE's picture directions; pattern_alignment {stats['pattern_alignment']:+.2f}, "
+           f"relabelling_gain {stats['relabelling_gain']:.2f}): {names} not judged, left to the image detector")
+    if count > 1:
+        why += f" (latent {index} of {count})"
+    return LatentVerdict(False, f"latent check abstains: {why}", [], stats, checks, int(count), index, [], why,
+                         dict(signature.vae))
 
 
 def _abstain(why: str, count: int, signature: LatentSignature) -> LatentVerdict:
