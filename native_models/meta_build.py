@@ -33,7 +33,7 @@ BUILT_NUMEL: BoundedMemo[int] = BoundedMemo()
 
 
 class SkipInitOnMeta(TorchFunctionMode):
-    """`torch.nn.init` on a meta tensor has nothing to fill: skip it.
+    """`torch.nn.init` on a meta (or empty) tensor has nothing to fill: skip it.
 
     Under the meta device (the size check), a small tensor factory (at most SMALL_FACTORY elements: biases,
     norms, modulation tables, rotary ranges) makes its tensor on the CPU instead, so what a constructor computes
@@ -47,8 +47,8 @@ class SkipInitOnMeta(TorchFunctionMode):
         kwargs = kwargs or {}
         if getattr(func, "__module__", "") == "torch.nn.init":
             target = args[0] if args else kwargs.get("tensor")
-            if isinstance(target, torch.Tensor) and target.is_meta:
-                return target
+            if isinstance(target, torch.Tensor) and (target.is_meta or target.numel() == 0):
+                return target  # nothing to fill (torch warns on an empty one: a config with a zero size)
         if func in _FACTORIES and _lands_on_meta(kwargs) and _small(_factory_numel(func, args, kwargs)):
             return func(*args, **{**kwargs, "device": "cpu"})
         return func(*args, **kwargs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,3 +60,13 @@ def test_planning_a_native_run_imports_no_torch_dynamo() -> None:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     expected = [f"{case} DYNAMO False DIFFUSERS False" for case in CASES]
     assert proc.stdout.strip().splitlines()[-3:] == expected, proc.stdout + proc.stderr
+
+
+def test_an_empty_tensor_is_built_without_a_warning() -> None:
+    """A config with a zero size (tests/hostile: latent_channels 0) is refused with one line, not a torch warning:
+    the empty tensor lands on the CPU and its init, a no-op, is skipped."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.device("meta"), SkipInitOnMeta():
+            layer = torch.nn.Conv2d(0, 4, 3)
+    assert layer.weight.numel() == 0
