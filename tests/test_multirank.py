@@ -71,3 +71,24 @@ def test_cli_refuses_before_the_reference_runs(tiny_wan: Path, tmp_path: Path, c
     assert error.startswith("diffparity run: error: ") and message in error and "internal error" not in error
     assert sorted(p.name for p in out.iterdir()) == ["error.json"]
     assert message in json.loads((out / "error.json").read_text())["error"]
+
+
+def test_forked_ranks_start_from_a_frozen_warm_heap() -> None:
+    """The forkserver preloads the native runtime and freezes its heap (native_models/warm_start.py, last in
+    PRELOAD): a forked process starts with the imports' objects out of the collector's reach (a first full
+    collection walked ~1 M of them in each rank) and ftfy (Wan's prompt cleaning) already imported."""
+    import gc
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from harness.run.multirank import PRELOAD, START_METHOD
+    from harness.verdicts.fault_pool import PRELOAD as POOL_PRELOAD
+
+    assert PRELOAD[-1] == POOL_PRELOAD[-1] == "native_models.warm_start"
+    multiprocessing.set_forkserver_preload(PRELOAD)  # a no-op if this process's server already runs
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(START_METHOD)) as pool:
+        frozen = pool.submit(gc.get_freeze_count).result(timeout=120)
+        wanted = "{'ftfy', 'native_models.pipelines.wan'}"
+        imported = pool.submit(eval, f"sorted(__import__('sys').modules.keys() & {wanted})").result(timeout=120)
+    assert frozen > 100_000, frozen
+    assert imported == ["ftfy", "native_models.pipelines.wan"]

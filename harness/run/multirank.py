@@ -43,12 +43,13 @@ from native_models.loader import read_json, read_model_index
 from native_models.parallel import ParallelError, destroy_parallel, init_parallel
 from native_models.pipeline import ComposedPipeline
 
-# forkserver: one clean server process imports torch, the native runtime, every native model module and what torch
-# imports on its meta-device path (native_models/warm_start.py), and transformers' tokenizer machinery, once
+# forkserver: one clean server process imports torch, the native runtime, every native model module
+# (native_models/warm_start.py, which then freezes the server's heap) and transformers' tokenizer machinery, once
 # (2-4 s of import per rank otherwise); every rank is forked from it. Cheaper than spawn and safe where fork is
 # not (the harness process has run multi-threaded torch code and the reference side by then).
 START_METHOD = "forkserver"
-PRELOAD = ["harness.run.multirank", "native_models.warm_start", "transformers.models.auto.tokenization_auto"]
+# native_models.warm_start last: it freezes the forkserver's heap once everything is imported
+PRELOAD = ["harness.run.multirank", "transformers.models.auto.tokenization_auto", "native_models.warm_start"]
 
 
 class MultiRankError(RuntimeError):

@@ -21,9 +21,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import Any
 
 START_METHOD = "forkserver"
-# a superset of harness/run/multirank.py's PRELOAD: one forkserver serves both (the first caller's list wins)
-PRELOAD = ["harness.verdicts.fault_matrix", "harness.run.multirank", "native_models.warm_start",
-           "transformers.models.auto.tokenization_auto"]
+# a superset of harness/run/multirank.py's PRELOAD: one forkserver serves both (the first caller's list wins);
+# native_models.warm_start last (it freezes the server's heap)
+PRELOAD = ["harness.verdicts.fault_matrix", "harness.run.multirank", "transformers.models.auto.tokenization_auto",
+           "native_models.warm_start"]
 
 
 def threads_per_worker(jobs: int) -> int:
