@@ -75,8 +75,10 @@ def _factory_numel(func: Callable[..., torch.Tensor], args: tuple[Any, ...], kwa
         if func is torch.tensor:
             return None if isinstance(args[0] if args else kwargs.get("data"), torch.Tensor) else 0  # data in memory
         if func in _SHAPED or func is torch.full:
-            size = kwargs.get("size", args[0] if func is torch.full or (args and not isinstance(args[0], int))
-                              else args)
+            if "size" in kwargs:
+                size = kwargs["size"]
+            else:  # full(size, value); empty(2, 3) or empty((2, 3))
+                size = args[0] if func is torch.full or not isinstance(args[0], int) else args
             return math.prod(int(n) for n in size)
         if func is torch.arange:
             values = [float(v) for v in (*args, *(kwargs[k] for k in ("start", "end", "step") if k in kwargs))]

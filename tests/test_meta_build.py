@@ -70,3 +70,10 @@ def test_an_empty_tensor_is_built_without_a_warning() -> None:
         with torch.device("meta"), SkipInitOnMeta():
             layer = torch.nn.Conv2d(0, 4, 3)
     assert layer.weight.numel() == 0
+
+
+def test_sizes_given_by_keyword_are_read() -> None:
+    with torch.device("meta"), SkipInitOnMeta():
+        small = torch.full(size=(3,), fill_value=2.0)
+        large = torch.zeros(size=(SMALL_FACTORY + 1,))
+    assert small.device.type == "cpu" and small.tolist() == [2.0, 2.0, 2.0] and large.is_meta

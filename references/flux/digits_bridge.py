@@ -52,12 +52,13 @@ def fit_bridge() -> tuple[torch.Tensor, torch.Tensor, float]:
 
 
 def bridge_key() -> str:
-    """A digest of what the fit reads (both VAE folders' files) and of the fitting code itself."""
+    """A digest of what the fit reads (both VAE folders' files), of the fitting code itself and of the torch
+    version that ran it (its kernels round differently from release to release)."""
     from references.flux.digits import DIGITS_CHECKPOINT
     from references.flux.photo_vae import PHOTO_VAE_CHECKPOINT
 
     digest = hashlib.sha256(inspect.getsource(fit_bridge_uncached).encode())
-    digest.update(f"{PHOTO_SIZE}".encode())
+    digest.update(f"{PHOTO_SIZE} {torch.__version__}".encode())
     for folder in (DIGITS_CHECKPOINT / "vae", PHOTO_VAE_CHECKPOINT):
         for file in sorted(p for p in Path(folder).iterdir() if p.is_file()):
             digest.update(file.name.encode() + file.read_bytes())
