@@ -7,16 +7,20 @@ signature and fires, like the image detector, with the statistic and its distanc
   a runaway sampler, channels packed in the wrong order);
 - noise_left: pattern_alignment below 0.55 with pattern_residual below 3.0: the VAE's own pattern, weakened and
   nothing else in its place: independent noise mixed into a picture's latent (a run stopped early);
+- noise_in_detail: detail_alignment below 0.35 with detail_share 0.4 or more: the latent's fine detail is a
+  large part of it and does not carry the VAE's channel pattern: white, channel-independent noise left in it
+  (a run stopped at sigma 0.52 keeps pattern_alignment up to 0.64, over noise_left's line, but not in its detail);
 - channels_relabelled: pattern_alignment below 0.45 and relabelling_gain of 0.4 or more: a relabelling of the
   channels restores the pattern (channels permuted or reversed).
 
 Thresholds were chosen on the train halves of the noise corpus (seeds 16016, 46016, 56016: 291 clean and 462
 garbage latents of the photo VAE, docs/noise-learned-check.md); the figures beside each are in `LatentThresholds`.
 A latent under 8x8 positions, or one with almost no variance (a flat picture), is not judged (the check
-abstains and says why). Nor are no_pattern and channels_relabelled on a few-colour picture's latent (flat-colour
-graphics: one correlation component carrying 40% or more of the correlations, lying in the directions this VAE's
-pictures vary along): its pattern is too thin to read labels from (through the photo VAE, 26 of 200 flat graphics
-were called relabelled or patternless before this guard, 0 after); noise_left is still judged.
+abstains and says why). Nor are no_pattern, noise_in_detail and channels_relabelled on a few-colour picture's
+latent (flat-colour graphics: one correlation component carrying 40% or more of the correlations, lying in the
+directions this VAE's pictures vary along): its pattern is too thin to read labels from, and its detail (edges of
+flat fields) too thin to read noise from (through the photo VAE, 26 of 200 flat graphics were called relabelled or
+patternless before this guard, 0 after); noise_left is still judged.
 `combine` adds the verdict to a report's noise section: the output is flagged when the
 image detector or the latent check flags it.
 """
@@ -46,6 +50,10 @@ class LatentThresholds:
     no_pattern_alignment: float = 0.2  # clean >= 0.34 (a 64 px brick reconstruction); pack order swapped <= -0.02
     noise_alignment: float = 0.55  # stopped at sigma 0.52 <= 0.48; clean >= 0.62 but for the two below
     noise_residual: float = 3.0  # noise-weakened patterns <= 2.2; the brick (0.34) 5.0, a flat graphic (0.47) 11.3
+    detail_alignment: float = 0.35  # stopped at sigma 0.52 <= 0.27 (all stopped runs, pure noise <= 0.27); clean
+    #  with detail_share >= 0.4: >= 0.46 (a 64 px brick reconstruction; gravel/grass at 64 px >= 0.74)
+    detail_share: float = 0.4  # stopped runs and pure noise >= 0.73; the clean latents under 0.35 detail_alignment
+    #  (flat-colour graphics through the VAE, seen halves) <= 0.10
     relabelled_alignment: float = 0.45  # channels permuted/reversed <= 0.42; the flat graphic 0.47 (its gain 0.89)
     relabelling_gain: float = 0.4  # permuted/reversed >= 0.68; pictures <= 0.17 (the flat graphic aside)
     min_scale_ratio: float = 0.05  # a latent this flat (RMS channel std vs the signature's) is a flat picture
@@ -55,7 +63,9 @@ class LatentThresholds:
     #  <= 0.40 seen halves; flat graphics >= 0.68 train halves, >= 0.48 of 200 drawn outside the corpus
 
 
-GUARDED_CHECKS = ("no_pattern", "channels_relabelled")  # what a few-colour picture's latent is not judged by
+GUARDED_CHECKS = ("no_pattern", "noise_in_detail", "channels_relabelled")  # what a few-colour picture's latent
+#  is not judged by (noise_in_detail: a flat graphic's thin detail, its edges, need not follow the pattern; noise
+#  left in a latent spreads its correlations: leading_share <= 0.29 on every stopped run of the train halves)
 
 
 DEFAULT_LATENT_THRESHOLDS = LatentThresholds()
@@ -112,15 +122,18 @@ def few_colour(stats: dict[str, float], t: LatentThresholds = DEFAULT_LATENT_THR
 
 
 def latent_checks(stats: dict[str, float], t: LatentThresholds = DEFAULT_LATENT_THRESHOLDS) -> list[LatentCheck]:
-    """The three checks on one latent's statistics (no_pattern and channels_relabelled stand down on a few-colour
-    picture's latent)."""
+    """The four checks on one latent's statistics (no_pattern, noise_in_detail and channels_relabelled stand
+    down on a few-colour picture's latent)."""
     a, r, g = stats["pattern_alignment"], stats["pattern_residual"], stats["relabelling_gain"]
     no_pattern = _below(a, t.no_pattern_alignment)
     noise = min(_below(a, t.noise_alignment), _below(r, t.noise_residual))
     relabelled = min(_below(a, t.relabelled_alignment), _above(g, t.relabelling_gain))
+    d, share = stats["detail_alignment"], stats["detail_share"]
+    detail = min(_below(d, t.detail_alignment), _above(share, t.detail_share))
     checks = [
         LatentCheck("no_pattern", no_pattern > 0, a, t.no_pattern_alignment, no_pattern),
         LatentCheck("noise_left", noise > 0, [a, r], [t.noise_alignment, t.noise_residual], noise),
+        LatentCheck("noise_in_detail", detail > 0, [d, share], [t.detail_alignment, t.detail_share], detail),
         LatentCheck("channels_relabelled", relabelled > 0, [a, g], [t.relabelled_alignment, t.relabelling_gain],
                     relabelled),
     ]
@@ -141,6 +154,10 @@ def describe(check: LatentCheck, stats: dict[str, float]) -> str:
         return (f"noise left in the latents: pattern_alignment {a:+.2f} < {check.threshold[0]:.2f} with "
                 f"pattern_residual {stats['pattern_residual']:.2f} < {check.threshold[1]:.1f} (the VAE's pattern, "
                 f"weakened: a picture's latent mixed with independent noise)")
+    if check.name == "noise_in_detail":
+        return (f"noise left in the latents' fine detail: detail_alignment {stats['detail_alignment']:+.2f} < "
+                f"{check.threshold[0]:.2f} with detail_share {stats['detail_share']:.2f} >= {check.threshold[1]:.2f} "
+                f"(the detail a 3x3 smoothing leaves is white, channel-independent noise; pattern_alignment {a:+.2f})")
     return (f"latent channels relabelled: pattern_alignment {a:+.2f} < {check.threshold[0]:.2f} and relabelling "
             f"the channels raises it by {stats['relabelling_gain']:.2f} >= {check.threshold[1]:.2f} "
             f"(channels permuted, reversed or packed out of order)")
