@@ -76,19 +76,26 @@ def test_cli_refuses_before_the_reference_runs(tiny_wan: Path, tmp_path: Path, c
 def test_forked_ranks_start_from_a_frozen_warm_heap() -> None:
     """The forkserver preloads the native runtime and freezes its heap (native_models/warm_start.py, last in
     PRELOAD): a forked process starts with the imports' objects out of the collector's reach (a first full
-    collection walked ~1 M of them in each rank) and ftfy (Wan's prompt cleaning) already imported."""
-    import gc
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    collection walked ~1 M of them in each rank) and ftfy (Wan's prompt cleaning) already imported. Checked in a
+    fresh interpreter: this worker's own forkserver may have been started by another test with other modules."""
+    import json
+    import subprocess
+    import sys
 
     from harness.run.multirank import PRELOAD, START_METHOD
     from harness.verdicts.fault_pool import PRELOAD as POOL_PRELOAD
 
     assert PRELOAD[-1] == POOL_PRELOAD[-1] == "native_models.warm_start"
-    multiprocessing.set_forkserver_preload(PRELOAD)  # a no-op if this process's server already runs
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(START_METHOD)) as pool:
-        frozen = pool.submit(gc.get_freeze_count).result(timeout=120)
-        wanted = "{'ftfy', 'native_models.pipelines.wan'}"
-        imported = pool.submit(eval, f"sorted(__import__('sys').modules.keys() & {wanted})").result(timeout=120)
-    assert frozen > 100_000, frozen
+    code = ("import gc, json, multiprocessing, sys\nfrom concurrent.futures import ProcessPoolExecutor\n"
+            "multiprocessing.set_forkserver_preload(json.loads(sys.argv[1]))\n"
+            "context = multiprocessing.get_context(sys.argv[2])\n"
+            "with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:\n"
+            "    frozen = pool.submit(gc.get_freeze_count).result(timeout=120)\n"
+            "    wanted = \"{'ftfy', 'native_models.pipelines.wan'}\"\n"
+            "    imported = pool.submit(eval, f\"sorted(__import__('sys').modules.keys() & {wanted})\").result(120)\n"
+            "print(json.dumps([frozen, imported]))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(PRELOAD), START_METHOD], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    frozen, imported = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else (0, proc.stderr)
+    assert frozen > 100_000, (frozen, proc.stderr[-2000:])
     assert imported == ["ftfy", "native_models.pipelines.wan"]

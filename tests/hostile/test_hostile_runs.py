@@ -423,3 +423,4 @@ def test_ranks_can_start_again_after_a_stopped_command_stopped_the_forkserver() 
     assert stop_descendants(grace_s=0.5) >= 1  # the forkserver (and the resource tracker) were running
     with context.Pool(1) as pool:
         assert pool.apply(_square, (4,)) == 16
+    stop_descendants(grace_s=0.5)  # leave no forkserver without the ranks' preload to this worker's later tests
