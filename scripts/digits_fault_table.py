@@ -54,12 +54,11 @@ import torch  # noqa: E402
 
 from harness.compare.records import threshold_multiple  # noqa: E402
 from harness.noise.detector import detect_noise  # noqa: E402
-from harness.noise.latent_check import judge_latents, normalise  # noqa: E402
 from harness.run.cases import Case, CaseError, get_case  # noqa: E402
+from harness.run.latent_noise import judge_trace_latents  # noqa: E402
 from harness.run.native_runner import run_native  # noqa: E402
 from harness.run.parity import run_parity  # noqa: E402
 from harness.run.request import GenerationRequest  # noqa: E402
-from harness.trace.keys import RecordKey  # noqa: E402
 from harness.trace.streaming import open_trace  # noqa: E402
 from harness.verdicts.faults import Fault, faults_for  # noqa: E402
 from native_models.errors import StageFieldError  # noqa: E402
@@ -490,8 +489,7 @@ def noise_table(digits: tuple[int, ...], seeds: tuple[int, ...], faults: list[Fa
                         row[f"{key}_flagged"] += 1
                         row[f"{key}_reason"] = row[f"{key}_reason"] or verdict.reason
                         image_flagged |= key == "digits_vae"
-                raw = trace.get(RecordKey("decode", "latents"))  # what the digits VAE was handed, its own space
-                latent = judge_latents(normalise(raw, signature), signature) if raw is not None else None
+                latent = judge_trace_latents(trace, signature)  # what the digits VAE was handed
                 if latent:
                     row["latent_flagged"] += 1
                     row["latent_reason"] = row["latent_reason"] or latent.reason

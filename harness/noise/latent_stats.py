@@ -38,7 +38,7 @@ Latents here are in the normalised space (what the DiT produces, before `/ scali
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -93,8 +93,13 @@ def detail_statistics(latent: np.ndarray, pattern: np.ndarray) -> tuple[float, f
     variance = latent.reshape(latent.shape[0], -1).var(axis=1)
     detail_variance = detail.reshape(detail.shape[0], -1).var(axis=1)
     share = float(np.median(detail_variance / np.maximum(variance, 1e-12)))
-    seen = correlation_matrix(detail) - np.eye(latent.shape[0])
-    return share, float((pattern * seen).sum() / max(float((pattern**2).sum()), 1e-12))
+    return share, projected(correlation_matrix(detail) - np.eye(latent.shape[0]), pattern)
+
+
+def projected(seen: np.ndarray, pattern: np.ndarray) -> float:
+    """How much of `pattern` (C, C) the off-diagonal correlations `seen` carry: their projection on it (1: as
+    strong as the pattern itself)."""
+    return float((pattern * seen).sum() / max(float((pattern**2).sum()), 1e-12))
 
 
 def neighbour_correlations(latent: np.ndarray) -> np.ndarray:
@@ -156,8 +161,7 @@ def build_signature(latents: list[np.ndarray], photos: list[str], vae: dict[str,
     for z in stack:
         for name, value in latent_statistics(z, signature).items():
             values.setdefault(name, []).append(round(float(value), 6))
-    return LatentSignature(vae, list(photos), correlation.tolist(), means.mean(axis=0).tolist(), spread.tolist(),
-                           values)
+    return replace(signature, reference=values)
 
 
 def relabelled_alignment(observed: np.ndarray, pattern: np.ndarray, rounds: int = 20) -> float:
@@ -207,7 +211,7 @@ def latent_statistics(latent: np.ndarray, signature: LatentSignature) -> dict[st
     observed = correlation_matrix(latent)
     eye = np.eye(latent.shape[0])
     pattern, seen = reference - eye, observed - eye  # off-diagonal parts
-    alignment = float((pattern * seen).sum() / max(float((pattern**2).sum()), 1e-12))
+    alignment = projected(seen, pattern)
     share, fit = leading_component(observed, reference)
     detail_share, detail_alignment = detail_statistics(latent, pattern)
     return {

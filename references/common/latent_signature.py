@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,8 +53,9 @@ def vae_weights_sha256(vae_folder: Path) -> str:
 
 def signature_path(sha256: str) -> Path:
     """$DIFFPARITY_CACHE/latent-signatures/<sha256[:32]>.json"""
-    root = Path(os.environ.get("DIFFPARITY_CACHE") or "~/.cache/diffparity").expanduser()
-    return root / "latent-signatures" / f"{sha256[:32]}.json"
+    from native_models.tokenizer_cache import cache_root
+
+    return cache_root() / "latent-signatures" / f"{sha256[:32]}.json"
 
 
 def signature_crops(downsample: int) -> list[tuple[str, np.ndarray]]:
@@ -115,10 +115,9 @@ def latent_signature(vae_folder: Path, refresh: bool = False) -> LatentSignature
         if known.is_file() and not refresh:
             return LatentSignature.from_dict(json.loads(known.read_text()))
     signature = measure_signature(vae_folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(signature.to_dict()) + "\n")
-    os.replace(tmp, path)
+    from harness.files import write_json_atomic
+
+    write_json_atomic(path, signature.to_dict())
     return signature
 
 
