@@ -179,15 +179,56 @@ def antialiased(draw_fn: Callable[[np.random.Generator, int, int], np.ndarray], 
     return np.asarray(Image.fromarray(big).resize((width, height), Image.Resampling.BOX))
 
 
+MIN_INK_SHARE = 0.001  # a clean drawing needs ink on at least 0.1% of its pixels (5 of a 64x64 frame): a blank
+#  one is a constant frame, which the rules rightly flag; the sparsest tracing with any ink in the committed corpora
+#  has 0.22%
+TRACE_ATTEMPTS = 6  # crops a tracing tries, each with Canny's thresholds halved, before it gives up
+CANNY_THRESHOLDS = (0.1, 0.2)  # skimage's defaults for a [0, 1] image: (low, high) gradient magnitude
+
+
+class BlankDrawingError(ValueError):
+    """A drawing that came out without ink after every attempt (a constant frame is not a clean drawing)."""
+
+
+def ink_share(image: np.ndarray) -> float:
+    """The share of pixels that differ from the most common colour (the ground): 0 for a blank frame.
+    image: (H, W, 3) uint8."""
+    flat = image.reshape(-1, image.shape[-1])
+    _, counts = np.unique(flat, axis=0, return_counts=True)
+    return 1.0 - float(counts.max()) / len(flat)
+
+
+def has_ink(image: np.ndarray) -> bool:
+    return ink_share(image) >= MIN_INK_SHARE
+
+
 def edge_drawing(photo: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A line drawing traced from a photograph: Canny edges of a crop, dark lines on a light ground."""
+    """A line drawing traced from a photograph: Canny edges of a crop, dark lines on a light ground.
+
+    Why the retries: a small crop of a fine or faint texture (grass, brick, a dark retina or microscope field at
+    32-128 px) can have no gradient over Canny's default thresholds, and a blank tracing is a constant frame, not
+    a drawing. Then the next crop is traced with the thresholds halved, up to TRACE_ATTEMPTS times. The first
+    attempt is the tracing as it always was, so a tracing that had ink is drawn unchanged (same rng draws)."""
     from skimage.feature import canny
 
     from references.common.shipped_images import random_crop
 
-    crop = random_crop(photo, height, width, rng)
-    grey = crop.astype(np.float32).mean(axis=-1) / 255
-    edges = canny(grey, sigma=float(rng.uniform(1.5, 3.0)))
+    shares = []
+    for attempt in range(TRACE_ATTEMPTS):
+        crop = random_crop(photo, height, width, rng)
+        grey = crop.astype(np.float32).mean(axis=-1) / 255
+        sigma = float(rng.uniform(1.5, 3.0))
+        if attempt == 0:  # exactly the call every committed corpus's tracings were drawn with
+            edges = canny(grey, sigma=sigma)
+        else:
+            low, high = (t * 0.5**attempt for t in CANNY_THRESHOLDS)
+            edges = canny(grey, sigma=sigma, low_threshold=low, high_threshold=high)
+        shares.append(float(edges.mean()))
+        if shares[-1] >= MIN_INK_SHARE:
+            break
+    else:
+        raise BlankDrawingError(f"edge_drawing: no edges in {TRACE_ATTEMPTS} crops of {height}x{width} "
+                                f"(ink shares {[round(s, 5) for s in shares]} < {MIN_INK_SHARE})")
     ink, ground = np.array(_dark(rng), np.uint8), np.array(_light(rng), np.uint8)
     return np.where(edges[..., None], ink, ground).astype(np.uint8)
 

@@ -52,7 +52,7 @@ import torch
 from references.common import line_art, shipped_images
 
 CORPUS_SEED = 16016  # fixed before any detector tuning; also fixes the halves of photographs and shipped graphics
-FRESH_SEEDS = (26016, 36016, 66016, 86016, 96016)  # fresh held-out corpora (test halves), each judged once,
+FRESH_SEEDS = (26016, 36016, 66016, 86016, 96016, 106016)  # fresh held-out corpora (test halves), each judged once,
 #  the model (and latent check) fixed first
 SMALL_SIZES = ((32, 32), (32, 48), (48, 48), (48, 64), (32, 64))  # the small corpus: frames under 64 px a side
 SMALL_GRAPHIC_SIDES = (32, 48)
@@ -201,6 +201,31 @@ def plan(corpus_seed: int = CORPUS_SEED, small: bool = False) -> list[CorpusItem
     add("garbage", "video_garbage", COUNTS["video_garbage"], ("fresh_noise_per_frame", "drifting_noise",
                                                               "unrelated_frames"), held_pools, frames=VIDEO_FRAMES)
     return items
+
+
+DRAW_ATTEMPTS = 4  # draws a drawing gets to come out with ink (line_art.has_ink) before the corpus refuses it
+
+
+def drawing(item: CorpusItem, rng: np.random.Generator) -> np.ndarray:
+    """The (H, W, 3) uint8 drawing of a clean drawn item (CLEAN_DRAWN categories; graphic_reconstruction's before the
+    VAE), drawn from `rng`. A clean item must not be blank (a constant frame is what the rules flag): a drawing
+    without ink is drawn again from the same generator, so it stays deterministic and a drawing that had ink the
+    first time is unchanged; tracings also retry inside `line_art.edge_drawing`."""
+    h, w = item.height, item.width
+    category = item.variant if item.category == "graphic_reconstruction" else item.category
+    shares = []
+    for _ in range(DRAW_ATTEMPTS):
+        if item.variant == "traced_from_photo":
+            image = line_art.edge_drawing(shipped_images.photo(item.source), h, w, rng)
+        elif item.variant == "antialiased":
+            image = line_art.antialiased(line_art.DRAWERS[category], rng, h, w)
+        else:
+            image = line_art.DRAWERS[category](rng, h, w)
+        shares.append(line_art.ink_share(image))
+        if shares[-1] >= line_art.MIN_INK_SHARE:
+            return image
+    raise line_art.BlankDrawingError(f"corpus item {item.name}: no ink in {DRAW_ATTEMPTS} draws (ink shares "
+                                     f"{[round(v, 5) for v in shares]} < {line_art.MIN_INK_SHARE})")
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -355,10 +380,9 @@ class Renderer:
         if category == "photo":
             return shipped_images.random_crop(shipped_images.photo(item.source), h, w, rng)
         if category in CLEAN_DRAWN:
-            return self._drawing(category, variant, item, rng)
+            return drawing(item, rng)
         if category == "graphic_reconstruction":
-            drawing = line_art.DRAWERS[variant](rng, h, w)
-            return self.decode_normalised(self.encode(drawing))[0]
+            return self.decode_normalised(self.encode(drawing(item, rng)))[0]
         if category == "digit":  # bicubic from 8x8 as the digits model's training data (references/flux/digits.py)
             from sklearn.datasets import load_digits
 
@@ -393,14 +417,6 @@ class Renderer:
         if variant == "pack_order_swapped":
             return self.decode_normalised(unpack_swapped(pack(z), z.shape[2], z.shape[3]))
         raise ValueError(f"unknown latent fault '{variant}'")
-
-    def _drawing(self, category: str, variant: str, item: CorpusItem, rng: np.random.Generator) -> np.ndarray:
-        h, w = item.height, item.width
-        if variant == "traced_from_photo":
-            return line_art.edge_drawing(shipped_images.photo(item.source), h, w, rng)
-        if variant == "antialiased":
-            return line_art.antialiased(line_art.DRAWERS[category], rng, h, w)
-        return line_art.DRAWERS[category](rng, h, w)
 
     def _video(self, item: CorpusItem, rng: np.random.Generator, generator: torch.Generator) -> np.ndarray:
         """8 frames of 128 px: a pan or zoom over a reconstruction (clean), or one of the garbage videos."""
