@@ -35,7 +35,7 @@ from native_models.checkpoint_files import (
 from native_models.errors import CheckpointError
 from native_models.mapped_safetensors import FLOAT_DTYPES, TORCH_DTYPES, MappedSafetensors
 from native_models.materialise import Origin, materialise, meta_tensors, state_slots
-from native_models.meta_build import ConfigTooLarge, SkipInitOnMeta, build_empty, check_build_size, plan_dtypes
+from native_models.meta_build import ConfigTooLarge, build_empty, build_on_meta, check_build_size, plan_dtypes
 from native_models.safetensors_header import FLOAT_WEIGHT_DTYPES
 
 JSON_FILE_LIMIT = 64 * 1024 * 1024  # config, index and model_index files are kilobytes; a shard index ~1 MB
@@ -243,8 +243,7 @@ def resident_bytes(cls: type, component_dir: Path, dtype: torch.dtype = torch.fl
     parts included), from config.json and the headers alone: whether a run, or an fp64 calibration, fits in
     memory can be decided before anything loads."""
     config, _ = _checked_component(cls, component_dir)
-    with torch.device("meta"), SkipInitOnMeta():
-        model = cls.from_config(config)  # type: ignore[attr-defined]
+    model = build_on_meta(cls, config)
     plan_dtypes(model, dtype)
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 

@@ -152,6 +152,14 @@ def check_build_size(cls: type, config: dict[str, Any], component_dir: Path, che
         )
 
 
+def build_on_meta(cls: type, config: dict[str, Any]) -> torch.nn.Module:
+    """`cls` built from `config` on the meta device, for what its structure says (sizes, plans, parallel
+    checks): nothing allocated but small factories, which run on CPU kernels (SkipInitOnMeta), so the build
+    imports no torch._dynamo."""
+    with torch.device("meta"), SkipInitOnMeta():
+        return cls.from_config(config)  # type: ignore[attr-defined]
+
+
 def _parameter_on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> Any:
     if param is None or param.is_meta:
         return None

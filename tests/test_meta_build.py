@@ -43,8 +43,9 @@ CASES = ("wan-tiny", "qwenimage-tiny", "zimage-tiny")
 
 
 def test_planning_a_native_run_imports_no_torch_dynamo() -> None:
-    """The plan checks every component with a meta build (as each rank's loader does). Before small factories
-    moved to the CPU, wan's `torch.randn(1, 6, dim) / dim**0.5` and the rotary tables imported torch._dynamo."""
+    """The plan checks every component with a meta build (as each rank's loader does), and a parallel run's
+    topology check builds its parallel components on meta too. Before small factories moved to the CPU, wan's
+    `torch.randn(1, 6, dim) / dim**0.5` and the rotary tables imported torch._dynamo."""
     from harness.run.cases import get_case
 
     for case in CASES:
@@ -52,9 +53,12 @@ def test_planning_a_native_run_imports_no_torch_dynamo() -> None:
     code = ("import sys\nfrom harness.families import import_family_modules\nimport_family_modules('cases')\n"
             "from harness.run.cases import get_case\nfrom harness.run.memory_budget import check_memory\n"
             "from harness.run.native_runner import plan_native_run\n"
+            "from harness.run.multirank import ParallelError, Topology, check_topology\n"
             f"for case in map(get_case, {CASES!r}):\n"
             "    checkpoint = case.build_checkpoint()\n"
-            "    plan_native_run(checkpoint, case.request())\n    check_memory(checkpoint, case.request())\n"
+            "    plan = plan_native_run(checkpoint, case.request())\n    check_memory(checkpoint, case.request())\n"
+            "    try:\n        check_topology(Topology(2, 2), checkpoint, plan, 'cpu')\n"
+            "    except ParallelError:\n        pass  # no parallel plan (zimage): checked up to there\n"
             "    print(case.name, 'DYNAMO', 'torch._dynamo' in sys.modules, 'DIFFUSERS', 'diffusers' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -40,6 +40,7 @@ from harness.trace.memory import Trace
 from harness.trace.streaming import TraceReader, open_trace
 from native_models.components import MODEL_CLASSES
 from native_models.loader import read_json, read_model_index
+from native_models.meta_build import build_on_meta
 from native_models.parallel import ParallelError, destroy_parallel, init_parallel
 from native_models.pipeline import ComposedPipeline
 
@@ -107,8 +108,7 @@ def check_topology(topology: Topology, checkpoint: Path, plan: NativePlan, devic
                                     "supported for this model")
         check = getattr(cls, "check_parallel", None)
         if check is not None:
-            with torch.device("meta"):  # the model's own check on its config; no memory, no weights read
-                model = cls.from_config(read_json(checkpoint / name / "config.json"))
+            model = build_on_meta(cls, read_json(checkpoint / name / "config.json"))  # no weights read
             try:
                 model.check_parallel(topology.tp, topology.sp)
             except ValueError as exc:
