@@ -54,6 +54,7 @@ import torch  # noqa: E402
 
 from harness.compare.records import threshold_multiple  # noqa: E402
 from harness.noise.detector import detect_noise  # noqa: E402
+from harness.noise.overrule import overrule  # noqa: E402
 from harness.run.cases import Case, CaseError, get_case  # noqa: E402
 from harness.run.latent_noise import judge_trace_latents  # noqa: E402
 from harness.run.native_runner import run_native  # noqa: E402
@@ -464,7 +465,7 @@ def noise_table(digits: tuple[int, ...], seeds: tuple[int, ...], faults: list[Fa
         row: dict[str, Any] = {"variant": name, "runs": 0, "refused": 0, "digits_vae_flagged": 0,
                                "photo_vae_flagged": 0, "digits_vae_reason": None, "photo_vae_reason": None,
                                "latent_flagged": 0, "latent_reason": None, "digits_vae_or_latent_flagged": 0,
-                               "request": ""}
+                               "overruled": 0, "request": ""}
         frames_out = []
         start = time.perf_counter()
         for digit in digits:
@@ -482,9 +483,11 @@ def noise_table(digits: tuple[int, ...], seeds: tuple[int, ...], faults: list[Fa
                     row["refused"] += 1
                     frames_out.append(None)
                     continue
-                image_flagged = False
+                image_flagged, digits_verdict = False, None
                 for key, frames in (("digits_vae", small), ("photo_vae", photo)):
                     verdict = detect_noise(frames)
+                    if key == "digits_vae":
+                        digits_verdict = verdict.to_dict()
                     if verdict:
                         row[f"{key}_flagged"] += 1
                         row[f"{key}_reason"] = row[f"{key}_reason"] or verdict.reason
@@ -493,14 +496,17 @@ def noise_table(digits: tuple[int, ...], seeds: tuple[int, ...], faults: list[Fa
                 if latent:
                     row["latent_flagged"] += 1
                     row["latent_reason"] = row["latent_reason"] or latent.reason
-                row["digits_vae_or_latent_flagged"] += bool(image_flagged or latent)
+                # as harness/noise/latent_check.py `combine`: a noise_latents-only image flag the latents overrule
+                overruled = latent is not None and not latent and overrule(digits_verdict, latent.to_dict())
+                row["overruled"] += bool(overruled)
+                row["digits_vae_or_latent_flagged"] += bool((image_flagged and not overruled) or latent)
                 frames_out.append(photo)
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         grid[name] = frames_out
         if progress:
             progress(f"{name}: digits VAE {row['digits_vae_flagged']}/{row['runs']}, latent check "
-                     f"{row['latent_flagged']}/{row['runs']}, photo VAE "
+                     f"{row['latent_flagged']}/{row['runs']}, overruled {row['overruled']}, photo VAE "
                      f"{row['photo_vae_flagged']}/{row['runs']}, refused {row['refused']} ({row['seconds']:.0f} s)")
     return rows, grid
 
@@ -510,7 +516,9 @@ def noise_markdown(rows: list[dict[str, Any]], digits: tuple[int, ...], seeds: t
              f"{', '.join(map(str, seeds))}: flagged by detect_noise as decoded by the digits VAE (32 px: rules + "
              "small-frame learned check) "
              "and by the photo VAE through the bridge (64 px: rules + learned check); the latent check: the "
-             "native decode/latents against the digits VAE's signature (harness/noise/latent_check.py).", "",
+             "native decode/latents against the digits VAE's signature (harness/noise/latent_check.py); digits VAE or "
+             "latent: as the product combines them, a noise_latents-only image flag the latents overrule not counted "
+             "(harness/noise/overrule.py).", "",
              "| variant | request | digits VAE | latent check | digits VAE or latent | photo VAE | latent reason "
              "(first flagged run) | photo VAE reason (first flagged run) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -522,7 +530,8 @@ def noise_markdown(rows: list[dict[str, Any]], digits: tuple[int, ...], seeds: t
         reason = (row["photo_vae_reason"] or "-").split(";")[0]
         runs = row["runs"]
         lines.append(f"| `{row['variant']}` | {row['request'] or 'case'} | {row['digits_vae_flagged']}/{runs} "
-                     f"| {row['latent_flagged']}/{runs} | {row['digits_vae_or_latent_flagged']}/{runs} "
+                     f"| {row['latent_flagged']}/{runs} | {row['digits_vae_or_latent_flagged']}/{runs}"
+                     f"{' (' + str(row['overruled']) + ' image flags overruled)' if row['overruled'] else ''} "
                      f"| {row['photo_vae_flagged']}/{runs} | {row['latent_reason'] or '-'} | {reason} |")
     return "\n".join(lines) + "\n"
 

@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from harness.cli.commands.noise import read_frames  # noqa: E402
 from harness.noise.detector import detect_noise  # noqa: E402
 from harness.noise.latent_check import judge_latents  # noqa: E402
+from harness.noise.overrule import overrule  # noqa: E402
 from references.common.latent_signature import latent_signature  # noqa: E402
 from references.flux.noise_corpus import CORPUS_SEED, HALVES, CorpusItem, item_path, latent_path  # noqa: E402
 from references.flux.photo_vae import PHOTO_VAE_CHECKPOINT  # noqa: E402
@@ -46,20 +47,25 @@ def judge_item(item: CorpusItem, corpus: Path, signature: Any, latent_only: bool
     row: dict[str, Any] = {"name": item.name, "label": item.label, "category": item.category,
                            "variant": item.variant, "height": item.height, "width": item.width,
                            "source": item.source}
+    image: dict[str, Any] | None = None
     if not latent_only:
         frames, video = read_frames(item_path(corpus, item))
-        image = detect_noise(frames, video=video)
-        row.update(image=image.flagged, image_reason=image.reason)
+        image = detect_noise(frames, video=video).to_dict()
+        row.update(image=image["verdict"] == "flagged", image_reason=image["reason"])
     path = latent_path(corpus, item)
+    overruled = None
     if path.is_file():
         verdict = judge_latents(np.load(path), signature)
         row.update(latent=verdict.flagged, latent_reason=verdict.reason, latent_fired=verdict.fired,
                    latent_abstained=verdict.abstained is not None,
                    latent_statistics={k: round(v, 4) for k, v in verdict.statistics.items()})
+        if image is not None and not verdict.flagged:  # as harness/noise/latent_check.py `combine` does
+            overruled = overrule(image, verdict.to_dict())
     else:
         row["latent"] = None
     if not latent_only:
-        row["combined"] = bool(row["image"] or row["latent"])
+        row["overruled"] = overruled
+        row["combined"] = bool((row["image"] and overruled is None) or row["latent"])
     return row
 
 
@@ -70,19 +76,26 @@ def table(rows: list[dict[str, Any]], latent_only: bool) -> str:
         groups[(row["label"], row["category"])].append(row)
         if row["label"] != "clean":
             groups[(row["label"], f"{row['category']}/{row['variant']}")].append(row)
-    lines = ["| label | category | n | image | latent (of those with latents) | latent abstained | combined |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| label | category | n | image | latent (of those with latents) | latent abstained | image flags "
+             "overruled | combined |", "|---|---|---|---|---|---|---|---|"]
     for (label, category), group in sorted(groups.items()):
         with_latent = [r for r in group if r["latent"] is not None]
         image = "-" if latent_only else sum(r["image"] for r in group)
         combined = "-" if latent_only else sum(r["combined"] for r in group)
         latent = f"{sum(r['latent'] for r in with_latent)}/{len(with_latent)}" if with_latent else "-"
         abstained = sum(bool(r.get("latent_abstained")) for r in with_latent) if with_latent else "-"
-        lines.append(f"| {label} | {category} | {len(group)} | {image} | {latent} | {abstained} | {combined} |")
+        overruled = "-" if latent_only else sum(r["overruled"] is not None for r in group)
+        lines.append(f"| {label} | {category} | {len(group)} | {image} | {latent} | {abstained} | {overruled} | "
+                     f"{combined} |")
     alarms = [r for r in rows if r["label"] == "clean" and (r.get("combined") or r["latent"])]
     lines.append(f"\nfalse alarms on clean items: {len(alarms)}")
     lines += [f"- {r['name']} ({r['height']}x{r['width']} {r['source']}): "
               f"{r['latent_reason'] if r['latent'] else r.get('image_reason')}" for r in alarms]
+    overruled_rows = [r for r in rows if r.get("overruled")]
+    lines.append(f"\nimage flags overruled by the latents (harness/noise/overrule.py): {len(overruled_rows)}")
+    lines += [f"- {r['label']} {r['name']} ({r['height']}x{r['width']} {r['source']}): head {r['overruled']['head']} "
+              f"logit {r['overruled']['logit']:+.2f} >= {r['overruled']['threshold']:+.2f}, pattern_alignment "
+              f"{r['overruled']['pattern_alignment']:+.2f}" for r in overruled_rows]
     return "\n".join(lines)
 
 

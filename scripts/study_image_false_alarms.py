@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,10 @@ def corpus_rows(seed: int, half: str, clean_only: bool = False) -> list[dict[str
     return [r for r in rows if r["features"] is not None and min(r["height"], r["width"]) >= 64]
 
 
-def texture_rows() -> list[dict[str, Any]]:
-    """Clean frames from the train half's photographs only: fine textures at 64 px and 128 px zoom frames."""
+def texture_frames() -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray | None]]:
+    """Clean frames from the train half's photographs only: fine textures at 64 px (as they are and through the
+    VAE) and 128 px zoom frames through the VAE; each with its meta and the normalised latents the VAE decoded
+    ((C, h, w), None for a photo crop as it is)."""
     import torch
     from PIL import Image
 
@@ -88,10 +91,13 @@ def texture_rows() -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     renderer = Renderer(load_photo_vae(), TEXTURE_SEED)
     photos = sorted(n for n, h in photo_halves().items() if h == "train")
-    rows = []
 
     def shrink(image: np.ndarray, side: int) -> np.ndarray:
         return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((side, side), Image.Resampling.LANCZOS))
+
+    def through_vae(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        latents = renderer.encode(image)  # (1, C, h, w), normalised
+        return renderer.decode_normalised(latents)[0], latents[0].float().numpy()
 
     for number, name in enumerate(photos):
         rng = np.random.default_rng([TEXTURE_SEED, number])
@@ -100,17 +106,22 @@ def texture_rows() -> list[dict[str, Any]]:
         for crop_side in TEXTURE_CROPS:
             for j in range(2):
                 small = shrink(shipped_images.random_crop(photo, crop_side, crop_side, rng), 64)
-                rows.append(_row(small, **meta, name=f"tex64/{name}/{crop_side}/{j}", category="texture_photo",
-                                 height=64, width=64))
-                rows.append(_row(renderer.decode_normalised(renderer.encode(small))[0], **meta, height=64,
-                                 width=64, name=f"tex64rec/{name}/{crop_side}/{j}", category="texture_recon"))
+                yield ({**meta, "name": f"tex64/{name}/{crop_side}/{j}", "category": "texture_photo", "height": 64,
+                        "width": 64}, small, None)
+                decoded, latents = through_vae(small)
+                yield ({**meta, "height": 64, "width": 64, "name": f"tex64rec/{name}/{crop_side}/{j}",
+                        "category": "texture_recon"}, decoded, latents)
         for j in range(2):
             big = shipped_images.random_crop(photo, 256, 256, rng)
             for k in (0, 3, 7):  # as the corpus's zoom videos: a 256 - 8k crop shrunk to 128
-                frame = shrink(big[4 * k : 256 - 4 * k, 4 * k : 256 - 4 * k], 128)
-                rows.append(_row(renderer.decode_normalised(renderer.encode(frame))[0], **meta, height=128,
-                                 width=128, name=f"zoom128/{name}/{j}/{k}", category="texture_zoom"))
-    return rows
+                decoded, latents = through_vae(shrink(big[4 * k : 256 - 4 * k, 4 * k : 256 - 4 * k], 128))
+                yield ({**meta, "height": 128, "width": 128, "name": f"zoom128/{name}/{j}/{k}",
+                        "category": "texture_zoom"}, decoded, latents)
+
+
+def texture_rows() -> list[dict[str, Any]]:
+    """The texture set's frames (`texture_frames`) with their statistics."""
+    return [_row(pixels, **meta) for meta, pixels, _ in texture_frames()]
 
 
 def arrays(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,7 @@ def test_plan_is_the_committed_manifest(items) -> None:
                                                      (86016, False, "manifest_seed86016.json"),
                                                      (96016, False, "manifest_seed96016.json"),
                                                      (106016, False, "manifest_seed106016.json"),
+                                                     (116016, False, "manifest_seed116016.json"),
                                                      (noise_corpus.CORPUS_SEED, True, "manifest_small.json")])
 def test_fresh_and_small_plans_are_committed_and_hold_out_the_same_photographs(items, seed: int, small: bool,
                                                                                name: str) -> None:

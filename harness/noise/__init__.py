@@ -7,5 +7,7 @@
   fitted by scripts/train_noise_model.py;
 - latent_stats.py + latent_check.py: the latent check, the latents a pipeline hands its VAE read against the
   VAE's signature (`judge_latents`, `LatentSignature`, `combine` into a report's noise section);
+- overrule.py: an image flag by the `noise_latents` head alone, overruled where the latents pass the latent check
+  with this VAE's pattern (`combine` applies it; report.json native["overruled"]);
 - formatting.py: numbers in reasons and JSON.
 """

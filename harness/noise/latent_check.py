@@ -22,7 +22,8 @@ directions this VAE's pictures vary along): its pattern is too thin to read labe
 flat fields) too thin to read noise from (through the photo VAE, 26 of 200 flat graphics were called relabelled or
 patternless before this guard, 0 after); noise_left is still judged.
 `combine` adds the verdict to a report's noise section: the output is flagged when the
-image detector or the latent check flags it.
+image detector or the latent check flags it, except that an image flag by the `noise_latents` head alone is
+overruled by latents that pass with this VAE's pattern (harness/noise/overrule.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from harness.noise.latent_stats import (
     as_latent_stack,
     latent_statistics,
 )
+from harness.noise.overrule import describe_overrule, overrule
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,8 @@ def normalise(raw: Any, signature: LatentSignature) -> np.ndarray:
 def combine(section: dict[str, Any], verdict: LatentVerdict, expects_picture: bool) -> dict[str, Any]:
     """A report's noise section (harness/noise/detector.py `noise_section`) with the native latents' verdict
     added as native["latent"]: the native output counts as flagged when either check flags it, which fails the
-    run when the case expects a picture."""
+    run when the case expects a picture; an image flag by the `noise_latents` head alone is overruled when the
+    latents pass with this VAE's pattern (harness/noise/overrule.py), recorded as native["overruled"]."""
     native = dict(section["native"])
     native["latent"] = verdict.to_dict()
     combined = dict(section, native=native)
@@ -257,4 +260,13 @@ def combine(section: dict[str, Any], verdict: LatentVerdict, expects_picture: bo
         if expects_picture and not section["fails_run"]:
             combined["fails_run"] = True
             combined["note"] = f"native latents flagged ({verdict.reason}); the decoded image: {section['note']}"
+        return combined
+    overruled = overrule(section["native"], native["latent"])
+    if overruled is not None:
+        line = describe_overrule(overruled)
+        native.update(image_verdict="flagged", image_reason=native["reason"], verdict="ok", overruled=overruled,
+                      reason=f"{line} (image detector: {native['reason']})")
+        reference = (section.get("reference") or {}).get("verdict")
+        combined["fails_run"] = False
+        combined["note"] = f"native output not noise: {line}; reference {reference}"
     return combined

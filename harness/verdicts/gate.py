@@ -352,6 +352,11 @@ def _check_noise(cases: list[Case], results: dict[str, VerifyResult], checks: li
             latent = noise["native"].get("latent")
             if latent is not None:
                 how += f"; latent check {latent['verdict']}"
+            overruled = noise["native"].get("overruled")
+            if overruled:  # harness/noise/overrule.py: the noise_latents head alone, answered by the latents
+                how += (f"; image flag by head {overruled['head']} (logit {overruled['logit']:+.1f} >= "
+                        f"{overruled['threshold']:+.1f}) overruled: the latents carry the VAE's pattern "
+                        f"(pattern_alignment {overruled['pattern_alignment']:+.2f})")
             parts.append(f"{case.name}: native output is a picture ({how})")
     checks.append(Check("not noise", FAILED if failed else OK, "; ".join(parts)))
 
