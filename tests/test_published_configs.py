@@ -6,8 +6,8 @@ DIR --dtype fp32`, at the family's own token length (512, 256, 512) and a small 
 Slow (about 1 GB of bf16 weights per folder, 4 GiB per side in fp32): marked `slow`, run in the CPU suite. Each
 folder is built once into the checkpoint cache ($DIFFPARITY_CACHE/published/) and reused by later runs.
 Each command is a process of its own, forked from a launcher that has torch, transformers and diffusers imported
-but none of this project's code (tests/warm_commands.py; it runs `harness.cli.main` as the console script does):
-three fresh interpreters would import them three times (~5 s each).
+and this project's run path (PROJECT_PRELOAD; tests/warm_commands.py; it runs `harness.cli.main` as the console
+script does): three fresh interpreters would import them three times (~5 s each).
 Larger builds (more layers, the real shard sizes): scripts/published_configs.py.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from warm_commands import WarmCommands
+from warm_commands import PRELOAD, WarmCommands
 
 from native_models.safetensors_header import read_safetensors_header
 
@@ -55,9 +55,21 @@ FOLDERS = {
 }
 
 
+# The files do not change between these commands, so the launcher also imports what every one of them imports
+# (this project's run path, the native modules, the model classes both sides load): ~3 s of CPU per command
+PROJECT_PRELOAD = """
+import harness.cli.main, harness.cli.commands.run, harness.run.parity
+import references.flux.runner, references.wan.runner
+from native_models.warm_start import warm_start
+warm_start()
+from transformers import CLIPTextModel, T5EncoderModel, UMT5EncoderModel
+from diffusers import AutoencoderKL, AutoencoderKLWan, FluxTransformer2DModel, WanPipeline, WanTransformer3DModel
+"""
+
+
 @pytest.fixture(scope="module")
 def warm() -> Iterator[WarmCommands]:
-    with WarmCommands(ROOT, dict(os.environ, HF_HUB_OFFLINE="1")) as launcher:
+    with WarmCommands(ROOT, dict(os.environ, HF_HUB_OFFLINE="1"), preload=PRELOAD + PROJECT_PRELOAD) as launcher:
         yield launcher
 
 
