@@ -221,9 +221,9 @@ def drawing(item: CorpusItem, rng: np.random.Generator) -> np.ndarray:
             image = line_art.antialiased(line_art.DRAWERS[category], rng, h, w)
         else:
             image = line_art.DRAWERS[category](rng, h, w)
-        shares.append(line_art.ink_share(image))
-        if shares[-1] >= line_art.MIN_INK_SHARE:
+        if line_art.has_ink(image):
             return image
+        shares.append(line_art.ink_share(image))
     raise line_art.BlankDrawingError(f"corpus item {item.name}: no ink in {DRAW_ATTEMPTS} draws (ink shares "
                                      f"{[round(v, 5) for v in shares]} < {line_art.MIN_INK_SHARE})")
 
