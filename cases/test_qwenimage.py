@@ -26,6 +26,7 @@ from harness.run.parity import ParityResult, run_parity
 from harness.verdicts.faults import FAULTS
 from native_models.errors import RequestError
 from references.common.llm_faults import padding_side_swapped
+from tests.shared_references import shared_reference
 
 CASE = "qwenimage-tiny"
 PARITY_REL_L2 = 1e-5  # the issue's fp32 bar, per record, against Diffusers and against one rank
@@ -107,8 +108,9 @@ def test_broken_joint_attention_shard_diverges_at_the_first_denoising_step() -> 
     Diffusers and against one rank, every stage before it (and the forced decode) passing."""
     fault = FAULTS["qwenimage_sp_heads_wrong_order"]
     case = get_case(CASE)
-    result = run_parity(case, fault.request_for(case.request(steps=2)), mutate_native=fault.apply,
-                        topology=Topology(*fault.topology))
+    request = fault.request_for(case.request(steps=2))
+    result = run_parity(case, request, mutate_native=fault.apply, topology=Topology(*fault.topology),
+                        reference=shared_reference(case.name, request))
     assert result.report["first_divergence"] == {"stage": "denoise", "field": "transformer_output", "step": 0}
     others = [r for r in result.comparison.local_records() if r.stage != "denoise" and not r.passed]
     assert not others, [f"{r.stage}/{r.field} ({r.mode})" for r in others]
@@ -121,7 +123,8 @@ def test_llm_encoder_faults_are_charged_to_encode(name: str) -> None:
     forcing keeps denoising and decoding clean."""
     fault = FAULTS[name]
     case = get_case(CASE)
-    result = run_parity(case, fault.request_for(case.request(steps=2)), mutate_native=fault.apply)
+    request = fault.request_for(case.request(steps=2))
+    result = run_parity(case, request, mutate_native=fault.apply, reference=shared_reference(case.name, request))
     assert result.report["first_divergence"] == {"stage": "encode", "field": "prompt_embeds", "step": None}
     others = [r for r in result.comparison.local_records() if r.stage != "encode" and not r.passed]
     assert not others, [f"{r.stage}/{r.field}/{r.step} ({r.mode})" for r in others]

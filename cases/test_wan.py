@@ -24,6 +24,7 @@ from harness.run.cases import get_case
 from harness.run.multirank import Topology
 from harness.run.parity import ParityResult, run_parity
 from harness.verdicts.faults import FAULTS
+from tests.shared_references import shared_reference
 
 PARITY_REL_L2 = 1e-5  # the issue's fp32 bar, per record, against Diffusers and against one rank
 FRAMES = {"5frames": 5, "9frames": 9}  # 30 and 45 DiT tokens at 48x80
@@ -151,7 +152,8 @@ def test_umt5_padding_faults_are_charged_to_encode(name: str) -> None:
     keeps denoising and decoding clean."""
     fault = FAULTS[name]
     case = get_case("wan-tiny")
-    result = run_parity(case, fault.request_for(case.request(steps=2)), mutate_native=fault.apply)
+    request = fault.request_for(case.request(steps=2))
+    result = run_parity(case, request, mutate_native=fault.apply, reference=shared_reference(case.name, request))
     assert result.report["first_divergence"] == {"stage": "encode", "field": "prompt_embeds", "step": None}
     others = [r for r in result.comparison.local_records() if r.stage != "encode" and not r.passed]
     assert not others, [f"{r.stage}/{r.field}/{r.step} ({r.mode})" for r in others]
@@ -168,7 +170,8 @@ def test_norm_weight_faults_are_charged_to_the_dit_at_step_0(name: str, dtype: s
     caught at the DiT's first step, every other stage's local records passing."""
     fault = FAULTS[name]
     case = get_case("wan-tiny")
-    result = run_parity(case, fault.request_for(case.request(steps=2, dtype=dtype)), mutate_native=fault.apply)
+    request = fault.request_for(case.request(steps=2, dtype=dtype))
+    result = run_parity(case, request, mutate_native=fault.apply, reference=shared_reference(case.name, request))
     assert result.report["first_divergence"] == {"stage": "denoise", "field": "transformer_output", "step": 0}
     others = [r for r in result.comparison.local_records() if r.stage != "denoise" and not r.passed]
     assert not others, [f"{r.stage}/{r.field}/{r.step} ({r.mode})" for r in others]

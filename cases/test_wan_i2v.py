@@ -29,8 +29,9 @@ from harness.run.cases import get_case
 from harness.run.multirank import Topology
 from harness.run.parity import ParityResult, run_parity
 from harness.trace.keys import RecordKey
-from harness.verdicts.fault_matrix import run_fault
+from harness.verdicts.fault_matrix import fault_request, run_fault
 from harness.verdicts.faults import FAULTS
+from tests.shared_references import shared_reference
 
 CASES = {"i2v": "wan-i2v-tiny", "a14b-i2v": "wan-a14b-i2v-tiny"}
 TOPOLOGIES = {  # name -> (case, tp, sp, frames)
@@ -128,8 +129,9 @@ def test_planted_shard_bug_is_caught_at_the_first_denoising_step(fault_name: str
     forced: a local error), while encode, timesteps, latents and the forced decode pass."""
     fault = FAULTS[fault_name]
     case = get_case("wan-i2v-tiny")
-    result = run_parity(case, fault.request_for(case.request()), mutate_native=fault.apply,
-                        topology=Topology(*fault.topology))
+    request = fault.request_for(case.request())
+    result = run_parity(case, request, mutate_native=fault.apply, topology=Topology(*fault.topology),
+                        reference=shared_reference(case.name, request))
     assert result.report["verdict"] == "fail"
     assert result.report["first_divergence"] == {"stage": "denoise", "field": "transformer_output", "step": 0}
     assert result.report["first_divergence_local"] is True
@@ -195,6 +197,8 @@ FAULT_RUNS = [(fault, case, dtype) for case in CASES.values() for fault in
 def test_fault_is_detected_and_localized(fault_name: str, case_name: str, dtype: str) -> None:
     """Each fault fails the teacher-forced parity run at its own record (stage, field, step), every other stage's
     local records passing (harness/verdicts/fault_matrix.py)."""
-    outcome = run_fault(get_case(case_name), FAULTS[fault_name], dtype)
+    case, fault = get_case(case_name), FAULTS[fault_name]
+    reference = shared_reference(case_name, fault_request(case, fault, dtype))
+    outcome = run_fault(case, fault, dtype, reference=reference)
     print(f"{fault_name} {case_name} {dtype}: found {outcome.found}, {outcome.x_floor} x floor")
     assert outcome.detected and outcome.localized, (outcome.found, outcome.other_failing_stages, outcome.problem)

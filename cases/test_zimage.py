@@ -22,6 +22,7 @@ from harness.run.parity import ParityResult, run_parity
 from harness.verdicts.faults import FAULTS
 from references.common.llm_faults import padding_side_swapped
 from references.zimage.cases import LONG_PROMPT
+from tests.shared_references import shared_reference
 
 CASE = "zimage-tiny"
 PARITY_REL_L2 = 1e-5  # the issue's fp32 bar, per record, against Diffusers
@@ -78,7 +79,8 @@ def test_llm_encoder_faults_are_charged_to_encode(name: str) -> None:
     forcing keeps denoising and decoding clean."""
     fault = FAULTS[name]
     case = get_case(CASE)
-    result = run_parity(case, fault.request_for(case.request(steps=1)), mutate_native=fault.apply)
+    request = fault.request_for(case.request(steps=1))
+    result = run_parity(case, request, mutate_native=fault.apply, reference=shared_reference(case.name, request))
     assert result.report["first_divergence"] == {"stage": "encode", "field": "prompt_embeds", "step": None}
     others = [r for r in result.comparison.local_records() if r.stage != "encode" and not r.passed]
     assert not others, [f"{r.stage}/{r.field}/{r.step} ({r.mode})" for r in others]
@@ -92,7 +94,9 @@ def test_padding_side_swap_is_invisible() -> None:
     prompt's real tokens by mask, and rotary attention sees position differences only, so the prompt states move
     by rounding alone and parity holds (why the catalog has no such fault)."""
     case = get_case(CASE)
-    result = run_parity(case, case.request(steps=1), mutate_native=padding_side_swapped)
+    request = case.request(steps=1)
+    result = run_parity(case, request, mutate_native=padding_side_swapped,
+                        reference=shared_reference(case.name, request))
     assert result.passed
     embeds = next(r for r in result.comparison.records if r.field == "prompt_embeds")
     print(f"padding side swapped: encode/prompt_embeds rel_l2 {embeds.metrics['rel_l2']:.3g} "

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from harness.run.cases import get_case
-from harness.verdicts.fault_matrix import run_fault
+from harness.verdicts.fault_matrix import fault_request, run_fault
 from harness.verdicts.faults import FAULTS
+from tests.shared_references import shared_reference
 
 SAMPLE = [
     ("flux-tiny", "text_encoder_mask_ignored"),
@@ -27,7 +28,9 @@ SAMPLE = [
 @pytest.mark.parametrize(("case_name", "fault_name"), SAMPLE, ids=[name for _, name in SAMPLE])
 def test_a_catalog_fault_is_drilled_to_its_expected_module(case_name: str, fault_name: str) -> None:
     case, fault = get_case(case_name), FAULTS[fault_name]
-    outcome = run_fault(case, fault, "fp32", base=case.request(steps=2))
+    base = case.request(steps=2)
+    outcome = run_fault(case, fault, "fp32", base=base,
+                        reference=shared_reference(case_name, fault_request(case, fault, "fp32", base)))
     assert outcome.detected and outcome.localized, outcome.to_dict()
     assert outcome.drill == "ran", outcome.drill_note
     assert outcome.found_module == fault.expected_module and outcome.module_ok, outcome.to_dict()

@@ -5,34 +5,28 @@ faults (`raises`) must be refused by the stage that checks the field, naming sta
 
 Runs in fp32 and bf16 (where the fault exists in that precision) at the case's tolerances (the stored
 calibration when there is one). The Diffusers side is run once per distinct request in this process and shared by
-every fault of that request (`reference_of`), as `diffparity faults` does: it is deterministic for a request, so
-sharing it changes no number, and each test then costs its native runs only.
+every fault of that request (`reference_of`, tests/shared_references.py), as `diffparity faults` does: it is
+deterministic for a request, so sharing it changes no number, and each test then costs its native runs only.
 """
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from harness.run.cases import get_case
-from harness.run.parity import run_parity, run_reference_side
+from harness.run.parity import run_parity
 from harness.run.request import GenerationRequest
 from harness.run.runners import SideRun
 from harness.trace.keys import STAGES
 from harness.verdicts.fault_matrix import trace_stage_of
 from harness.verdicts.faults import FAULTS, Fault, faults_for
 from native_models.errors import StageFieldError
-
-_REFERENCES: dict[str, SideRun] = {}
+from tests.shared_references import shared_reference
 
 
 def reference_of(request: GenerationRequest) -> SideRun:
     """flux-tiny's reference side of `request`, run once per distinct request in this test process."""
-    key = json.dumps(request.to_dict(), sort_keys=True)
-    if key not in _REFERENCES:
-        _REFERENCES[key] = run_reference_side(get_case("flux-tiny"), request)
-    return _REFERENCES[key]
+    return shared_reference("flux-tiny", request)
 
 
 PAIRS = [(fault, dtype) for fault in faults_for("flux") for dtype in ("fp32", "bf16") if fault.applies_to(dtype)]
