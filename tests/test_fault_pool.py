@@ -25,10 +25,11 @@ def comparable(outcome: Any) -> dict[str, Any]:
     return data
 
 
-def test_faults_of_one_request_share_one_reference_run(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def in_one_process() -> tuple[list[Any], list[str]]:
+    """The matrix of NAMES run in this process (jobs=1), and the requests its reference runs were asked for:
+    both tests below read this one run."""
     case = get_case("flux-tiny")
-    faults = [FAULTS[name] for name in NAMES]
-    keys = {request_key(fault_request(case, fault, "fp32")) for fault in faults}
     calls: list[str] = []
     original = fault_matrix.run_reference_side
 
@@ -36,8 +37,16 @@ def test_faults_of_one_request_share_one_reference_run(monkeypatch: pytest.Monke
         calls.append(request_key(request))
         return original(case_, request, model)
 
-    monkeypatch.setattr(fault_matrix, "run_reference_side", counting)
-    outcomes = run_fault_matrix(case, faults, ["fp32"], jobs=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fault_matrix, "run_reference_side", counting)
+        outcomes = run_fault_matrix(case, [FAULTS[name] for name in NAMES], ["fp32"], jobs=1)
+    return outcomes, calls
+
+
+def test_faults_of_one_request_share_one_reference_run(in_one_process: tuple[list[Any], list[str]]) -> None:
+    case = get_case("flux-tiny")
+    keys = {request_key(fault_request(case, FAULTS[name], "fp32")) for name in NAMES}
+    outcomes, calls = in_one_process
     assert [o.fault for o in outcomes] == list(NAMES)  # returned in (dtype, fault) order
     assert all(o.ok for o in outcomes), [o.to_dict() for o in outcomes]
     assert sorted(calls) == sorted(keys)  # once per distinct request, not once per fault
@@ -53,12 +62,13 @@ def test_a_shared_reference_of_another_request_is_refused() -> None:
         run_parity(case, replace(request, seed=request.seed + 1), reference=reference)
 
 
-def test_worker_processes_give_the_same_verdicts_as_one_process() -> None:
+def test_worker_processes_give_the_same_verdicts_as_one_process(in_one_process: tuple[list[Any], list[str]]
+                                                                ) -> None:
     case = get_case("flux-tiny")
     faults = [FAULTS[name] for name in NAMES]
     finished: list[int] = []
     in_pool = run_fault_matrix(case, faults, ["fp32"], lambda done, total, _: finished.append(done), jobs=2)
-    alone = run_fault_matrix(case, faults, ["fp32"], jobs=1)
+    alone, _ = in_one_process
     assert [comparable(o) for o in in_pool] == [comparable(o) for o in alone]
     assert finished == [1, 2, 3]
 
