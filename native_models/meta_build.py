@@ -136,8 +136,8 @@ def check_build_size(cls: type, config: dict[str, Any], component_dir: Path, che
     if numel is None:
         budget = _BuildBudget(limit)
         try:
-            with _registration_hooks(budget, budget), torch.device("meta"), SkipInitOnMeta():
-                cls.from_config(config)  # type: ignore[attr-defined]
+            with _registration_hooks(budget, budget):
+                build_on_meta(cls, config)
         except _OverBudget as exc:
             numel = exc.numel  # a partial count: the build stopped as soon as it passed the budget
         except BUILD_ERRORS as exc:

@@ -35,7 +35,8 @@ for path in (ROOT, ROOT / "scripts"):
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from train_noise_model import MANIFEST, RULES_ONLY, fit_arrays  # noqa: E402
+from build_noise_corpus import default_out, manifest_path  # noqa: E402
+from train_noise_model import RULES_ONLY, fit_arrays  # noqa: E402
 
 from harness.cli.commands.noise import read_frames  # noqa: E402
 from harness.noise.detector import detect_noise  # noqa: E402
@@ -58,10 +59,9 @@ def _row(pixels: np.ndarray, **meta: Any) -> dict[str, Any]:
 
 def corpus_rows(seed: int, half: str, clean_only: bool = False) -> list[dict[str, Any]]:
     """Images (and clean videos' frames) of one rendered corpus half that the large model judges (>= 64 px)."""
-    manifest = MANIFEST if seed == CORPUS_SEED else MANIFEST.with_name(f"manifest_seed{seed}.json")
-    folder = Path("out/noise-corpus" + ("" if seed == CORPUS_SEED else f"-seed{seed}"))
+    folder = default_out(seed)
     rows = []
-    for item in json.loads(manifest.read_text())["items"]:
+    for item in json.loads(manifest_path(seed).read_text())["items"]:
         if item["half"] != half or item["label"] == "either" or (clean_only and item["label"] != "clean"):
             continue
         if item["label"] == "garbage" and item["frames"] > 1:  # garbage videos are judged as videos, not frames

@@ -38,6 +38,7 @@ for path in (ROOT, ROOT / "scripts"):
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from build_noise_corpus import default_out, manifest_path  # noqa: E402
 from study_image_false_alarms import TRAIN_SEEDS, texture_frames  # noqa: E402
 
 from harness.cli.commands.noise import read_frames  # noqa: E402
@@ -45,7 +46,7 @@ from harness.noise.detector import detect_noise  # noqa: E402
 from harness.noise.latent_check import judge_latents  # noqa: E402
 from harness.noise.overrule import DEFAULT_OVERRULE_THRESHOLDS, learned_head_only, overrule  # noqa: E402
 from references.common.latent_signature import latent_signature  # noqa: E402
-from references.flux.noise_corpus import CORPUS_SEED, CorpusItem, item_path, latent_path  # noqa: E402
+from references.flux.noise_corpus import CorpusItem, item_path, latent_path  # noqa: E402
 from references.flux.photo_vae import PHOTO_VAE_CHECKPOINT  # noqa: E402
 
 OUT = Path("out/noise-study")
@@ -75,11 +76,9 @@ def judged(meta: dict[str, Any], pixels: np.ndarray, video: bool, latents: np.nd
 
 
 def corpus_items(seed: int) -> list[tuple[dict[str, Any], Path, Path]]:
-    manifest = ROOT / "references" / "noise_corpus" / ("manifest.json" if seed == CORPUS_SEED
-                                                       else f"manifest_seed{seed}.json")
-    folder = Path("out/noise-corpus" + ("" if seed == CORPUS_SEED else f"-seed{seed}"))
+    folder = default_out(seed)
     out = []
-    for item in json.loads(manifest.read_text())["items"]:
+    for item in json.loads(manifest_path(seed).read_text())["items"]:
         if item["half"] != "train":
             continue
         ci = CorpusItem(**item)

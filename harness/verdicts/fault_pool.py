@@ -20,11 +20,12 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
+from harness.run.multirank import PRELOAD as RANK_PRELOAD
+
 START_METHOD = "forkserver"
-# a superset of harness/run/multirank.py's PRELOAD: one forkserver serves both (the first caller's list wins);
-# native_models.warm_start last (it freezes the server's heap)
-PRELOAD = ["harness.verdicts.fault_matrix", "harness.run.multirank", "transformers.models.auto.tokenization_auto",
-           "native_models.warm_start"]
+# harness/run/multirank.py's PRELOAD and the fault matrix: one forkserver serves both (the first caller's list
+# wins); multirank's list ends with native_models.warm_start, which freezes the server's heap
+PRELOAD = ["harness.verdicts.fault_matrix", *RANK_PRELOAD]
 
 
 def threads_per_worker(jobs: int) -> int:
