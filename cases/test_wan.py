@@ -104,7 +104,7 @@ def test_wan_tiny_multirank_matches_diffusers_and_one_rank(name: str, tmp_path: 
     assert_fp32_records(list(result.comparison.all_records()), f"Diffusers ({name})")
     ranks = result.ranks
     assert ranks is not None and ranks.vs_single is not None
-    assert ranks.ranks_identical, f"{name}: the ranks decoded different videos"
+    assert ranks.ranks_identical, f"{name}: the ranks handed the VAE different latents"
     # every record of the single-rank run, free and forced, is in the multi-rank trace and within the bar
     assert len(ranks.vs_single.records) == len(result.comparison.records)
     assert len(ranks.vs_single.forced_records) == len(result.comparison.forced_records)

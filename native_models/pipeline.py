@@ -23,7 +23,7 @@ from native_models.parallel.mesh import SINGLE, ParallelMesh
 from native_models.req import Req
 from native_models.stages.base import TENSOR, FieldKind, PipelineStage
 from native_models.stages.condition_latents import ConditionLatentStage
-from native_models.stages.decoding import DecodingStage
+from native_models.stages.decoding import DecodingStage, ReplicaDecodingStage
 from native_models.stages.denoising import DenoisingStage
 from native_models.stages.image_encoding import ImageEncodingStage
 from native_models.stages.latent_preparation import LatentPreparationStage
@@ -125,7 +125,7 @@ class ComposedPipeline:
         self.add_latent_preparation_stage()
         self.add_stage("timestep_preparation", TimestepPreparationStage(self.get_module("scheduler"), self.config))
         self.add_denoising_stage()
-        self.add_stage("decoding", DecodingStage(self.get_module("vae"), self.config))
+        self.add_decoding_stage()
 
     def add_standard_ti2v_stages(self, image_encoding: bool = True, condition_sample_mode: str = "argmax") -> None:
         """Text encoding, image encoding (unless `image_encoding` is False: a DiT without an image path),
@@ -146,7 +146,14 @@ class ComposedPipeline:
                        ConditionLatentStage(self.get_module("vae"), self.config, sample_mode=condition_sample_mode))
         self.add_stage("timestep_preparation", TimestepPreparationStage(self.get_module("scheduler"), self.config))
         self.add_denoising_stage(extra_reads)
-        self.add_stage("decoding", DecodingStage(self.get_module("vae"), self.config))
+        self.add_decoding_stage()
+
+    def add_decoding_stage(self) -> None:
+        """The VAE decodes on the first rank only, unless it is split across ranks (`_parallel_modules`): whole
+        on every rank, it would decode the same frames on each (ReplicaDecodingStage)."""
+        replica = self.mesh.rank != 0 and "vae" not in self._parallel_modules
+        stage = ReplicaDecodingStage if replica else DecodingStage
+        self.add_stage("decoding", stage(self.get_module("vae"), self.config))
 
     def add_text_encoding_stage(self) -> None:
         encoders = [

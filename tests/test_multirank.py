@@ -99,3 +99,65 @@ def test_forked_ranks_start_from_a_frozen_warm_heap() -> None:
     frozen, imported = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else (0, proc.stderr)
     assert frozen > 100_000, (frozen, proc.stderr[-2000:])
     assert imported == ["ftfy", "native_models.pipelines.wan"]
+
+
+def _no_decode_but_on_rank_0(pipeline: object) -> None:
+    """On ranks other than 0, a VAE decode raises (module level: the ranks import it)."""
+    import torch.distributed as dist
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"rank {dist.get_rank()} decoded")
+
+    if dist.get_rank() != 0:
+        pipeline.get_module("vae").decode = refuse  # type: ignore[attr-defined]
+
+
+def _and_rank_1_shifts_its_vae_input(pipeline: object) -> None:
+    """As above, and rank 1 hands the VAE its latents plus 1e-3: a fault on one rank only."""
+    import torch.distributed as dist
+
+    _no_decode_but_on_rank_0(pipeline)
+    if dist.get_rank() == 1:
+        config = pipeline.config  # type: ignore[attr-defined]
+        unpack = config.post_denoising_loop
+        config.post_denoising_loop = lambda latents, batch: unpack(latents, batch) + 1e-3
+
+
+@pytest.mark.parametrize("shift", [False, True], ids=["same", "rank1-shifted"])
+def test_only_rank_0_decodes_and_the_ranks_vae_inputs_are_compared(tiny_wan: Path, tmp_path: Path,
+                                                                   shift: bool) -> None:
+    """The VAE is whole on every rank, so rank 0 alone decodes (free and forced); `ranks_identical` compares
+    the latents each rank hands the VAE, and fails when one rank's differ."""
+    from harness.run.multirank import run_native_ranks
+
+    request = get_case("wan-tiny").request(steps=1, height=16, width=16, frames=1)
+    mutate = _and_rank_1_shifts_its_vae_input if shift else _no_decode_but_on_rank_0
+    run = run_native_ranks(tiny_wan, request, Topology(1, 2), {"case": "wan-tiny"}, mutate=mutate,
+                           spool_dir=tmp_path)
+    assert run.frames.shape[-2:] == (16, 16) and run.ranks_identical is not shift
+
+
+def test_a_rank_other_than_0_records_the_vae_input_and_decodes_nothing() -> None:
+    import torch
+
+    from harness.trace.keys import RecordKey
+    from harness.trace.memory import Trace
+    from native_models.pipelines.wan import WanPipelineConfig
+    from native_models.req import Req
+    from native_models.stages.decoding import ReplicaDecodingStage
+
+    class NoVae(torch.nn.Module):
+        latents_mean, latents_std = [0.0] * 4, [1.0] * 4
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def decode(self, latents: torch.Tensor) -> None:
+            raise AssertionError("a replica rank decoded")
+
+    trace = Trace()
+    batch = Req(prompt=["a"], height=16, width=16, num_inference_steps=1, latents=torch.ones(1, 4, 1, 2, 2),
+                raw_latent_shape=(1, 4, 1, 2, 2), recorder=trace)
+    batch = ReplicaDecodingStage(NoVae(), WanPipelineConfig())(batch)
+    assert batch.output is None and trace.keys() == [RecordKey("decode", "latents")]

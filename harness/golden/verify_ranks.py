@@ -46,7 +46,7 @@ class RanksVerifyResult:
         single = "pass" if self.ranks.vs_single is not None and self.ranks.vs_single.passed else "FAIL"
         text = f"{self.topology.name} ({self.topology.world} ranks): vs golden {against}, vs one rank {single}"
         if not self.ranks.ranks_identical:
-            text += ", ranks decoded different frames"
+            text += ", the ranks handed the VAE different latents"
         if worst is not None:
             text += f", worst {worst[0]:.2f}x threshold ({worst[1].key().name()}, {worst[1].mode})"
         return text

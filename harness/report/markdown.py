@@ -87,7 +87,8 @@ def _ranks_line(report: dict[str, Any]) -> list[str]:
     text = (f"**Ranks:** {topology.get('name', '?')} ({topology.get('world', '?')} processes, "
             f"{topology.get('backend', '?')}): against the single-rank native run "
             f"**{str(single.get('verdict', 'n/a')).upper()}**, worst rel_l2 {view.fmt(worst.get('rel_l2'), 'e')} "
-            f"({_cell(where)}); every rank decoded the same frames: {'yes' if ranks.get('ranks_identical') else 'NO'}")
+            f"({_cell(where)}); every rank handed the VAE the same latents: "
+            f"{'yes' if ranks.get('ranks_identical') else 'NO'}")
     detail = single.get("first_divergence_detail")
     return [text] + ([f"First divergence from one rank: {_cell(detail)}"] if detail else [])
 

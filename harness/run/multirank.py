@@ -7,7 +7,8 @@ and runs the same request with the same seed, free and then teacher-forced. Rank
 record of a pipeline is canonical on every rank: the DiT gathers its sequence shards (padding stripped) after
 `proj_out` and all-reduces its row-parallel outputs, so its output, and everything computed from it, is whole
 on each rank; the sharded activations live inside the DiT only (`gather_sequence` turns one into its canonical
-tensor). Each rank also keeps its decoded frames, so the run can say whether every rank produced the same video.
+tensor). Each rank also keeps the latents it hands the VAE, so the run can say whether every rank produced the
+same result; the VAE is whole on every rank, so rank 0 alone decodes them (the others' frames would be copies).
 
 A parity run with a topology compares the rank-0 trace with Diffusers (the report's main comparison) and with a
 single-rank native run of the same request (`report["ranks"]["vs_single_rank"]`, default tolerances: the issue's
@@ -36,6 +37,7 @@ from harness.report.build import describe_first_divergence, stage_summary
 from harness.run.forcing import FORCED_STAGES
 from harness.run.native_runner import NativePlan, plan_native_run, run_native
 from harness.run.request import GenerationRequest
+from harness.trace.keys import RecordKey
 from harness.trace.memory import Trace
 from harness.trace.streaming import TraceReader, open_trace
 from native_models.components import MODEL_CLASSES
@@ -122,6 +124,18 @@ class _Discard(Trace):
         return None
 
 
+VAE_INPUT = RecordKey("decode", "latents")
+
+
+class _VaeInputOnly(Trace):
+    """What ranks other than 0 record their free run into: the latents handed to the VAE, which every rank must
+    agree on (only rank 0 decodes them: native_models/pipeline.py add_decoding_stage)."""
+
+    def record(self, stage: str, field: str, tensor: torch.Tensor, step: int | None = None) -> None:
+        if (stage, field, step) == (VAE_INPUT.stage, VAE_INPUT.field, VAE_INPUT.step):
+            super().record(stage, field, tensor, step)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -178,7 +192,7 @@ def _rank_main(rank: int, job: _RankJob) -> None:
         plan = plan_native_run(job.checkpoint, job.request, model_name=job.model, check_weights=False)
         meta = {**job.meta, "ranks": job.topology.to_dict(job.request.device)}
         keep = rank == 0
-        trace = open_trace(meta, spool_dir=job.work_dir) if keep else _Discard(meta)
+        trace = open_trace(meta, spool_dir=job.work_dir) if keep else _VaeInputOnly(meta)
         forced = None
         reference = None
         if job.forcing:
@@ -186,8 +200,9 @@ def _rank_main(rank: int, job: _RankJob) -> None:
             reference = TraceReader(job.work_dir / "reference.safetensors")
         frames = run_native(job.checkpoint, job.request, trace, plan=plan, mutate=job.mutate, reference=reference,
                             forced_trace=forced, mesh=mesh)
-        torch.save(frames, job.work_dir / f"frames{rank}.pt")
+        torch.save(trace[VAE_INPUT], job.work_dir / f"vae_input{rank}.pt")
         if keep:
+            torch.save(frames, job.work_dir / "frames.pt")
             trace.save(job.work_dir / "native.safetensors")
             if forced is not None:
                 if forced.meta.get("forcing_skipped"):
@@ -207,7 +222,7 @@ class RankRun:
     trace: Trace  # rank 0's free run
     forced_trace: Trace | None  # rank 0's teacher-forced run; None without forcing
     frames: torch.Tensor  # rank 0's decoded frames in [0, 1]
-    ranks_identical: bool  # every rank decoded bit-identical frames
+    ranks_identical: bool  # every rank handed the VAE bit-identical latents (rank 0 decodes them)
     single_trace: Trace | None = None  # the single-rank native run of the same request
     single_forced_trace: Trace | None = None
     vs_single: Comparison | None = None
@@ -316,9 +331,10 @@ def run_native_ranks(
         forced = TraceReader(forced_file) if forced_file.is_file() else None
         skipped_file = work_dir / "forcing_skipped.txt"
         skipped = skipped_file.read_text() if skipped_file.is_file() else None
-        frames = [torch.load(work_dir / f"frames{rank}.pt", weights_only=True) for rank in range(topology.world)]
-    identical = all(torch.equal(f, frames[0]) for f in frames[1:])
-    return RankRun(topology, request.device, trace, forced, frames[0], identical, forcing_skipped=skipped,
+        frames = torch.load(work_dir / "frames.pt", weights_only=True)
+        vae_inputs = [torch.load(work_dir / f"vae_input{rank}.pt", weights_only=True) for rank in range(topology.world)]
+    identical = all(torch.equal(v, vae_inputs[0]) for v in vae_inputs[1:])
+    return RankRun(topology, request.device, trace, forced, frames, identical, forcing_skipped=skipped,
                    timings={"ranks": elapsed})
 
 

@@ -183,8 +183,9 @@ def run_native(
     reference: Trace | None = None,
     forced_trace: Trace | None = None,
     mesh: ParallelMesh = SINGLE,
-) -> torch.Tensor:
-    """Run the native pipeline, recording every stage into `trace`; returns frames (B, C, H, W) in [0, 1].
+) -> torch.Tensor | None:
+    """Run the native pipeline, recording every stage into `trace`; returns frames (B, C, H, W) in [0, 1]
+    (None on a rank of `mesh` that does not decode: ComposedPipeline.add_decoding_stage).
 
     With `reference` and `forced_trace`, the same loaded pipeline then runs teacher-forced from the
     reference's inputs (harness/run/forcing.py), recording into `forced_trace` (or, for a pipeline that cannot be
@@ -212,8 +213,7 @@ def run_native(
         batch.extra["progress"] = progress
     try:
         batch = pipeline.forward(batch)
-        assert batch.output is not None
-        frames = batch.output.detach().to("cpu", torch.float32)
+        frames = None if batch.output is None else batch.output.detach().to("cpu", torch.float32)
         if reference is not None and forced_trace is not None:
             forced_trace.meta.update(trace.meta, side="native-forced")
             reason = unsupported_reason(pipeline)

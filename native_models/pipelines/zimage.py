@@ -46,7 +46,6 @@ from native_models.stages.base import (
     TENSOR_LIST,
     PipelineStage,
 )
-from native_models.stages.decoding import DecodingStage
 from native_models.stages.denoising import DenoisingStage
 from native_models.stages.latent_preparation import draw_initial_noise
 from native_models.stages.text_encoding import keep_real_tokens, run_text_encoder
@@ -248,7 +247,7 @@ class ZImagePipeline(ComposedPipeline):
             self.vae_scale_factor(), int(transformer.config.in_channels),
         ))  # fmt: skip
         self.add_stage("denoising", DenoisingStage(transformer, scheduler, self.config))
-        self.add_stage("decoding", DecodingStage(self.get_module("vae"), self.config))
+        self.add_decoding_stage()
 
     def vae_scale_factor(self) -> int:
         assert isinstance(self.config, ZImagePipelineConfig)

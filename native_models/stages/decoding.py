@@ -1,12 +1,14 @@
-"""Decoding: denormalise the final latents and run the VAE decoder."""
+"""Decoding: denormalise the final latents and run the VAE decoder (on one rank of a parallel run)."""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 
 from native_models.configs import PipelineConfig
 from native_models.req import Req
-from native_models.stages.base import SHAPE, TENSOR, PipelineStage
+from native_models.stages.base import SHAPE, TENSOR, FieldKind, PipelineStage
 
 
 class DecodingStage(PipelineStage):
@@ -21,13 +23,31 @@ class DecodingStage(PipelineStage):
         self.config = config
 
     def forward(self, batch: Req) -> Req:
+        latents = self.vae_input(batch)
+        with torch.no_grad():
+            image = self.config.vae_output(self.vae.decode(latents), batch)
+        batch.record(self.trace_stage, "image", image)
+        batch.output = self.config.post_decoding(image, batch)
+        return batch
+
+    def vae_input(self, batch: Req) -> torch.Tensor:
+        """The latents handed to the VAE: denormalised, unpacked, recorded as `decode/latents`."""
         assert batch.latents is not None
         latents = self.config.post_denoising_loop(batch.latents, batch)
         scale, shift = self.config.get_decode_scale_and_shift(self.vae)
         latents = latents / scale + shift
         batch.record(self.trace_stage, "latents", latents)
-        with torch.no_grad():
-            image = self.config.vae_output(self.vae.decode(latents), batch)
-        batch.record(self.trace_stage, "image", image)
-        batch.output = self.config.post_decoding(image, batch)
+        return latents
+
+
+class ReplicaDecodingStage(DecodingStage):
+    """Decoding on a rank other than the first when the VAE is whole on every rank: the VAE's input is recorded
+    (so the ranks can be checked to hand it the same latents) and nothing is decoded, since the frames would be
+    the first rank's, bit for bit. On a CPU the ranks share the cores: a tp2 x sp2 Wan run spent a fifth of its
+    time in the three copies. `output` stays None."""
+
+    writes: ClassVar[dict[str, FieldKind]] = {}
+
+    def forward(self, batch: Req) -> Req:
+        self.vae_input(batch)
         return batch

@@ -145,7 +145,7 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"\n{topology.name} ({topology.world} ranks) against the single-rank native run:")
         print(format_stage_table(result.ranks.vs_single))
         if not result.ranks.ranks_identical:
-            print("the ranks decoded different frames: every rank must hold the same output")
+            print("the ranks handed the VAE different latents: every rank must hold the same output")
         print(f"overall: {'PASS' if result.passed else 'FAIL'} (against Diffusers and against one rank)")
     if getattr(args, "point_latest", False):
         from harness.run.run_folders import point_latest
