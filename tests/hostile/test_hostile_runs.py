@@ -409,14 +409,19 @@ def _square(value: int) -> int:
     return value * value
 
 
-def test_ranks_can_start_again_after_a_stopped_command_stopped_the_forkserver() -> None:
+def test_ranks_can_start_again_after_a_stopped_command_stopped_the_forkserver(monkeypatch: pytest.MonkeyPatch
+                                                                             ) -> None:
     """A stop (or an error unwinding a command) stops every descendant, multiprocessing's forkserver included; a
     process that goes on (a test session, a notebook calling main()) must still launch ranks afterwards. Before
-    harness.lifetime.forget_stopped_forkserver, the next launch raised ChildProcessError (waitpid of a reaped pid)."""
+    harness.lifetime.forget_stopped_forkserver, the next launch raised ChildProcessError (waitpid of a reaped pid).
+    The two servers here start bare: the ranks' preload, set by an earlier multi-rank test in this worker, would
+    cost ~2 s of imports each and plays no part in the stop."""
     import multiprocessing
+    from multiprocessing import forkserver
 
     from harness.lifetime import stop_descendants
 
+    monkeypatch.setattr(forkserver._forkserver, "_preload_modules", [])
     context = multiprocessing.get_context("forkserver")
     with context.Pool(1) as pool:
         assert pool.apply(_square, (3,)) == 9
