@@ -68,6 +68,32 @@ def test_forced_steps_start_from_the_reference_latents(tiny_flux: Path) -> None:
     assert not torch.allclose(forced[step1], free[step1])
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.25], ids=["same-final-latents", "shifted-final-latents"])
+def test_the_forced_decode_reuses_the_free_one_only_on_the_same_vae_input(tiny_flux: Path, shift: float) -> None:
+    """The forced decode runs the VAE unless the free run handed it the same latents bit for bit; then its image
+    is the free run's (the VAE keeps no state between calls)."""
+    request = get_case("flux-tiny").request(steps=2)
+    free = Trace()
+    run_native(tiny_flux, request, free)
+    last = RecordKey("denoise", "latents", 1)
+    reference = Trace()
+    for key, tensor in free.items():
+        reference.record(key.stage, key.field, tensor + shift if key == last else tensor, key.step)
+    calls: list[torch.Size] = []
+
+    def count_decodes(pipeline: object) -> None:
+        vae = pipeline.get_module("vae")  # type: ignore[attr-defined]
+        decode = vae.decode
+        vae.decode = lambda latents, *args, **kwargs: (calls.append(latents.shape), decode(latents, *args, **kwargs))[1]
+
+    again, forced = Trace(), Trace()
+    run_native(tiny_flux, request, again, reference=reference, forced_trace=forced, mutate=count_decodes)
+    assert len(calls) == (1 if shift == 0.0 else 2)
+    image = RecordKey("decode", "image")
+    assert forced.keys()[-2:] == [RecordKey("decode", "latents"), image]
+    assert torch.equal(forced[image], again[image]) is (shift == 0.0)
+
+
 def test_missing_reference_record_is_a_one_line_error(tiny_flux: Path) -> None:
     request = get_case("flux-tiny").request(steps=2)
     free = Trace()

@@ -6,7 +6,8 @@ under `mask_field` for the encoders that keep one), its sigma and
 timestep schedule (installed into the native scheduler) and its initial latents, and, for image-conditioned
 pipelines, its image tokens (`encode/image_embeds`) and conditioning channels (`latents/mask` and
 `latents/condition`, joined by the config's `join_condition`); the decoding stage gets the reference's final
-latents. Step level: denoising step i starts from the reference's latents after step i-1
+latents (and takes the free run's image when the free run handed its VAE the same latents: `free_decode_of`).
+Step level: denoising step i starts from the reference's latents after step i-1
 (the initial latents for step 0), so its records are the local error of that one step. A multistep scheduler
 (one with `warm_start`, e.g. Wan's UniPC) also starts step i from the reference's history: its state is rebuilt
 from the reference's guided noise predictions and latents of steps 0..i-1.
@@ -121,10 +122,13 @@ def forced_batch(pipeline: ComposedPipeline, template: Req, reference: Trace) ->
     return batch
 
 
-def run_forced(pipeline: ComposedPipeline, template: Req, reference: Trace, forced: Trace) -> None:
+def run_forced(pipeline: ComposedPipeline, template: Req, reference: Trace, forced: Trace,
+               free: Trace | None = None) -> None:
     """Run the forced denoising steps and the forced decode of `pipeline`, recording into `forced`.
 
-    `template` is the request batch before any stage ran (as planned); it is copied, not changed.
+    `template` is the request batch before any stage ran (as planned); it is copied, not changed. `free` is the
+    same pipeline's free run: when it handed its VAE the forced decode's input bit for bit, the VAE's output is
+    taken from it instead of decoding the same latents again (`free_decode_of`).
     """
     denoiser = find_stage(pipeline, DenoisingStage)
     decoder = find_stage(pipeline, DecodingStage)
@@ -157,4 +161,21 @@ def run_forced(pipeline: ComposedPipeline, template: Req, reference: Trace, forc
     if tuple(final.shape) != shape:
         raise ForcingError(f"reference final latents {tuple(final.shape)} differ from its initial latents {shape}")
     batch.latents = pipeline.config.pack_latents(final.to(device=batch.device, dtype=latent_dtype))
-    decoder(batch)
+    decoder.check_inputs(batch)
+    latents = decoder.vae_input(batch)
+    image = None if free is None else free_decode_of(free, latents)
+    if image is None:
+        decoder.decode(batch, latents)
+    else:
+        batch.record(decoder.trace_stage, "image", image)
+
+
+def free_decode_of(free: Trace, latents: torch.Tensor) -> torch.Tensor | None:
+    """The free run's decoded image when its VAE input was `latents` bit for bit (the VAE keeps no state between
+    calls, so decoding them again gives the same image), else None. A fp32 run that matches its reference
+    exactly skips its second VAE decode this way."""
+    own = free.get(RecordKey("decode", "latents"))
+    image = free.get(RecordKey("decode", "image"))
+    if own is None or image is None or own.dtype != latents.dtype or own.shape != latents.shape:
+        return None
+    return image if torch.equal(own, latents.detach().cpu()) else None

@@ -218,7 +218,7 @@ def run_native(
             forced_trace.meta.update(trace.meta, side="native-forced")
             reason = unsupported_reason(pipeline)
             if reason is None:
-                run_forced(pipeline, plan.batch, reference, forced_trace)
+                run_forced(pipeline, plan.batch, reference, forced_trace, free=trace)
             else:  # the parity run goes on without forcing and says why (report["forcing_skipped"])
                 forced_trace.meta["forcing_skipped"] = reason
         return frames

@@ -23,12 +23,7 @@ class DecodingStage(PipelineStage):
         self.config = config
 
     def forward(self, batch: Req) -> Req:
-        latents = self.vae_input(batch)
-        with torch.no_grad():
-            image = self.config.vae_output(self.vae.decode(latents), batch)
-        batch.record(self.trace_stage, "image", image)
-        batch.output = self.config.post_decoding(image, batch)
-        return batch
+        return self.decode(batch, self.vae_input(batch))
 
     def vae_input(self, batch: Req) -> torch.Tensor:
         """The latents handed to the VAE: denormalised, unpacked, recorded as `decode/latents`."""
@@ -39,6 +34,14 @@ class DecodingStage(PipelineStage):
         batch.record(self.trace_stage, "latents", latents)
         return latents
 
+    def decode(self, batch: Req, latents: torch.Tensor) -> Req:
+        """Run the VAE on `latents` (from `vae_input`): records its raw output, writes `output`."""
+        with torch.no_grad():
+            image = self.config.vae_output(self.vae.decode(latents), batch)
+        batch.record(self.trace_stage, "image", image)
+        batch.output = self.config.post_decoding(image, batch)
+        return batch
+
 
 class ReplicaDecodingStage(DecodingStage):
     """Decoding on a rank other than the first when the VAE is whole on every rank: the VAE's input is recorded
@@ -48,6 +51,5 @@ class ReplicaDecodingStage(DecodingStage):
 
     writes: ClassVar[dict[str, FieldKind]] = {}
 
-    def forward(self, batch: Req) -> Req:
-        self.vae_input(batch)
+    def decode(self, batch: Req, latents: torch.Tensor) -> Req:
         return batch
