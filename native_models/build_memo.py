@@ -53,3 +53,12 @@ class BoundedMemo(Generic[V]):
 
     def clear(self) -> None:
         self._items.clear()
+
+    def entries(self) -> list[tuple[Hashable, V]]:
+        """Every (key, result), oldest first: what `update` takes in another process (a rank the checking
+        process launches; keys and results pickle)."""
+        return list(self._items.items())
+
+    def update(self, entries: list[tuple[Hashable, V]]) -> None:
+        for key, value in entries:
+            self.put(key, value)

@@ -79,3 +79,12 @@ def test_the_memory_keeps_only_the_most_recent_results() -> None:
     assert memo.get("a") is None and memo.get("b") == 1 and memo.get("c") == 1
     memo.put(None, 1)  # a config JSON cannot write canonically is never remembered
     assert memo.get(None) is None
+
+
+def test_entries_carry_the_results_to_another_memory() -> None:
+    memo: BoundedMemo[int] = BoundedMemo()
+    memo.put("a", 1)
+    memo.put("b", 2)
+    other: BoundedMemo[int] = BoundedMemo()
+    other.update(memo.entries())
+    assert other.entries() == [("a", 1), ("b", 2)]

@@ -161,3 +161,25 @@ def test_a_rank_other_than_0_records_the_vae_input_and_decodes_nothing() -> None
                 raw_latent_shape=(1, 4, 1, 2, 2), recorder=trace)
     batch = ReplicaDecodingStage(NoVae(), WanPipelineConfig())(batch)
     assert batch.output is None and trace.keys() == [RecordKey("decode", "latents")]
+
+
+SENTINEL = ("a size check only the launcher made",)
+
+
+def _the_launchers_size_checks_arrived(pipeline: object) -> None:
+    from native_models.meta_build import BUILT_NUMEL
+
+    assert BUILT_NUMEL.get(SENTINEL) == 7, "the rank did not get the launcher's size checks"
+
+
+def test_ranks_start_with_the_launchers_size_checks(tiny_wan: Path, tmp_path: Path) -> None:
+    """The launcher checked every component's config on the meta device before starting the ranks; the ranks
+    take those results (meta_build.BUILT_NUMEL) instead of building the same configs again."""
+    from harness.run.multirank import run_native_ranks
+    from native_models.meta_build import BUILT_NUMEL
+
+    BUILT_NUMEL.put(SENTINEL, 7)
+    request = get_case("wan-tiny").request(steps=1, height=16, width=16, frames=1)
+    run = run_native_ranks(tiny_wan, request, Topology(1, 2), {"case": "wan-tiny"},
+                           mutate=_the_launchers_size_checks_arrived, spool_dir=tmp_path)
+    assert run.ranks_identical

@@ -42,7 +42,7 @@ from harness.trace.memory import Trace
 from harness.trace.streaming import TraceReader, open_trace
 from native_models.components import MODEL_CLASSES
 from native_models.loader import read_json, read_model_index
-from native_models.meta_build import build_on_meta
+from native_models.meta_build import BUILT_NUMEL, build_on_meta
 from native_models.parallel import ParallelError, destroy_parallel, init_parallel
 from native_models.pipeline import ComposedPipeline
 
@@ -177,12 +177,16 @@ class _RankJob:
     meta: dict[str, Any]
     forcing: bool
     mutate: Callable[[ComposedPipeline], None] | None
+    # the launcher's config size checks (meta_build.BUILT_NUMEL): a rank loading the same configs skips its own
+    # meta-device builds of them (~0.1-0.5 s of CPU per rank)
+    built_numel: list[tuple[Any, int]] = field(default_factory=list)
 
 
 def _rank_main(rank: int, job: _RankJob) -> None:
     """One rank: join the mesh as torchrun would, run the pipeline free (and forced), rank 0 saves the traces."""
     os.environ.update(rank_environment(rank, job.topology.world, job.port))
     torch.set_num_threads(job.threads)
+    BUILT_NUMEL.update(job.built_numel)
     # Ctrl-C reaches the whole process group: the harness process owns the stop (harness/lifetime.py stops the
     # ranks), a rank does not die on its own with a traceback of its own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -323,7 +327,7 @@ def run_native_ranks(
         start = time.perf_counter()
         with launcher_store(topology.world) as port:
             job = _RankJob(Path(checkpoint), request, topology, work_dir, port, threads, model, dict(meta),
-                           reference is not None, mutate)
+                           reference is not None, mutate, BUILT_NUMEL.entries())
             launch_ranks(job)
         elapsed = time.perf_counter() - start
         trace = TraceReader(work_dir / "native.safetensors")  # opened now: readable after the folder is gone
