@@ -84,8 +84,9 @@ def embedded_images(html: str) -> list[tuple[np.ndarray, int]]:
 
 
 def colour_pixels(screen: np.ndarray, hex_colour: str, tol: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
-    return np.nonzero((np.abs(screen.astype(int) - rgb) <= tol).all(axis=-1))
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.int16)
+    # int16 holds every difference of two bytes; int64 made each call copy the whole page 8 times over
+    return np.nonzero((np.abs(screen.astype(np.int16) - rgb) <= tol).all(axis=-1))
 
 
 def badges(screen: np.ndarray) -> list[str]:
