@@ -9,6 +9,7 @@ whose failure is infrastructure (out of memory, timeout), never one that failed 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -186,7 +187,16 @@ class ExecutionRecorder:
             write_json_atomic(durations_path, dict(sorted(merged.items())))
 
 
+# A test process holds torch, Diffusers and transformers: every automatic full garbage collection walks all of
+# their long-lived objects (~0.13 s each, ~20 per minute of tests). Gen-1 collections between full ones: 10 by
+# default, 100 here. Measured on 238 parity tests in one process: full collections 4.0 -> 2.2 s of 62 s of CPU,
+# peak RSS unchanged (748 vs 751 MB). A model held by a cycle is still collected at once (harness/release.py).
+FULL_COLLECTION_EVERY = 100
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
     config.addinivalue_line("markers", "gpu(n): needs n CUDA GPUs (suite gpu-n)")
     config.addinivalue_line("markers", "covers(model, topology): what a case covers, for de-duplication")
     if config.getoption("--execution-report") or config.getoption("--record-durations"):
