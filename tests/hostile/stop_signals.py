@@ -23,13 +23,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DIFFPARITY = [sys.executable, "-m", "harness.cli"]
-# moment name -> (stderr text to wait for, seconds after it)
+# moment name -> (stderr text to wait for, rank processes to wait for after it, seconds after that). The rank
+# moments wait for the ranks themselves, not for a time: the ranks of `run wan-tiny --tp 2 --sp 2` take ~3 s
+# here, and a fixed 2 s after the line came after them under a lighter load (the signal then hit a finished
+# command). "ranks-late" is 0.8 s into the ranks' run (1.5 s after all four were up, they had finished).
 MOMENTS = {
-    "start": ("", 1.0),
-    "reference": ("reference (Diffusers)", 1.0),
-    "ranks-start": ("steps on 4 ranks", 2.0),
-    "ranks-late": ("steps on 4 ranks", 9.0),
-    "writing": ("comparing and writing", 0.0),
+    "start": ("", 0, 1.0),
+    "reference": ("reference (Diffusers)", 0, 1.0),
+    "ranks-start": ("steps on 4 ranks", 4, 0.3),
+    "ranks-late": ("steps on 4 ranks", 4, 0.8),
+    "writing": ("comparing and writing", 0, 0.0),
 }
 PREVIOUS = {"report.json": b'{"verdict": "pass", "case": "wan-tiny"}\n', "report.html": b"<html>old</html>",
             "native.png": b"old png"}
@@ -49,6 +52,24 @@ def session_processes(sid: int) -> list[str]:
         if int(fields[3]) == sid and fields[0] != "Z":
             found.append(f"{entry.name} {stat[stat.find('(') + 1:stat.rfind(')')]}")
     return found
+
+
+def ranks_alive(sid: int) -> int:
+    """Rank processes alive in session `sid`: forked by the forkserver, so their command line is the server's
+    (`...multiprocessing.forkserver...`) and so is their parent's."""
+    servers: dict[int, int] = {}  # pid -> parent pid, of the session's processes running the forkserver's code
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] != "Z" and b"forkserver" in cmdline:
+            servers[int(entry.name)] = int(fields[1])
+    return sum(parent in servers for parent in servers.values())
 
 
 def wait_for_session_to_empty(sid: int, grace_s: float) -> list[str]:
@@ -103,7 +124,7 @@ def stop_run(argv: list[str], out: Path, moment: str, signum: int, env: dict[str
              timeout_s: float = 240.0) -> StopResult:
     """Run `diffparity ARGV --out OUT` (OUT holding a previous run), stop it with `signum` at `moment`."""
     write_previous_run(out)
-    needle, delay = MOMENTS[moment]
+    needle, ranks, delay = MOMENTS[moment]
     process = subprocess.Popen(DIFFPARITY + argv + ["--out", str(out)], cwd=ROOT, stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, start_new_session=True, env=env or os.environ.copy())
     lines: list[str] = []
@@ -124,6 +145,8 @@ def stop_run(argv: list[str], out: Path, moment: str, signum: int, env: dict[str
     deadline = time.monotonic() + timeout_s
     while not seen.is_set() and process.poll() is None and time.monotonic() < deadline:
         seen.wait(0.1)
+    while ranks and ranks_alive(process.pid) < ranks and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(delay)
     sent = time.monotonic()
     if process.poll() is None:
