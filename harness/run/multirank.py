@@ -178,7 +178,7 @@ class _RankJob:
     forcing: bool
     mutate: Callable[[ComposedPipeline], None] | None
     # the launcher's config size checks (meta_build.BUILT_NUMEL): a rank loading the same configs skips its own
-    # meta-device builds of them (~0.1-0.5 s of CPU per rank)
+    # meta-device builds of them
     built_numel: list[tuple[Any, int]] = field(default_factory=list)
 
 

@@ -46,8 +46,8 @@ class DecodingStage(PipelineStage):
 class ReplicaDecodingStage(DecodingStage):
     """Decoding on a rank other than the first when the VAE is whole on every rank: the VAE's input is recorded
     (so the ranks can be checked to hand it the same latents) and nothing is decoded, since the frames would be
-    the first rank's, bit for bit. On a CPU the ranks share the cores: a tp2 x sp2 Wan run spent a fifth of its
-    time in the three copies. `output` stays None."""
+    the first rank's, bit for bit. On a CPU the ranks share the cores: the four ranks' decodes were a fifth of a
+    Wan I2V tp2 x sp2 run's CPU time. `output` stays None."""
 
     writes: ClassVar[dict[str, FieldKind]] = {}
 
