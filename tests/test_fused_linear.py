@@ -82,7 +82,9 @@ def test_refused_after_a_cast_and_after_a_replaced_weight() -> None:
         parts.double()  # new storage for every part: the fused tensor is stale
         outputs = fused(x.double(), list(parts))
         assert fused.weight is not first and fused.weight is not None and fused.weight.dtype == torch.float64
-        assert all(torch.equal(a, p(x.double())) for a, p in zip(outputs, parts, strict=True))
+        # float64 only to the last bit: MKL's AVX-512 dgemm sums the 128-row fused product in another order than
+        # a 32-row one (2.2e-16 measured); float32 and bfloat16 stay bit-equal (the first test of this file)
+        assert all(torch.allclose(a, p(x.double()), rtol=0, atol=1e-14) for a, p in zip(outputs, parts, strict=True))
         parts[0].weight = nn.Parameter(torch.ones_like(parts[0].weight))  # a module-level replacement
         outputs = fused(x.double(), list(parts))
     assert torch.equal(outputs[0], parts[0](x.double()))

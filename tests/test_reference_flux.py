@@ -100,9 +100,9 @@ def test_reloads_as_diffusion_pipeline(checkpoint: Path) -> None:
 
 def test_checkpoint_cache_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFPARITY_CACHE", str(tmp_path))
-    first = assert_cached_build_once(tiny_flux_checkpoint, tmp_path, "flux-tiny-v2-seed0")
+    first = assert_cached_build_once(tiny_flux_checkpoint, tmp_path, "flux-tiny-v3-seed0")
     wide = TinyFluxConfig.wide()
-    assert checkpoint_dir(seed=0, config=wide) == first.parent / f"flux-tiny-v2-seed0-{wide.digest()}"
+    assert checkpoint_dir(seed=0, config=wide) == first.parent / f"flux-tiny-v3-seed0-{wide.digest()}"
     assert checkpoint_dir(seed=0, config=TinyFluxConfig()) == first
 
 

@@ -103,9 +103,9 @@ def test_native_components_load_from_the_checkpoint(checkpoint: Path) -> None:
 
 def test_checkpoint_cache_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFPARITY_CACHE", str(tmp_path))
-    first = assert_cached_build_once(tiny_wan_checkpoint, tmp_path, "wan-tiny-v2-seed0")
+    first = assert_cached_build_once(tiny_wan_checkpoint, tmp_path, "wan-tiny-v3-seed0")
     wide = TinyWanConfig.wide()
-    assert checkpoint_dir(seed=0, config=wide) == first.parent / f"wan-tiny-v2-seed0-{wide.digest()}"
+    assert checkpoint_dir(seed=0, config=wide) == first.parent / f"wan-tiny-v3-seed0-{wide.digest()}"
 
 
 def test_wide_config_has_the_real_widths() -> None:

@@ -50,6 +50,12 @@ def randomise_constant_parameters(module: torch.nn.Module, seed: int, index: int
     weight, or `norm_q` loaded into `norm_k`, changes no bit of any trace. A nonzero constant c becomes
     c * exp(0.5 z) (same sign, median c, about c/2.7 to 2.7c, as trained norm weights spread), a zero one 0.2 z:
     activations keep their usual range while every weight becomes visible to parity.
+
+    The values are computed in float64 and rounded once to the parameter's dtype, so every x86-64 machine builds
+    the same bytes. float32 `exp` is not correctly rounded and its last bit depends on the machine (two CPUs with
+    the same torch build disagreed on about 1% of elements, so every golden recorded on one named "another
+    checkpoint" on the other); a one-ulp float64 disagreement changes the float32 result only for a value within
+    2**-29 float32 ulp of a rounding midpoint.
     """
     generator = torch.Generator().manual_seed(seed * 16 + index + 7919)  # independent of the init's RNG stream
     changed = []
@@ -58,7 +64,7 @@ def randomise_constant_parameters(module: torch.nn.Module, seed: int, index: int
             if param.numel() < 2 or not bool((param == param.reshape(-1)[0]).all()):
                 continue
             constant = float(param.reshape(-1)[0])
-            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32).double()
             values = constant * torch.exp(0.5 * noise) if constant != 0 else 0.2 * noise
             param.copy_(values.to(param.dtype))
             changed.append(name)
