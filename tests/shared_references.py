@@ -10,25 +10,22 @@ timings) must run their own. At most MAX_SHARED sides are kept (tiny checkpoints
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
 from harness.run.cases import get_case
 from harness.run.parity import run_reference_side
 from harness.run.request import GenerationRequest
 from harness.run.runners import SideRun
+from native_models.build_memo import BoundedMemo
 
 MAX_SHARED = 8
-_SHARED: OrderedDict[str, SideRun] = OrderedDict()
+_SHARED: BoundedMemo[SideRun] = BoundedMemo(size=MAX_SHARED)
 
 
 def shared_reference(case_name: str, request: GenerationRequest) -> SideRun:
     """The reference side of `case_name` for `request`, run on first use in this process, then reused."""
     key = json.dumps([case_name, request.to_dict()], sort_keys=True)
-    if key in _SHARED:
-        _SHARED.move_to_end(key)
-        return _SHARED[key]
-    side = run_reference_side(get_case(case_name), request)
-    _SHARED[key] = side
-    if len(_SHARED) > MAX_SHARED:
-        _SHARED.popitem(last=False)
+    side = _SHARED.get(key)
+    if side is None:
+        side = run_reference_side(get_case(case_name), request)
+        _SHARED.put(key, side)
     return side
